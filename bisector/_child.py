@@ -1,0 +1,96 @@
+"""The child process of a recorded run: runs the user's script as __main__ under a Recorder.
+
+Started by runner.py as ``python -c <boot> --trace PATH [--steps N] -- SCRIPT ARGS...``.
+Exit status: the script's own (0 when stopped after the requested steps), 130 on Ctrl-C,
+runner.EXIT_SCRIPT_RAISED when the script raised (its traceback, without our frames, is printed
+on stderr as Python would print it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+import traceback
+
+import bisector
+from bisector.capture.recorder import Recorder, RecordOptions, StopRun
+from bisector.runner import EXIT_SCRIPT_RAISED, EXIT_SETUP_FAILED
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="bisector-child")
+    parser.add_argument("--trace", required=True)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("script")
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    argv = sys.argv[1:]
+    if "--" in argv:
+        split = argv.index("--")
+        options = parser.parse_args(argv[:split] + argv[split + 1 : split + 2])
+        script_args = argv[split + 2 :]
+    else:
+        options = parser.parse_args(argv)
+        script_args = options.args
+    script = options.script
+
+    # Look like `python script.py ARGS`: argv, and the script's folder first on sys.path.
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(bisector.__file__)))
+    if sys.path and sys.path[0] == package_root:
+        sys.path.pop(0)
+    script_dir = os.path.dirname(os.path.abspath(script))
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        sys.path[0] = script_dir
+    else:
+        sys.path.insert(0, script_dir)
+    sys.argv = [script, *script_args]
+
+    try:
+        recorder = Recorder(
+            options.trace, RecordOptions(steps=options.steps, exit_on_stop=True, argv=tuple(sys.argv))
+        )
+    except Exception as exc:  # pragma: no cover - our own failure, not the user's
+        print(f"bisector: cannot start recording: {exc}", file=sys.stderr)
+        sys.exit(EXIT_SETUP_FAILED)
+
+    code: int = 0
+    try:
+        with recorder:
+            runpy.run_path(script, run_name="__main__")
+    except StopRun:
+        code = 0
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException as exc:  # the user's script failed: show its traceback as its own
+        _print_user_traceback(exc)
+        code = EXIT_SCRIPT_RAISED
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The trace is complete on disk; skip interpreter teardown, which can hang on threads the
+    # script left running (DataLoader workers, progress bars).
+    os._exit(code)
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _print_user_traceback(exc: BaseException) -> None:
+    """Print the traceback as `python script.py` would, without runpy's or bisector's frames."""
+    ours = (os.path.dirname(os.path.abspath(bisector.__file__)), os.path.dirname(runpy.__file__))
+    tb = exc.__traceback__
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(ours):
+        tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

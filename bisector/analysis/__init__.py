@@ -1,0 +1,217 @@
+"""Compare two traces: align them, find the sources of divergence, and build the Report."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from bisector.analysis.align import align
+from bisector.analysis.graph import (
+    classify,
+    compare_events,
+    dataflow_graph,
+    reach,
+    source_events,
+    unexplained,
+)
+from bisector.errors import MismatchError
+from bisector.report import Report, RunInfo, Source
+from bisector.trace import PHASES, Trace
+
+# Sources beyond this many are counted (``sources_total``) but not listed one by one.
+MAX_SOURCES = 1000
+
+
+def compare(a: Trace, b: Trace, runs: list[RunInfo] | None = None) -> Report:
+    """Compare two traces of the same program.
+
+    Args:
+        a: trace of run A.
+        b: trace of run B.
+        runs: descriptions of the two runs; built from the traces if not given.
+
+    Returns:
+        The Report. Streams that stop matching never raise: the break is a "structure" source.
+
+    Raises:
+        MismatchError: the traces cannot be compared at all (nothing recorded, or they come
+            from different scripts and share no event).
+    """
+    if len(a) == 0 and len(b) == 0:
+        raise MismatchError(
+            "neither trace holds any torch operator: did the script run any PyTorch code?"
+        )
+    alignment = align(a, b)
+    script_a, script_b = _script(a), _script(b)
+    if alignment.paired == 0 and script_a != script_b:
+        raise MismatchError(
+            f"the traces come from different scripts ({script_a} and {script_b}) and share no "
+            "event; compare two runs of the same script"
+        )
+    paired = alignment.paired
+    eq = compare_events(a, b, paired, alignment.ids_b_to_a)
+    found = source_events(eq).tolist()
+    graph = dataflow_graph(eq)
+    spread = reach(graph, found)
+
+    sources = [_source(a, b, eq, event, spread.get(event)) for event in found[:MAX_SOURCES]]
+    structure = None
+    if alignment.break_at is not None:
+        structure = {"event": alignment.break_at, "reason": alignment.reason}
+        sources.append(_structure_source(a, b, alignment.break_at, alignment.reason))
+    differing = np.flatnonzero(eq.out_differs)
+    notes = _notes(a, b)
+    lost = unexplained(graph, found)
+    if lost:
+        notes.append(
+            f"{lost} differing events are not downstream of any source found; their cause may "
+            "be a value bisector could not follow (an untracked tensor)"
+        )
+    if structure is not None:
+        notes.append(
+            f"the op streams stop matching at event {structure['event']}: {structure['reason']}; "
+            "events after it are not compared"
+        )
+    total = len(found) + (structure is not None)
+    return Report(
+        reproducible=not sources and not len(differing),
+        first_divergence=sources[0] if sources else None,
+        sources=sources,
+        runs=runs or [_run_info("A", a), _run_info("B", b)],
+        compared_events=paired,
+        differing_events=int(len(differing)),
+        first_differing_event=int(differing[0]) if len(differing) else None,
+        structure=structure,
+        notes=notes,
+        sources_total=total,
+    )
+
+
+def _script(trace: Trace) -> str:
+    argv = trace.header.get("argv") or [""]
+    return os.path.basename(str(argv[0]))
+
+
+def _run_info(name: str, trace: Trace) -> RunInfo:
+    return RunInfo(
+        name=name,
+        trace=trace.path,
+        events=len(trace),
+        steps=int(trace.footer.get("steps", 0)),
+        status=str(trace.footer.get("status", "incomplete")),
+        complete=trace.complete,
+        seconds=trace.footer.get("seconds"),
+    )
+
+
+def location(trace: Trace, event: int) -> str:
+    """The user's line of an event, relative to the run's working folder when inside it."""
+    text = trace.string("location", event)
+    path, _, line = text.rpartition(":")
+    cwd = str(trace.header.get("cwd", ""))
+    if path and cwd and path.startswith(os.path.join(cwd, "")):
+        path = os.path.relpath(path, cwd)
+    return f"{path}:{line}" if path else text
+
+
+def _magnitude(a: Trace, b: Trace, eq, event: int) -> float | None:
+    """A lower bound of the largest absolute difference over the event's differing outputs.
+
+    For each output, |max|a| - max|b|| and |sum(a) - sum(b)| / numel are both lower bounds of
+    max|a - b|; we keep the larger.
+    """
+    start, end = int(a.out_start[event]), int(a.out_start[event + 1])
+    rows = np.arange(start, end)[eq.row_differs[start:end]]
+    if not len(rows):
+        return None
+    ca, cb = a.columns, b.columns
+    by_max = np.abs(ca["out_absmax"][rows].astype(np.float64) - cb["out_absmax"][rows])
+    numel = np.maximum(ca["out_numel"][rows], 1).astype(np.float64)
+    by_sum = np.abs(ca["out_sum"][rows] - cb["out_sum"][rows]) / numel
+    with np.errstate(invalid="ignore"):
+        bound = np.fmax(by_max, by_sum)
+    value = float(np.nanmax(bound)) if not np.all(np.isnan(bound)) else float("nan")
+    return value
+
+
+def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
+    op = a.string("op", event)
+    args_equal = bool(eq.args_equal[event])
+    kind = classify(op, args_equal)
+    details = {
+        "input": "this tensor was not produced by a recorded op and its value differs "
+        "(data batch, initial weights or state loaded from outside)",
+        "argument": "its tensor inputs are equal but a non-tensor argument differs",
+        "rng": "a random op whose tensor inputs are equal: the generator state differed "
+        "(seed not set, or set from something that changes between runs)",
+        "kernel": "its inputs and arguments are equal in both runs but its outputs differ: "
+        "the op itself is nondeterministic",
+    }
+    args = [a.string("args", event), b.string("args", event)] if kind == "argument" else []
+    return Source(
+        kind=kind,
+        op=op,
+        module=a.string("module", event),
+        phase=PHASES[int(a.columns["phase"][event])],
+        step=int(a.columns["step"][event]),
+        rank=a.rank,
+        location=location(a, event),
+        max_abs_diff=_magnitude(a, b, eq, event),
+        event=event,
+        detail=details[kind],
+        spread=spread,
+        args=args,
+    )
+
+
+def _structure_source(a: Trace, b: Trace, event: int, reason: str) -> Source:
+    trace = a if event < len(a) else b
+    index = min(event, len(trace) - 1)
+    op_b = b.string("op", event) if event < len(b) else "(end of run)"
+    return Source(
+        kind="structure",
+        op=a.string("op", event) if event < len(a) else "(end of run)",
+        module=trace.string("module", index),
+        phase=PHASES[int(trace.columns["phase"][index])],
+        step=int(trace.columns["step"][index]),
+        rank=a.rank,
+        location=location(trace, index),
+        max_abs_diff=None,
+        event=event,
+        detail=reason,
+        args=[a.string("op", event) if event < len(a) else "(end of run)", op_b],
+    )
+
+
+def _notes(a: Trace, b: Trace) -> list[str]:
+    notes = []
+    for name, trace in (("A", a), ("B", b)):
+        if not trace.complete:
+            notes.append(f"trace of run {name} is cut short (the run was killed while recording)")
+    seed_a = a.footer.get("seeds_at_end", {}).get("torch_initial_seed")
+    seed_b = b.footer.get("seeds_at_end", {}).get("torch_initial_seed")
+    if seed_a is not None and seed_b is not None and seed_a != seed_b:
+        notes.append(
+            "torch's seed differs between the runs (torch.manual_seed was not called, or was "
+            "called with a value that changes)"
+        )
+    for key in ("python_random", "numpy_random"):
+        start_a = a.header.get("seeds_at_start", {}).get(key)
+        end_a = a.footer.get("seeds_at_end", {}).get(key)
+        end_b = b.footer.get("seeds_at_end", {}).get(key)
+        if end_a is not None and end_b is not None and end_a != end_b and start_a != end_a:
+            library = "Python's random" if key == "python_random" else "numpy.random"
+            notes.append(f"{library} ends in different states in the two runs (unseeded?)")
+    settings_a = a.footer.get("settings_at_end") or a.header.get("settings", {})
+    settings_b = b.footer.get("settings_at_end") or b.header.get("settings", {})
+    changed = sorted(k for k in set(settings_a) | set(settings_b) if settings_a.get(k) != settings_b.get(k))
+    if changed:
+        notes.append("settings differ between the runs: " + ", ".join(
+            f"{k} ({settings_a.get(k)!r} vs {settings_b.get(k)!r})" for k in changed))
+    versions_a, versions_b = a.header.get("versions", {}), b.header.get("versions", {})
+    changed = sorted(k for k in ("torch", "cuda", "cudnn", "gpus", "python") if versions_a.get(k) != versions_b.get(k))
+    if changed:
+        notes.append("versions or devices differ: " + ", ".join(
+            f"{k} ({versions_a.get(k)} vs {versions_b.get(k)})" for k in changed))
+    return notes

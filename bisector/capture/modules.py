@@ -1,0 +1,100 @@
+"""Module paths: which nn.Module (``layers.0.self_attn``) each operator call runs in.
+
+Global forward hooks keep a stack of the modules being run. The first module called while the
+stack is empty is a *root*; it names itself by its class (``Net``) and its submodules by their
+dotted path relative to it (``layers.0.self_attn``). Names are resolved once per root, lazily.
+Backward ops get their module from the forward op that created their autograd node (see ops.py).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+
+import torch
+from torch.nn.modules import module as nn_module
+
+
+class ModuleTracker:
+    """Keeps the stack of running modules; owns the global forward hooks it installs.
+
+    Args:
+        on_root_enter: called with the root module each time a root module's forward starts.
+        on_root_exit: called with the root module each time a root module's forward returns.
+    """
+
+    def __init__(
+        self,
+        on_root_enter: Callable[[torch.nn.Module], None],
+        on_root_exit: Callable[[torch.nn.Module], None],
+    ):
+        self._on_root_enter = on_root_enter
+        self._on_root_exit = on_root_exit
+        self._names: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+        self._param_names: dict[int, tuple[weakref.ref, str, str]] = {}
+        self._stack: list[str] = []
+        self._handles: list = []
+
+    @property
+    def current(self) -> str:
+        """Path of the innermost running module, or "" outside every module."""
+        return self._stack[-1] if self._stack else ""
+
+    @property
+    def depth(self) -> int:
+        return len(self._stack)
+
+    def install(self) -> None:
+        """Install the global forward hooks (removed by ``remove``)."""
+        self._handles = [
+            nn_module.register_module_forward_pre_hook(self._pre),
+            nn_module.register_module_forward_hook(self._post, always_call=True),
+        ]
+
+    def remove(self) -> None:
+        """Remove every hook installed by ``install``; safe to call twice."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._stack.clear()
+
+    def parameter_name(self, tensor: torch.Tensor) -> tuple[str, str] | None:
+        """(kind, qualified name) of a registered parameter or buffer, e.g. ("parameter", "fc.weight")."""
+        entry = self._param_names.get(id(tensor))
+        if entry is None or entry[0]() is not tensor:
+            return None
+        return entry[1], entry[2]
+
+    def owner_of(self, name: str) -> str:
+        """Module path that owns a qualified parameter name ("fc.weight" -> "fc")."""
+        return name.rpartition(".")[0]
+
+    def _pre(self, module: torch.nn.Module, args: tuple) -> None:
+        name = self._names.get(module)
+        root = not self._stack
+        if name is None:
+            if root:
+                self._register_root(module)
+                name = self._names[module]
+            else:
+                name = f"{self._stack[-1]}.<{type(module).__name__}>"
+        self._stack.append(name)
+        if root:
+            self._on_root_enter(module)
+
+    def _post(self, module: torch.nn.Module, args: tuple, output: object) -> None:
+        if self._stack:
+            self._stack.pop()
+        if not self._stack:
+            self._on_root_exit(module)
+
+    def _register_root(self, root: torch.nn.Module) -> None:
+        root_name = type(root).__name__
+        for path, sub in root.named_modules(remove_duplicate=True):
+            self._names.setdefault(sub, path or root_name)
+        for kind, items in (
+            ("parameter", root.named_parameters()),
+            ("buffer", root.named_buffers()),
+        ):
+            for path, tensor in items:
+                self._param_names.setdefault(id(tensor), (weakref.ref(tensor), kind, path))

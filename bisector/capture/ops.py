@@ -1,0 +1,146 @@
+"""What we need to know about each aten operator, and how one call is described.
+
+``OpInfo`` caches, per overload, what its schema says: which arguments it writes, which results
+alias an input (views), whether it is random or returns uninitialised memory. ``canonical_args``
+turns the non-tensor arguments of a call into a string that is equal in two processes exactly
+when the arguments are (no addresses, no hash seeds). ``Locator`` finds the user's line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from dataclasses import dataclass
+from types import CodeType, FrameType
+
+import torch
+
+# Results of these ops are uninitialised memory: fingerprinting them would report noise.
+_NO_DATA_OPS = {
+    "aten.empty.memory_format",
+    "aten.empty_like.default",
+    "aten.empty_strided.default",
+    "aten.new_empty.default",
+    "aten.new_empty_strided.default",
+    "aten.empty_permuted.default",
+    "aten.resize_.default",
+    "aten.set_.source_Storage",
+    "aten.set_.source_Storage_storage_offset",
+}
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """What the schema of one aten overload tells us.
+
+    Attributes:
+        name: "aten.index_put_.default".
+        written: (position, name) of arguments the op writes (``Tensor(a!)``).
+        fresh_returns: indices of results that are new tensors (not aliases of an input).
+        is_view: every result aliases an input and nothing is written (view, t, detach...).
+        random: the op draws from a random generator.
+        no_data: the results are uninitialised memory.
+    """
+
+    name: str
+    written: tuple[tuple[int, str], ...]
+    fresh_returns: tuple[int, ...]
+    n_returns: int
+    is_view: bool
+    random: bool
+    no_data: bool
+
+    @staticmethod
+    def of(func: torch._ops.OpOverload) -> OpInfo:
+        name = str(func)  # "aten.index_put_.default"; custom ops keep their namespace
+        try:
+            schema = func._schema
+        except AttributeError:
+            return OpInfo(name, (), (), 0, False, False, False)
+        written = tuple(
+            (i, arg.name)
+            for i, arg in enumerate(schema.arguments)
+            if arg.alias_info is not None and arg.alias_info.is_write
+        )
+        fresh = tuple(i for i, ret in enumerate(schema.returns) if ret.alias_info is None)
+        is_view = not written and bool(schema.returns) and not fresh
+        random = torch.Tag.nondeterministic_seeded in getattr(func, "tags", ())
+        return OpInfo(
+            name, written, fresh, len(schema.returns), is_view, random, name in _NO_DATA_OPS
+        )
+
+
+def canonical_args(flat: list[object]) -> str:
+    """The non-tensor arguments of a call (and tensor shapes and dtypes) as a stable string.
+
+    Floats use ``repr`` (shortest exact form), so a learning rate that differs in its last bit
+    gives a different string. Objects whose repr may hold an address (generators, streams) give
+    only their type name.
+    """
+    parts = []
+    for value in flat:
+        if isinstance(value, torch.Tensor):
+            stride = value.stride() if value.layout == torch.strided else ()
+            parts.append(
+                f"T{str(value.dtype)[6:]}{list(value.shape)}"
+                + (f"s{list(stride)}" if not value.is_contiguous() else "")
+            )
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            parts.append(repr(value))
+        elif isinstance(value, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
+            parts.append(str(value))
+        elif isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            parts.append(str(value))
+        elif isinstance(value, complex):
+            parts.append(repr(value))
+        else:
+            parts.append(type(value).__name__)
+    return ", ".join(parts)
+
+
+def _internal_prefixes() -> tuple[str, ...]:
+    """Folders whose frames are never 'the user's line': torch, bisector, the standard library."""
+    import bisector
+
+    folders = {
+        os.path.dirname(torch.__file__),
+        os.path.dirname(bisector.__file__),
+        sysconfig.get_paths()["stdlib"],
+        sysconfig.get_paths()["platstdlib"],
+    }
+    return tuple(os.path.join(os.path.realpath(f), "") for f in folders) + tuple(
+        os.path.join(f, "") for f in folders
+    )
+
+
+class Locator:
+    """Finds the innermost frame outside torch, bisector and the standard library.
+
+    Results are cached per code object, so a call costs a short walk up the stack.
+    """
+
+    def __init__(self) -> None:
+        self._prefixes = _internal_prefixes()
+        self._internal: dict[CodeType, bool] = {}
+
+    def _is_internal(self, code: CodeType) -> bool:
+        internal = self._internal.get(code)
+        if internal is None:
+            filename = code.co_filename
+            internal = filename.startswith(self._prefixes) or filename.startswith("<frozen")
+            self._internal[code] = internal
+        return internal
+
+    def user_frame(self, skip: int = 2) -> FrameType | None:
+        """The innermost user frame of the calling thread, or None if there is none."""
+        frame: FrameType | None = sys._getframe(skip)
+        while frame is not None and self._is_internal(frame.f_code):
+            frame = frame.f_back
+        return frame
+
+
+def in_custom_backward(frame: FrameType) -> bool:
+    """True if the frame is the ``backward`` of a user-defined autograd Function."""
+    code = frame.f_code
+    return code.co_name == "backward" and code.co_argcount >= 1 and code.co_varnames[0] == "ctx"

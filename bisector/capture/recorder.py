@@ -1,0 +1,503 @@
+"""The Recorder: records every aten call of a run (forward, backward, optimizer) into a trace.
+
+It owns everything it installs: a TorchDispatchMode that sees each aten call, global module
+hooks (module paths), global optimizer step hooks (steps and the optimizer phase). All of it is
+removed on exit, also when the run fails. Events are buffered in typed arrays and written to the
+trace in chunks; fingerprints stay on the device until a chunk is written.
+
+Dataflow: each tensor input is resolved to the event that produced its current value, by
+(storage, version counter): views share both with their base, and in-place writes bump the
+version. A tensor whose value no recorded event produced (a parameter made before recording
+started, a batch built from numpy) becomes a *leaf* event with a fingerprint of its own.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+import weakref
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+from torch.utils._pytree import arg_tree_leaves
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from bisector.capture import settings
+from bisector.capture.fingerprint import Collector, word_view
+from bisector.capture.modules import ModuleTracker
+from bisector.capture.ops import Locator, OpInfo, canonical_args, in_custom_backward
+from bisector.trace import (
+    OUT_HASHED,
+    OUT_NODATA,
+    OUT_PARTIAL,
+    OUT_UNHASHABLE,
+    PHASES,
+    TraceWriter,
+)
+
+_FORWARD, _BACKWARD, _OPTIMIZER, _OTHER = (PHASES.index(p) for p in PHASES)
+_UNTRACKED = (-1, 0)  # (producer event, slot) of an input we cannot follow
+
+
+class StopRun(BaseException):
+    """Ends a run once the requested steps are recorded.
+
+    A BaseException, so that a user's ``except Exception`` around a training step cannot swallow
+    it by accident. The trace is complete on disk before it is raised.
+    """
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    """How a Recorder records.
+
+    Attributes:
+        steps: stop recording after this many optimizer steps (when the script never steps an
+            optimizer: after this many calls of its first top-level module). None: record all.
+        exit_on_stop: raise StopRun when ``steps`` are reached, ending the script (the runner's
+            mode). Otherwise recording stops and the script goes on.
+        chunk_events: events buffered before a chunk is written (and fingerprints read back).
+        argv: argv to store in the header (default: sys.argv).
+    """
+
+    steps: int | None = None
+    exit_on_stop: bool = False
+    chunk_events: int = 16384
+    argv: tuple[str, ...] | None = None
+
+
+class _OpMode(TorchDispatchMode):
+    """Sends every aten call to the Recorder while it records."""
+
+    def __init__(self, recorder: Recorder):
+        super().__init__()
+        self._recorder = recorder
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        recorder = self._recorder
+        if not recorder.recording or os.getpid() != recorder.pid:
+            return func(*args, **kwargs)
+        return recorder._on_op(func, args, kwargs)
+
+
+class Recorder:
+    """Records the aten calls of the code run inside it into a trace file.
+
+    Args:
+        path: the trace file to write.
+        options: see RecordOptions.
+
+    Example:
+        >>> with Recorder("run.trace", RecordOptions(steps=2)):
+        ...     train()
+    """
+
+    def __init__(self, path: str | os.PathLike, options: RecordOptions | None = None):
+        self.path = Path(path)
+        self.options = options or RecordOptions()
+        self.pid = os.getpid()
+        self.recording = False
+        self.status = "new"
+        self._writer: TraceWriter | None = None
+        self._mode: _OpMode | None = None
+        self._hooks: list = []
+        self._modules = ModuleTracker(self._root_enter, self._root_exit)
+        self._locator = Locator()
+        self._collector = Collector()
+        self._op_infos: dict[Any, OpInfo] = {}
+        self._strings: dict[str, int] = {}
+        self._new_strings: list[str] = []
+        self._location_ids: dict[tuple[Any, int], int] = {}
+        self._states: dict[int, list] = {}  # storage cdata -> [version, event, slot, weakref]
+        self._states_pruned_at = 0
+        self._node_info: dict[int, tuple[int, int]] = {}  # autograd seq nr -> (module, location)
+        self._last_seq = -1
+        self._events = 0
+        self.step = 0
+        self._optimizer_depth = 0
+        self._optimizer_steps = 0
+        self._forward_open = False
+        self._main_root: weakref.ref | None = None
+        self._main_root_calls = 0
+        self._optimizer_present: bool | None = None
+        self._started = 0.0
+        self._reset_buffers()
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> Recorder:
+        self._writer = TraceWriter(
+            self.path,
+            settings.header(list(self.options.argv) if self.options.argv is not None else None),
+        )
+        self._started = time.perf_counter()
+        self._modules.install()
+        self._hooks = [
+            register_optimizer_step_pre_hook(self._optimizer_pre),
+            register_optimizer_step_post_hook(self._optimizer_post),
+        ]
+        self._mode = _OpMode(self)
+        self._mode.__enter__()
+        self.recording = True
+        self.status = "recording"
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if self.status == "recording":
+                if exc_type is None:
+                    self._finish("complete")
+                elif issubclass(exc_type, StopRun):
+                    self._finish("stopped")
+                elif issubclass(exc_type, KeyboardInterrupt):
+                    self._finish("interrupted", "KeyboardInterrupt")
+                elif issubclass(exc_type, SystemExit):
+                    code = exc.code if exc is not None else None
+                    status = "complete" if code in (None, 0) else "exited"
+                    self._finish(status, None if status == "complete" else f"exit status {code}")
+                else:
+                    self._finish("failed", f"{exc_type.__name__}: {exc}")
+        finally:
+            self._uninstall()
+            if self._mode is not None:
+                self._mode.__exit__(None, None, None)
+                self._mode = None
+        return False
+
+    @property
+    def events(self) -> int:
+        """Events recorded so far."""
+        return self._events
+
+    def stop(self) -> None:
+        """Stop recording now and finish the trace; the code being recorded goes on."""
+        if self.status == "recording":
+            self._finish("stopped")
+            self._uninstall()
+
+    def _uninstall(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+        self._modules.remove()
+
+    def _finish(self, status: str, error: str | None = None) -> None:
+        """Write what is buffered and the footer; from here on ops pass through unrecorded."""
+        self.recording = False
+        self.status = status
+        writer = self._writer
+        if writer is None:
+            return
+        try:
+            self._flush()
+        finally:
+            writer.close(
+                {
+                    "status": status,
+                    "error": error,
+                    "events": self._events,
+                    "steps": self._optimizer_steps,
+                    "seconds": time.perf_counter() - self._started,
+                    "settings_at_end": settings.determinism(),
+                    "seeds_at_end": settings.seeds(),
+                }
+            )
+
+    # ----- hooks ------------------------------------------------------------------------------
+
+    def _optimizer_pre(self, optimizer, args, kwargs) -> None:
+        self._optimizer_depth += 1
+
+    def _optimizer_post(self, optimizer, args, kwargs) -> None:
+        self._optimizer_depth = max(0, self._optimizer_depth - 1)
+        if self._optimizer_depth:
+            return
+        self._optimizer_steps += 1
+        self.step += 1
+        self._forward_open = False
+        self._node_info.clear()
+        self._check_stop()
+
+    def _root_enter(self, module: torch.nn.Module) -> None:
+        if self._main_root is None:
+            self._main_root = weakref.ref(module)
+        if self._main_root() is module:
+            self._main_root_calls += 1
+            if self._main_root_calls > 1 and self._optimizer_steps == 0 and self._no_optimizer():
+                # A script without an optimizer counts top-level forward calls as steps.
+                self.step += 1
+                self._check_stop()
+        self._forward_open = True
+
+    def _root_exit(self, module: torch.nn.Module) -> None:
+        pass
+
+    def _no_optimizer(self) -> bool:
+        if self._optimizer_present is None:
+            self._optimizer_present = any(
+                isinstance(obj, torch.optim.Optimizer) for obj in gc.get_objects()
+            )
+        return not self._optimizer_present
+
+    def _check_stop(self) -> None:
+        steps = self.options.steps
+        if steps is None or self.step < steps or self.status != "recording":
+            return
+        self.stop()
+        if self.options.exit_on_stop:
+            raise StopRun(f"recorded {steps} steps")
+
+    # ----- one aten call ----------------------------------------------------------------------
+
+    def _on_op(self, func, args: tuple, kwargs: dict):
+        info = self._op_infos.get(func)
+        if info is None:
+            info = self._op_infos[func] = OpInfo.of(func)
+        flat = arg_tree_leaves(*args, **kwargs)
+        tensors = [a for a in flat if isinstance(a, torch.Tensor)]
+        phase, module_id, location_id = self._context(tensors)
+        refs = [self._ref(t, phase, module_id, location_id) for t in tensors]
+        args_id = self._string(canonical_args(flat))
+
+        written: list[torch.Tensor] = []
+        previous: list[tuple[int, int] | None] = []
+        for position, name in info.written:
+            value = args[position] if position < len(args) else kwargs.get(name)
+            for t in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(t, torch.Tensor):
+                    written.append(t)
+                    partial = not _covers_storage(t)
+                    previous.append(self._ref(t, phase, module_id, location_id) if partial else None)
+
+        out = func(*args, **kwargs)
+
+        if info.fresh_returns:
+            results = out if info.n_returns > 1 else (out,)
+            for i in info.fresh_returns:
+                value = results[i]
+                for t in value if isinstance(value, (list, tuple)) else (value,):
+                    if isinstance(t, torch.Tensor):
+                        written.append(t)
+                        previous.append(None)
+
+        index = self._events
+        for slot, t in enumerate(written):
+            self._add_output(t, info.no_data, previous[slot], index)
+            self._register(t, index, slot)
+        self._add_event(info.name, module_id, location_id, args_id, phase, refs, len(written), index)
+        return out
+
+    def _context(self, tensors: list[torch.Tensor]) -> tuple[int, int, int]:
+        """(phase, module id, location id) of the call being dispatched."""
+        node = torch._C._current_autograd_node()
+        frame = self._locator.user_frame(3)
+        location_id = self._location(frame)
+        if self._optimizer_depth:
+            return _OPTIMIZER, self._string(self._optimizer_module(tensors)), location_id
+        if node is not None:
+            self._forward_open = False
+            created = self._node_info.get(node._sequence_nr())
+            if created is None:
+                return _BACKWARD, self._string(self._accumulate_module(node)), location_id
+            module_id, forward_location = created
+            if frame is None or not in_custom_backward(frame):
+                location_id = forward_location
+            return _BACKWARD, module_id, location_id
+        module_id = self._string(self._modules.current)
+        # The autograd node an op creates has the sequence number just taken; remember where
+        # it was created so that its backward ops get this module and line.
+        seq = torch._C._autograd._get_sequence_nr()
+        if seq != self._last_seq:
+            self._last_seq = seq
+            self._node_info[seq - 1] = (module_id, location_id)
+        phase = _FORWARD if (self._modules.depth or self._forward_open) else _OTHER
+        return phase, module_id, location_id
+
+    def _optimizer_module(self, tensors: list[torch.Tensor]) -> str:
+        for t in tensors:
+            named = self._modules.parameter_name(t)
+            if named is not None:
+                return self._modules.owner_of(named[1])
+        return ""
+
+    def _accumulate_module(self, node) -> str:
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            named = self._modules.parameter_name(variable)
+            if named is not None:
+                return self._modules.owner_of(named[1])
+        return ""
+
+    def _location(self, frame) -> int:
+        if frame is None:
+            return self._string("")
+        key = (frame.f_code, frame.f_lineno)
+        location_id = self._location_ids.get(key)
+        if location_id is None:
+            location_id = self._string(f"{frame.f_code.co_filename}:{frame.f_lineno}")
+            self._location_ids[key] = location_id
+        return location_id
+
+    # ----- dataflow ---------------------------------------------------------------------------
+
+    def _ref(self, t: torch.Tensor, phase: int, module_id: int, location_id: int) -> tuple[int, int]:
+        """(event index, slot) of the event that produced the tensor's current value."""
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return _UNTRACKED
+        version = _version(t)
+        entry = self._states.get(storage._cdata)
+        if entry is not None and entry[0] == version:
+            return entry[1], entry[2]
+        index = self._add_leaf(t, storage, phase, module_id, location_id)
+        self._register(t, index, 0)
+        return index, 0
+
+    def _register(self, t: torch.Tensor, index: int, slot: int) -> None:
+        """Remember that event ``index`` (output ``slot``) produced the tensor's current value."""
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return
+        key = storage._cdata
+        entry = self._states.get(key)
+        if entry is None:
+            # Holding a weak reference keeps the storage's address from being reused by a new
+            # storage while we remember it, so a key always means the same storage.
+            self._states[key] = [_version(t), index, slot, StorageWeakRef(storage)]
+            if len(self._states) > 2 * self._states_pruned_at + 4096:
+                self._prune_states()
+        else:
+            entry[0], entry[1], entry[2] = _version(t), index, slot
+
+    def _prune_states(self) -> None:
+        self._states = {k: v for k, v in self._states.items() if not v[3].expired()}
+        self._states_pruned_at = len(self._states)
+
+    def _add_leaf(self, t, storage, phase: int, module_id: int, location_id: int) -> int:
+        """Record a tensor no recorded event produced; returns its event index."""
+        named = self._modules.parameter_name(t)
+        if named is not None:
+            kind, name = named
+            module_id = self._string(self._modules.owner_of(name))
+        else:
+            kind = "parameter" if isinstance(t, torch.nn.Parameter) else "tensor"
+            name = canonical_args([t])
+        whole = t
+        if not _covers_storage(t):
+            # Another view may read other parts of this storage later: fingerprint all of it.
+            whole = torch.empty(0, dtype=torch.uint8, device=t.device).set_(storage)
+        index = self._events
+        self._add_output(whole, False, None, index)
+        self._add_event(
+            f"leaf.{kind}", module_id, location_id, self._string(name), phase, [], 1, index
+        )
+        return index
+
+    # ----- buffers ----------------------------------------------------------------------------
+
+    def _reset_buffers(self) -> None:
+        self._b = {
+            "op": array("I"),
+            "module": array("I"),
+            "location": array("I"),
+            "args": array("I"),
+            "phase": array("B"),
+            "step": array("I"),
+            "n_in": array("H"),
+            "n_out": array("H"),
+            "in_back": array("I"),
+            "in_slot": array("H"),
+            "out_kind": array("B"),
+            "out_numel": array("q"),
+            "out_prev_back": array("I"),
+            "out_prev_slot": array("H"),
+        }
+
+    def _string(self, text: str) -> int:
+        string_id = self._strings.get(text)
+        if string_id is None:
+            string_id = self._strings[text] = len(self._strings)
+            self._new_strings.append(text)
+        return string_id
+
+    def _add_output(self, t, no_data: bool, previous, index: int) -> None:
+        b = self._b
+        words = None if no_data else word_view(t)
+        if no_data:
+            kind = OUT_NODATA
+            self._collector.add_blank()
+        elif words is None:
+            kind = OUT_UNHASHABLE
+            self._collector.add_blank()
+        else:
+            kind = OUT_HASHED
+            self._collector.add(t, words)
+        if previous is not None and previous[0] >= 0:
+            kind |= OUT_PARTIAL
+            b["out_prev_back"].append(index - previous[0])
+            b["out_prev_slot"].append(previous[1])
+        else:
+            b["out_prev_back"].append(0)
+            b["out_prev_slot"].append(0)
+        b["out_kind"].append(kind)
+        b["out_numel"].append(t.numel())
+
+    def _add_event(self, op, module_id, location_id, args_id, phase, refs, n_out, index) -> None:
+        b = self._b
+        b["op"].append(self._string(op))
+        b["module"].append(module_id)
+        b["location"].append(location_id)
+        b["args"].append(args_id)
+        b["phase"].append(phase)
+        b["step"].append(self.step)
+        b["n_in"].append(len(refs))
+        b["n_out"].append(n_out)
+        for producer, slot in refs:
+            b["in_back"].append(index - producer if producer >= 0 else 0)
+            b["in_slot"].append(slot)
+        self._events += 1
+        if len(b["op"]) >= self.options.chunk_events:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Read fingerprints back and write the buffered events as one chunk."""
+        if self._writer is None:
+            return
+        self._writer.add_strings(self._new_strings)
+        self._new_strings = []
+        if not len(self._b["op"]):
+            return
+        fps, sums, maxes = self._collector.drain()
+        columns = {name: np.array(values, dtype=values.typecode) for name, values in self._b.items()}
+        columns.update(out_fp=fps, out_sum=sums, out_absmax=maxes)
+        self._writer.add_chunk(columns)
+        self._reset_buffers()
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors have no version counter
+        return -1
+
+
+def _covers_storage(t: torch.Tensor) -> bool:
+    """True if the tensor's elements are exactly its whole storage."""
+    try:
+        nbytes = t.untyped_storage().nbytes()
+    except (RuntimeError, NotImplementedError):
+        return True
+    return t.storage_offset() == 0 and t.is_contiguous() and t.numel() * t.element_size() == nbytes

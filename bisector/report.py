@@ -1,0 +1,131 @@
+"""The Report: what a comparison found, as plain JSON-serialisable dataclasses.
+
+The JSON shape is a contract: ``schema`` is an integer and keys are only ever added.
+Schema versions:
+    1: first version: reproducible, first_divergence, sources, runs, and the added keys below.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA = 1
+
+# Kinds of source (see DESIGN.md).
+KINDS = ("kernel", "rng", "input", "argument", "structure")
+
+
+@dataclass
+class Source:
+    """An event whose outputs differ between the runs while its inputs were identical.
+
+    Attributes:
+        kind: "kernel" (the op itself is nondeterministic), "rng" (a random op whose generator
+            state differed), "input" (a leaf tensor differs: data, initial weights), "argument"
+            (a non-tensor argument differs), "structure" (the op streams stop matching).
+        op: the aten overload, e.g. "aten.index_put_.default" ("leaf.tensor" for leaves).
+        module: module path, e.g. "layers.0.self_attn" ("" outside every module).
+        phase: "forward", "backward", "optimizer" or "other".
+        step: optimizer steps completed before the event.
+        rank: the process rank (0 unless distributed).
+        location: "file.py:LINE" in the user's code ("" when unknown).
+        max_abs_diff: how large the difference is (see ``max_abs_diff_bound``).
+        max_abs_diff_bound: "lower" when ``max_abs_diff`` is a lower bound derived from the
+            recorded stats (the sum and largest absolute value of each output), "exact" when
+            computed from the values themselves.
+        event: the event's index in run A's trace.
+        detail: one sentence saying what differs.
+        spread: differing events that depend on this one (its reach in the dataflow graph).
+        args: the non-tensor arguments in run A and run B (for "argument" and "structure").
+    """
+
+    kind: str
+    op: str
+    module: str
+    phase: str
+    step: int
+    rank: int
+    location: str
+    max_abs_diff: float | None
+    max_abs_diff_bound: str = "lower"
+    event: int = 0
+    detail: str = ""
+    spread: int | None = None
+    args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunInfo:
+    """One of the two runs compared."""
+
+    name: str
+    trace: str
+    events: int
+    steps: int
+    status: str
+    complete: bool
+    exit_code: int | None = None
+    seconds: float | None = None
+    log: str | None = None
+
+
+@dataclass
+class Report:
+    """What comparing two runs found.
+
+    Attributes:
+        reproducible: True if every compared event is bitwise equal and the streams match.
+        first_divergence: the first source in execution order (the headline), or None.
+        sources: every source, in execution order.
+        runs: the two runs (traces, events, how they ended).
+        compared_events: events paired and compared.
+        differing_events: paired events with at least one differing output.
+        first_differing_event: index of the first event with a differing output, or None.
+        structure: where the op streams stop matching, or None if they match throughout.
+        notes: other findings worth reading (seeds, settings, incomplete traces).
+    """
+
+    reproducible: bool
+    first_divergence: Source | None
+    sources: list[Source]
+    runs: list[RunInfo]
+    compared_events: int = 0
+    differing_events: int = 0
+    first_differing_event: int | None = None
+    structure: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    sources_total: int = 0
+    schema: int = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (the JSON contract)."""
+        data = asdict(self)
+        ordered = {"schema": data.pop("schema"), "reproducible": data.pop("reproducible")}
+        ordered["first_divergence"] = data.pop("first_divergence")
+        ordered["sources"] = data.pop("sources")
+        ordered["runs"] = data.pop("runs")
+        ordered.update(data)
+        return ordered
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON text."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """Rebuild a Report from ``to_dict`` output (unknown keys are ignored)."""
+        source_keys = set(Source.__dataclass_fields__)
+        run_keys = set(RunInfo.__dataclass_fields__)
+
+        def source(d: dict[str, Any] | None) -> Source | None:
+            return None if d is None else Source(**{k: v for k, v in d.items() if k in source_keys})
+
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["first_divergence"] = source(data.get("first_divergence"))
+        fields["sources"] = [source(s) for s in data.get("sources", [])]
+        fields["runs"] = [
+            RunInfo(**{k: v for k, v in r.items() if k in run_keys}) for r in data.get("runs", [])
+        ]
+        return cls(**fields)

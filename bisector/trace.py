@@ -1,0 +1,326 @@
+"""The trace: event schema, the versioned on-disk format, and streaming save/load.
+
+A trace file is a magic string and a format version, then a sequence of records, each
+``[kind: u8][payload length: u32][crc32 of payload: u32][payload]``:
+
+- ``H`` header: JSON (versions, devices, determinism settings, argv, ...), always first;
+- ``S`` strings: JSON list of strings appended to the trace's string table;
+- ``C`` chunk: zlib-compressed columns of a run of consecutive events (see ``*_COLUMNS``);
+- ``F`` footer: JSON (how the run ended, settings and seeds at the end), last when present.
+
+Records are appended as the run goes, so a run that is killed leaves a trace that loads up to its
+last complete record (``Trace.complete`` is then False). Nothing in a trace is ever executed or
+unpickled on load.
+
+Format versions (bump ``FORMAT_VERSION`` and add a line for every change; old files must load):
+    1: first version.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from bisector.errors import TraceError
+
+MAGIC = b"BISECTR\x00"
+FORMAT_VERSION = 1
+
+PHASES = ("forward", "backward", "optimizer", "other")
+
+# One row per event.
+EVENT_COLUMNS: dict[str, str] = {
+    "op": "<u4",  # string id of the aten overload, or of "leaf.parameter" etc. for leaves
+    "module": "<u4",  # string id of the module path ("layers.0.self_attn")
+    "location": "<u4",  # string id of "file.py:LINE" in the user's code
+    "args": "<u4",  # string id of the canonical form of the non-tensor arguments
+    "phase": "u1",  # index into PHASES
+    "step": "<u4",  # optimizer steps completed before this event
+    "n_in": "<u2",  # number of tensor inputs (rows in the input columns)
+    "n_out": "<u2",  # number of written tensors (rows in the output columns)
+}
+# One row per tensor input, in event order.
+INPUT_COLUMNS: dict[str, str] = {
+    "in_back": "<u4",  # how many events back the producer of this input's value is; 0: untracked
+    "in_slot": "<u2",  # which output of the producer
+}
+# One row per written tensor (fresh result or mutated argument), in event order.
+OUTPUT_COLUMNS: dict[str, str] = {
+    "out_kind": "u1",  # OUT_* bit flags
+    "out_fp": "<i8",  # fingerprint (bit pattern of an unsigned 64-bit value)
+    "out_sum": "<f8",  # float64 sum of the values
+    "out_absmax": "<f4",  # largest absolute value
+    "out_numel": "<i8",  # number of elements
+    "out_prev_back": "<u4",  # for a partial in-place write: events back to the previous value
+    "out_prev_slot": "<u2",
+}
+ALL_COLUMNS = {**EVENT_COLUMNS, **INPUT_COLUMNS, **OUTPUT_COLUMNS}
+
+OUT_HASHED = 1  # out_fp and stats are valid
+OUT_NODATA = 2  # uninitialised memory (empty*): carries no data, equal by definition
+OUT_UNHASHABLE = 4  # no plain bits (sparse, quantized, subclass): cannot be compared
+OUT_PARTIAL = 8  # an in-place write into a view that does not cover its whole storage
+
+_RECORD = struct.Struct("<cII")
+# A chunk or string record larger than this is refused on load: a corrupt length must never make
+# us allocate without bound.
+_MAX_RECORD = 1 << 31
+
+
+@dataclass
+class Trace:
+    """A loaded trace: header, footer, string table and the event columns as numpy arrays.
+
+    Attributes:
+        path: where it was loaded from.
+        header: what was known when recording started.
+        footer: how the run ended; empty if the file was cut short.
+        strings: the string table (ids in the op, module, location and args columns).
+        columns: every column of ``ALL_COLUMNS``, concatenated over chunks.
+        complete: False if the file ends without a footer (the run was killed).
+    """
+
+    path: str
+    header: dict[str, Any]
+    footer: dict[str, Any]
+    strings: list[str]
+    columns: dict[str, np.ndarray]
+    complete: bool = True
+    _in_start: np.ndarray | None = field(default=None, repr=False)
+    _out_start: np.ndarray | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.columns["op"].shape[0])
+
+    @property
+    def in_start(self) -> np.ndarray:
+        """Index of each event's first row in the input columns (length: events + 1)."""
+        if self._in_start is None:
+            self._in_start = _offsets(self.columns["n_in"])
+        return self._in_start
+
+    @property
+    def out_start(self) -> np.ndarray:
+        """Index of each event's first row in the output columns (length: events + 1)."""
+        if self._out_start is None:
+            self._out_start = _offsets(self.columns["n_out"])
+        return self._out_start
+
+    def string(self, column: str, event: int) -> str:
+        """The string that ``column`` (op, module, location, args) holds for one event."""
+        return self.strings[int(self.columns[column][event])]
+
+    def event_summary(self, event: int) -> dict[str, Any]:
+        """One event as a plain dict, for reports and debugging."""
+        c = self.columns
+        return {
+            "index": event,
+            "op": self.string("op", event),
+            "module": self.string("module", event),
+            "location": self.string("location", event),
+            "args": self.string("args", event),
+            "phase": PHASES[int(c["phase"][event])],
+            "step": int(c["step"][event]),
+        }
+
+    @property
+    def rank(self) -> int:
+        return int(self.header.get("rank", 0))
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
+
+
+class TraceWriter:
+    """Appends records to a trace file as a run goes; each record is flushed when written.
+
+    Args:
+        path: the file to create (its folder is created too).
+        header: JSON-serialisable header.
+    """
+
+    def __init__(self, path: str | os.PathLike, header: dict[str, Any]):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        self._file.write(MAGIC + struct.pack("<I", FORMAT_VERSION))
+        self._record(b"H", json.dumps(header, default=str).encode())
+        self.events_written = 0
+        self.bytes_written = 0
+
+    def add_strings(self, strings: list[str]) -> None:
+        """Append strings to the table; their ids continue from the last ones written."""
+        if strings:
+            self._record(b"S", json.dumps(strings).encode())
+
+    def add_chunk(self, columns: dict[str, np.ndarray]) -> None:
+        """Append a run of events; ``columns`` must hold every column of ``ALL_COLUMNS``."""
+        buffer = io.BytesIO()
+        meta = []
+        for name, dtype in ALL_COLUMNS.items():
+            array = np.ascontiguousarray(columns[name], dtype=dtype)
+            meta.append([name, len(array)])
+            buffer.write(array.tobytes())
+        body = json.dumps(meta).encode()
+        payload = struct.pack("<I", len(body)) + body + buffer.getvalue()
+        self._record(b"C", zlib.compress(payload, 1))
+        self.events_written += len(columns["op"])
+
+    def close(self, footer: dict[str, Any]) -> None:
+        """Write the footer and close the file. Safe to call twice."""
+        if self._file is None:
+            return
+        self._record(b"F", json.dumps(footer, default=str).encode())
+        self._file.close()
+        self._file = None
+
+    def abandon(self) -> None:
+        """Close without a footer (the file then loads as incomplete)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _record(self, kind: bytes, payload: bytes) -> None:
+        assert self._file is not None, "trace already closed"
+        self._file.write(_RECORD.pack(kind, len(payload), zlib.crc32(payload)) + payload)
+        self._file.flush()
+        self.bytes_written = self._file.tell()
+
+
+def load(path: str | os.PathLike) -> Trace:
+    """Load a trace file.
+
+    Args:
+        path: a file written by ``bisector record`` or ``bisector find``.
+
+    Returns:
+        The trace. A file cut short (killed run) loads up to its last complete record, with
+        ``complete=False``.
+
+    Raises:
+        TraceError: the file is missing, is not a trace, has an unknown format version, or is
+            corrupt.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TraceError(f"trace file not found: {path}") from None
+    except IsADirectoryError:
+        raise TraceError(f"{path} is a folder, not a trace file") from None
+    except OSError as exc:
+        raise TraceError(f"cannot read trace file {path}: {exc.strerror}") from None
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
+        raise TraceError(f"{path} is not a bisector trace (record one with `bisector record`)")
+    (version,) = struct.unpack_from("<I", data, len(MAGIC))
+    if version > FORMAT_VERSION:
+        raise TraceError(
+            f"{path} has trace format version {version}, newer than this bisector reads "
+            f"({FORMAT_VERSION}); upgrade bisector"
+        )
+    if version < 1:
+        raise TraceError(f"{path} has an unknown trace format version {version}")
+    return _parse(path, data, len(MAGIC) + 4)
+
+
+def _parse(path: Path, data: bytes, pos: int) -> Trace:
+    header: dict[str, Any] | None = None
+    footer: dict[str, Any] = {}
+    strings: list[str] = []
+    chunks: list[dict[str, np.ndarray]] = []
+    complete = False
+    while pos < len(data):
+        if pos + _RECORD.size > len(data):
+            break  # cut short inside a record header: a killed run
+        kind, length, crc = _RECORD.unpack_from(data, pos)
+        start = pos + _RECORD.size
+        if length > _MAX_RECORD:
+            raise TraceError(f"{path} is corrupt (record at byte {pos} claims {length} bytes)")
+        if start + length > len(data):
+            break  # cut short inside a payload: a killed run
+        payload = data[start : start + length]
+        if zlib.crc32(payload) != crc:
+            raise TraceError(f"{path} is corrupt (checksum mismatch in the record at byte {pos})")
+        pos = start + length
+        try:
+            if kind == b"H":
+                header = json.loads(payload)
+            elif kind == b"S":
+                strings.extend(str(s) for s in json.loads(payload))
+            elif kind == b"C":
+                chunks.append(_parse_chunk(payload))
+            elif kind == b"F":
+                footer = json.loads(payload)
+                complete = True
+            else:
+                raise TraceError(f"{path} is corrupt (unknown record kind {kind!r} at byte {pos})")
+        except (ValueError, zlib.error, struct.error) as exc:
+            raise TraceError(f"{path} is corrupt ({type(exc).__name__} in a record)") from None
+    if header is None:
+        raise TraceError(f"{path} is corrupt or empty (no header record)")
+    columns = {
+        name: (np.concatenate([c[name] for c in chunks]) if chunks else np.zeros(0, dtype))
+        for name, dtype in ALL_COLUMNS.items()
+    }
+    trace = Trace(str(path), header, footer, strings, columns, complete)
+    _validate(trace)
+    return trace
+
+
+def _parse_chunk(payload: bytes) -> dict[str, np.ndarray]:
+    raw = zlib.decompress(payload)
+    (meta_len,) = struct.unpack_from("<I", raw, 0)
+    meta = json.loads(raw[4 : 4 + meta_len])
+    pos = 4 + meta_len
+    out: dict[str, np.ndarray] = {}
+    for name, count in meta:
+        dtype = np.dtype(ALL_COLUMNS.get(name, "u1"))
+        size = int(count) * dtype.itemsize
+        if count < 0 or pos + size > len(raw):
+            raise ValueError("column runs past the end of its chunk")
+        if name in ALL_COLUMNS:
+            out[name] = np.frombuffer(raw, dtype=dtype, count=int(count), offset=pos).copy()
+        pos += size
+    missing = set(ALL_COLUMNS) - set(out)
+    if missing:
+        raise ValueError(f"chunk lacks columns {sorted(missing)}")
+    return out
+
+
+def _validate(trace: Trace) -> None:
+    """Check the columns agree with each other, so analysis can index without bounds checks."""
+    c = trace.columns
+    n = len(trace)
+    name = trace.path
+    if any(len(c[k]) != n for k in EVENT_COLUMNS):
+        raise TraceError(f"{name} is corrupt (event columns of different lengths)")
+    if int(c["n_in"].sum()) != len(c["in_back"]) or int(c["n_out"].sum()) != len(c["out_fp"]):
+        raise TraceError(f"{name} is corrupt (input or output counts do not add up)")
+    for column in ("op", "module", "location", "args"):
+        if n and int(c[column].max()) >= len(trace.strings):
+            raise TraceError(f"{name} is corrupt (string id out of range in column {column})")
+    if n and int(c["phase"].max()) >= len(PHASES):
+        raise TraceError(f"{name} is corrupt (unknown phase)")
+    consumer = np.repeat(np.arange(n, dtype=np.int64), c["n_in"].astype(np.int64))
+    if len(consumer) and bool((c["in_back"].astype(np.int64) > consumer).any()):
+        raise TraceError(f"{name} is corrupt (an input refers to an event before the first)")
+    back = c["in_back"].astype(np.int64)
+    tracked = back > 0
+    if tracked.any():
+        source = (consumer - back)[tracked]
+        if bool((c["in_slot"][tracked] >= c["n_out"][source]).any()):
+            raise TraceError(f"{name} is corrupt (an input refers to an output that does not exist)")
+    producer = np.repeat(np.arange(n, dtype=np.int64), c["n_out"].astype(np.int64))
+    if len(producer) and bool((c["out_prev_back"].astype(np.int64) > producer).any()):
+        raise TraceError(f"{name} is corrupt (an output refers to an event before the first)")
