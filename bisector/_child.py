@@ -87,7 +87,10 @@ def _print_user_traceback(exc: BaseException) -> None:
     """Print the traceback as `python script.py` would, without runpy's or bisector's frames."""
     ours = (os.path.dirname(os.path.abspath(bisector.__file__)), os.path.dirname(runpy.__file__))
     tb = exc.__traceback__
-    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(ours):
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename.startswith("<frozen")
+        or os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(ours)
+    ):
         tb = tb.tb_next
     traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
 

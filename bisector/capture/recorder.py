@@ -119,7 +119,7 @@ class Recorder:
         self._strings: dict[str, int] = {}
         self._new_strings: list[str] = []
         self._location_ids: dict[tuple[Any, int], int] = {}
-        self._states: dict[int, list] = {}  # storage cdata -> [version, event, slot, weakref]
+        self._states: dict[int, list] = {}  # cdata -> [version, event, slot, weakref, bump]
         self._states_pruned_at = 0
         self._node_info: dict[int, tuple[int, int]] = {}  # autograd seq nr -> (module, location)
         self._last_seq = -1
@@ -282,19 +282,22 @@ class Recorder:
 
         out = func(*args, **kwargs)
 
+        fresh: list[torch.Tensor] = []
         if info.fresh_returns:
             results = out if info.n_returns > 1 else (out,)
             for i in info.fresh_returns:
                 value = results[i]
                 for t in value if isinstance(value, (list, tuple)) else (value,):
                     if isinstance(t, torch.Tensor):
-                        written.append(t)
+                        fresh.append(t)
                         previous.append(None)
+        written += fresh
 
         index = self._events
+        n_written = len(written) - len(fresh)
         for slot, t in enumerate(written):
             self._add_output(t, info.no_data, previous[slot], index)
-            self._register(t, index, slot)
+            self._register(t, index, slot, bump=slot < n_written)
         self._add_event(info.name, module_id, location_id, args_id, phase, refs, len(written), index)
         return out
 
@@ -359,14 +362,23 @@ class Recorder:
             return _UNTRACKED
         version = _version(t)
         entry = self._states.get(storage._cdata)
-        if entry is not None and entry[0] == version:
-            return entry[1], entry[2]
+        if entry is not None:
+            if entry[0] == version:
+                return entry[1], entry[2]
+            if entry[4] and entry[0] + 1 == version:
+                # The version bump of an in-place op happens after our handler returns.
+                entry[0], entry[4] = version, False
+                return entry[1], entry[2]
         index = self._add_leaf(t, storage, phase, module_id, location_id)
         self._register(t, index, 0)
         return index, 0
 
-    def _register(self, t: torch.Tensor, index: int, slot: int) -> None:
-        """Remember that event ``index`` (output ``slot``) produced the tensor's current value."""
+    def _register(self, t: torch.Tensor, index: int, slot: int, bump: bool = False) -> None:
+        """Remember that event ``index`` (output ``slot``) produced the tensor's current value.
+
+        ``bump``: the op wrote the tensor in place, so autograd's ADInplaceOrView layer will
+        bump its version counter by one once our handler has returned.
+        """
         try:
             storage = t.untyped_storage()
         except (RuntimeError, NotImplementedError):
@@ -376,11 +388,11 @@ class Recorder:
         if entry is None:
             # Holding a weak reference keeps the storage's address from being reused by a new
             # storage while we remember it, so a key always means the same storage.
-            self._states[key] = [_version(t), index, slot, StorageWeakRef(storage)]
+            self._states[key] = [_version(t), index, slot, StorageWeakRef(storage), bump]
             if len(self._states) > 2 * self._states_pruned_at + 4096:
                 self._prune_states()
         else:
-            entry[0], entry[1], entry[2] = _version(t), index, slot
+            entry[0], entry[1], entry[2], entry[4] = _version(t), index, slot, bump
 
     def _prune_states(self) -> None:
         self._states = {k: v for k, v in self._states.items() if not v[3].expired()}

@@ -1,0 +1,204 @@
+"""The command line: parse, call the API, render. The only place that prints errors and exits.
+
+Exit codes: 0 reproducible, 1 divergence found, 2 error (bad input, script failure, Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import importlib
+
+import typer
+from rich.console import Console
+
+from bisector import __version__, api
+from bisector.errors import BisectorError, ScriptError
+from bisector.render import console as console_render
+from bisector.report import Report
+from bisector.runner import RunOptions, run_recorded
+
+EXIT_REPRODUCIBLE, EXIT_DIVERGED, EXIT_ERROR = 0, 1, 2
+# Lines of a failed script's output shown (the end, where its traceback is).
+_OUTPUT_TAIL = 60
+
+app = typer.Typer(
+    name="bisector",
+    help="Find why two runs of the same PyTorch training stop being bitwise identical.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"bisector {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Find why two runs of the same PyTorch training stop being bitwise identical."""
+
+
+@app.command(context_settings={"ignore_unknown_options": False})
+def find(
+    script: Path = typer.Argument(..., help="The training script to run twice."),
+    args: Optional[list[str]] = typer.Argument(  # noqa: UP007 - typer needs Optional here
+        None, help="Arguments for the script; put them after `--`."
+    ),
+    steps: int = typer.Option(
+        2, "--steps", "-n", min=1,
+        help="Optimizer steps to record in each run (top-level forward calls if the script "
+        "has no optimizer).",
+    ),
+    json_path: Optional[Path] = typer.Option(  # noqa: UP007
+        None, "--json", help="Also write the report as JSON to this file."
+    ),
+    workdir: Optional[Path] = typer.Option(  # noqa: UP007
+        None, "--workdir", help="Folder for the traces and logs of the two runs "
+        "(default: a new folder under .bisector/).",
+    ),
+    timeout: Optional[float] = typer.Option(  # noqa: UP007
+        None, "--timeout", min=1, help="Stop a run that takes longer than this many seconds."
+    ),
+    show_output: bool = typer.Option(
+        False, "--show-output", help="Show the script's own output while it runs."
+    ),
+) -> None:
+    """Run SCRIPT twice in fresh processes, record every operator, and name the first one
+    whose outputs differ while its inputs were identical."""
+    options = api.FindOptions(
+        steps=steps,
+        workdir=str(workdir) if workdir else None,
+        run=RunOptions(steps=steps, timeout=timeout, echo=show_output),
+    )
+    report = api.find(script, tuple(args or ()), steps=steps, options=options)
+    _finish(report, json_path, next_hint=True)
+
+
+@app.command()
+def record(
+    script: Path = typer.Argument(..., help="The training script to run once."),
+    args: Optional[list[str]] = typer.Argument(  # noqa: UP007
+        None, help="Arguments for the script; put them after `--`."
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="The trace file to write."),
+    steps: Optional[int] = typer.Option(  # noqa: UP007
+        2, "--steps", "-n", min=1,
+        help="Optimizer steps to record (top-level forward calls if there is no optimizer).",
+    ),
+    all_steps: bool = typer.Option(False, "--all", help="Record the whole script (ignore --steps)."),
+    timeout: Optional[float] = typer.Option(  # noqa: UP007
+        None, "--timeout", min=1, help="Stop the run if it takes longer than this many seconds."
+    ),
+    show_output: bool = typer.Option(
+        False, "--show-output", help="Show the script's own output while it runs."
+    ),
+) -> None:
+    """Run SCRIPT once and save its trace, to compare later with `bisector diff`."""
+    run = RunOptions(steps=None if all_steps else steps, timeout=timeout, echo=show_output)
+    info = run_recorded(script, tuple(args or ()), output, run, name="A")
+    out = _console()
+    out.print(f"Recorded {info.events} events over {info.steps} optimizer steps into {output}")
+    out.print(f"Next: record another run, then `bisector diff {output} OTHER.trace`")
+
+
+@app.command()
+def diff(
+    trace_a: Path = typer.Argument(..., help="Trace of the first run."),
+    trace_b: Path = typer.Argument(..., help="Trace of the second run."),
+    json_path: Optional[Path] = typer.Option(  # noqa: UP007
+        None, "--json", help="Also write the report as JSON to this file."
+    ),
+) -> None:
+    """Compare two saved traces and name the first operator that diverged."""
+    report = api.diff(trace_a, trace_b)
+    _finish(report, json_path, next_hint=False)
+
+
+def _finish(report: Report, json_path: Path | None, next_hint: bool) -> None:
+    out = _console()
+    console_render.render(report, out)
+    if json_path is not None:
+        try:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(report.to_json())
+        except OSError as exc:
+            raise BisectorError(f"cannot write the JSON report to {json_path}: {exc.strerror}") from None
+        out.print(f"JSON report written to {json_path}")
+    if next_hint and len(report.runs) == 2 and not report.reproducible:
+        a, b = report.runs
+        out.print(f"Re-read these runs any time: bisector diff {a.trace} {b.trace}")
+    raise typer.Exit(EXIT_REPRODUCIBLE if report.reproducible else EXIT_DIVERGED)
+
+
+def _click_exceptions() -> list:
+    """The exception modules of click and of the click copy that newer typer versions carry."""
+    modules = []
+    for name in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return modules
+
+
+_CLICK = _click_exceptions()
+_EXITS = tuple(m.Exit for m in _CLICK if hasattr(m, "Exit")) + (typer.Exit,)
+_ABORTS = tuple(m.Abort for m in _CLICK if hasattr(m, "Abort")) + (typer.Abort,)
+_USAGE = tuple(m.UsageError for m in _CLICK)
+_NO_ARGS = tuple(m.NoArgsIsHelpError for m in _CLICK if hasattr(m, "NoArgsIsHelpError"))
+_CLICK_OTHER = tuple(m.ClickException for m in _CLICK)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `bisector` command; returns the exit code."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        # Without standalone mode, click returns the code of a typer.Exit instead of exiting.
+        code = app(args=argv, prog_name="bisector", standalone_mode=False)
+        return code if isinstance(code, int) else EXIT_REPRODUCIBLE
+    except _EXITS as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except _NO_ARGS as exc:
+        print(exc.ctx.get_help() if exc.ctx else "Usage: bisector COMMAND --help")
+        return EXIT_ERROR
+    except _USAGE as exc:
+        command = exc.ctx.command_path if exc.ctx else "bisector"
+        err.print(f"bisector: error: {exc.format_message()} (see `{command} --help`)", markup=False)
+        return EXIT_ERROR
+    except _CLICK_OTHER as exc:
+        err.print(f"bisector: error: {exc.format_message()}", markup=False)
+        return EXIT_ERROR
+    except _ABORTS + (KeyboardInterrupt,):
+        err.print("bisector: interrupted", markup=False)
+        return EXIT_ERROR
+    except ScriptError as exc:
+        if exc.output:
+            lines = exc.output.rstrip("\n").splitlines()
+            if len(lines) > _OUTPUT_TAIL:
+                lines = [f"... ({len(lines) - _OUTPUT_TAIL} earlier lines of the script's output "
+                         "are in the run's .log file)"] + lines[-_OUTPUT_TAIL:]
+            sys.stderr.write("\n".join(lines) + "\n")
+        err.print(f"bisector: error: {exc}", markup=False)
+        return EXIT_ERROR
+    except BisectorError as exc:
+        err.print(f"bisector: error: {exc}", markup=False)
+        return EXIT_ERROR
+
+
+def run() -> None:
+    """Console-script wrapper: exit with main()'s code."""
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Render a Report on the console with rich: verdict, first source, other sources, notes."""
+
+from __future__ import annotations
+
+import linecache
+import os
+from collections import OrderedDict
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from bisector.report import Report, RunInfo, Source
+
+_KIND_TEXT = {
+    "kernel": "a nondeterministic kernel",
+    "rng": "a random op with a different generator state",
+    "input": "an input tensor that differs",
+    "argument": "a non-tensor argument that differs",
+    "structure": "the two runs stop running the same ops",
+}
+# Other sources shown one group per line; the rest are counted.
+_MAX_GROUPS = 8
+
+
+def render(report: Report, console: Console) -> None:
+    """Print the report."""
+    console.print(_verdict(report))
+    if report.first_divergence is not None:
+        console.print(_first(report, report.first_divergence))
+    others = report.sources[1:]
+    if others:
+        console.print(_others(others, report.sources_total - 1))
+    if report.notes:
+        console.print(Text("Notes", style="bold"))
+        for note in report.notes:
+            console.print(Text("  - ") + Text(note))
+    console.print(_runs(report.runs))
+
+
+def describe_magnitude(source: Source) -> str:
+    """'3.6e-07' or '>= 3.6e-07' depending on whether the figure is exact or a lower bound."""
+    value = source.max_abs_diff
+    if value is None:
+        return "n/a"
+    prefix = ">= " if source.max_abs_diff_bound == "lower" else ""
+    return f"{prefix}{value:.3g}"
+
+
+def _verdict(report: Report) -> Text:
+    if report.reproducible:
+        return Text.assemble(
+            ("Reproducible: ", "bold green"),
+            f"both runs are bitwise identical over {report.compared_events} events.",
+        )
+    first = report.first_divergence
+    kind = _KIND_TEXT.get(first.kind, first.kind) if first else "unknown"
+    return Text.assemble(
+        ("Runs diverge: ", "bold red"),
+        f"{report.differing_events} of {report.compared_events} events differ; "
+        f"the first cause is {kind}.",
+    )
+
+
+def _first(report: Report, source: Source) -> Panel:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("op", Text(source.op, style="bold"))
+    table.add_row("module", source.module or "(no module)")
+    table.add_row("when", f"{source.phase}, step {source.step}, rank {source.rank}")
+    table.add_row("line", source.location or "(unknown)")
+    code = _code_line(source.location, report)
+    if code:
+        table.add_row("", Text(code, style="dim"))
+    if source.kind == "structure":
+        table.add_row("what", source.detail)
+    else:
+        table.add_row("max |A-B|", describe_magnitude(source))
+        table.add_row("why", source.detail)
+    if source.kind == "argument" and len(source.args) == 2:
+        table.add_row("args A", source.args[0])
+        table.add_row("args B", source.args[1])
+    if source.spread is not None:
+        table.add_row(
+            "spread",
+            f"{source.spread} later differing events depend on it "
+            f"(of {report.differing_events} that differ)",
+        )
+    title = f"First divergence: {source.kind}"
+    return Panel(table, title=title, title_align="left", border_style="red", expand=False)
+
+
+def _others(sources: list[Source], total: int) -> Group:
+    groups: OrderedDict[tuple, list[Source]] = OrderedDict()
+    for s in sources:
+        groups.setdefault((s.kind, s.op, s.module, s.phase, s.location), []).append(s)
+    table = Table(box=None, padding=(0, 1), show_edge=False)
+    for column in ("kind", "op", "module", "phase", "steps", "line", "max |A-B|"):
+        table.add_column(column, overflow="fold")
+    for (kind, op, module, phase, location), members in list(groups.items())[:_MAX_GROUPS]:
+        steps = sorted({m.step for m in members})
+        shown = ",".join(str(s) for s in steps[:6]) + ("..." if len(steps) > 6 else "")
+        count = f" x{len(members)}" if len(members) > 1 else ""
+        table.add_row(kind + count, op, module or "-", phase, shown, location,
+                      describe_magnitude(members[0]))
+    rest = len(groups) - _MAX_GROUPS
+    parts: list = [Text(f"Other sources ({total})", style="bold"), table]
+    if rest > 0:
+        parts.append(Text(f"  ... and {rest} more groups (see --json)"))
+    return Group(*parts)
+
+
+def _runs(runs: list[RunInfo]) -> Group:
+    lines = [Text("Runs", style="bold")]
+    for run in runs:
+        seconds = f", {run.seconds:.1f} s" if run.seconds is not None else ""
+        lines.append(
+            Text(f"  {run.name}: {run.events} events, {run.steps} optimizer steps, "
+                 f"{run.status}{seconds}  {run.trace}")
+        )
+    return Group(*lines)
+
+
+def _code_line(location: str, report: Report) -> str:
+    path, _, line = location.rpartition(":")
+    if not path or not line.isdigit():
+        return ""
+    if not os.path.isabs(path):
+        path = os.path.abspath(path)
+    return linecache.getline(path, int(line)).strip()

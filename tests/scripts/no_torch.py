@@ -1,0 +1,3 @@
+"""Runs no torch operator at all."""
+
+print("hello, no tensors here")
