@@ -138,7 +138,7 @@ def _magnitude(a: Trace, b: Trace, eq, event: int) -> float | None:
 def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
     op = a.string("op", event)
     args_equal = bool(eq.args_equal[event])
-    kind = classify(op, args_equal)
+    kind = classify(op, args_equal, bool(eq.rewired[event]))
     details = {
         "input": "this tensor was not produced by a recorded op and its value differs "
         "(data batch, initial weights or state loaded from outside)",
@@ -147,6 +147,8 @@ def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
         "(seed not set, or set from something that changes between runs)",
         "kernel": "its inputs and arguments are equal in both runs but its outputs differ: "
         "the op itself is nondeterministic",
+        "structure": "it reads a tensor made by a different op in the two runs: the dataflow "
+        "changed here",
     }
     args = [a.string("args", event), b.string("args", event)] if kind == "argument" else []
     return Source(

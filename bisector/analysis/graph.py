@@ -35,6 +35,8 @@ class Equality:
         row_differs: per output row (trace A's row order), the fingerprint differs.
         state_equal: per output row, the value it leaves behind is equal (partial writes
             included).
+        rewired: the event reads a tensor made by a different producer in the two runs, while
+            every input whose producer matches is equal (the dataflow itself changed).
         producer: per input row, the producing event's index (-1: untracked).
         consumer: per input row, the consuming event's index.
     """
@@ -42,6 +44,7 @@ class Equality:
     out_differs: np.ndarray
     inputs_equal: np.ndarray
     args_equal: np.ndarray
+    rewired: np.ndarray
     row_differs: np.ndarray
     state_equal: np.ndarray
     producer: np.ndarray
@@ -87,11 +90,14 @@ def compare_events(a: Trace, b: Trace, paired: int, ids_b_to_a: np.ndarray) -> E
     input_ok = same_ref & value_equal
     bad_inputs = np.bincount(consumer[~input_ok], minlength=paired)[:paired]
     inputs_equal = bad_inputs == 0
+    moved = np.bincount(consumer[~same_ref], minlength=paired)[:paired] > 0
+    unequal_matched = np.bincount(consumer[same_ref & ~value_equal], minlength=paired)[:paired]
+    rewired = moved & (unequal_matched == 0)
 
     args_equal = ca["args"][:paired].astype(np.int64) == ids_b_to_a[cb["args"][:paired]]
     out_differs = np.bincount(row_event[row_differs], minlength=paired)[:paired] > 0
     return Equality(
-        out_differs, inputs_equal, args_equal, row_differs, state_equal, producer, consumer
+        out_differs, inputs_equal, args_equal, rewired, row_differs, state_equal, producer, consumer
     )
 
 
@@ -112,12 +118,14 @@ def is_random_op(name: str) -> bool:
 
 
 def source_events(eq: Equality) -> np.ndarray:
-    """Indices of events whose inputs are equal and whose outputs differ, in order."""
-    return np.flatnonzero(eq.out_differs & eq.inputs_equal)
+    """Indices of events whose inputs are equal (or rewired) and whose outputs differ, in order."""
+    return np.flatnonzero(eq.out_differs & (eq.inputs_equal | eq.rewired))
 
 
-def classify(op: str, args_equal: bool) -> str:
+def classify(op: str, args_equal: bool, rewired: bool = False) -> str:
     """The kind of a source from its op name and whether its arguments are equal."""
+    if rewired:
+        return "structure"
     if op.startswith("leaf."):
         return "input"
     if not args_equal:

@@ -30,6 +30,10 @@ _NO_DATA_OPS = {
 }
 
 
+# Namespaces of ops that do bookkeeping, not computation.
+_IGNORED_NAMESPACES = ("profiler.",)
+
+
 @dataclass(frozen=True)
 class OpInfo:
     """What the schema of one aten overload tells us.
@@ -41,6 +45,7 @@ class OpInfo:
         is_view: every result aliases an input and nothing is written (view, t, detach...).
         random: the op draws from a random generator.
         no_data: the results are uninitialised memory.
+        ignored: bookkeeping, not computation (profiler ranges): not recorded.
     """
 
     name: str
@@ -50,10 +55,13 @@ class OpInfo:
     is_view: bool
     random: bool
     no_data: bool
+    ignored: bool = False
 
     @staticmethod
     def of(func: torch._ops.OpOverload) -> OpInfo:
         name = str(func)  # "aten.index_put_.default"; custom ops keep their namespace
+        if name.startswith(_IGNORED_NAMESPACES):
+            return OpInfo(name, (), (), 0, False, False, False, ignored=True)
         try:
             schema = func._schema
         except AttributeError:

@@ -1,0 +1,156 @@
+"""Alignment and source finding on hand-built event streams."""
+
+from __future__ import annotations
+
+import pytest
+
+from bisector.analysis import compare
+from bisector.errors import MismatchError
+from bisector.trace import OUT_HASHED, OUT_NODATA, OUT_PARTIAL
+from streams import Ev, make_trace
+
+
+def _chain(kernel_fp: int, param_fp: int = 7, lr: str = "0.1") -> list[Ev]:
+    """leaf weight -> mm (kernel) -> relu -> sum, then an optimizer update of the weight."""
+    return [
+        Ev("leaf.parameter", [], [param_fp], args="fc.weight", module="fc"),
+        Ev("leaf.tensor", [], [11], args="T float32[4, 4]"),
+        Ev("aten.mm.default", [(1, 0), (0, 0)], [kernel_fp], module="fc"),
+        Ev("aten.relu.default", [(2, 0)], [kernel_fp * 3]),
+        Ev("aten.sum.default", [(3, 0)], [kernel_fp * 5]),
+        Ev("aten.add_.Tensor", [(0, 0), (4, 0)], [kernel_fp * 7], args=lr, phase="optimizer"),
+    ]
+
+
+def test_identical_streams_are_reproducible():
+    report = compare(make_trace(_chain(100)), make_trace(_chain(100)))
+    assert report.reproducible
+    assert report.first_divergence is None and report.sources == []
+    assert report.compared_events == 6 and report.differing_events == 0
+
+
+def test_kernel_source_is_the_first_op_with_equal_inputs_and_different_outputs():
+    report = compare(make_trace(_chain(100)), make_trace(_chain(101)))
+    assert not report.reproducible
+    first = report.first_divergence
+    assert (first.kind, first.op, first.module, first.event) == ("kernel", "aten.mm.default", "fc", 2)
+    assert len(report.sources) == 1, "downstream events must not be sources"
+    assert report.differing_events == 4
+    assert first.spread == 3
+    assert first.location == "train.py:10"
+
+
+def test_input_leaf_source():
+    report = compare(make_trace(_chain(100, param_fp=7)), make_trace(_chain(100, param_fp=8)))
+    first = report.first_divergence
+    assert (first.kind, first.op, first.event) == ("input", "leaf.parameter", 0)
+
+
+def test_argument_source():
+    a, b = _chain(100), _chain(100)
+    b[5].outputs = [999]
+    b[5].args = "0.1000001"
+    report = compare(make_trace(a), make_trace(b))
+    first = report.first_divergence
+    assert (first.kind, first.op, first.phase) == ("argument", "aten.add_.Tensor", "optimizer")
+    assert first.args == ["0.1", "0.1000001"]
+
+
+def test_argument_that_changes_nothing_is_not_a_source():
+    a, b = _chain(100), _chain(100)
+    b[3].args = "inplace=False"
+    assert compare(make_trace(a), make_trace(b)).reproducible
+
+
+def test_rng_kind_from_the_op_schema():
+    a = [Ev("aten.empty.memory_format", [], [(0, OUT_NODATA, None)]),
+         Ev("aten.bernoulli_.float", [(0, 0)], [5], args="0.5")]
+    b = [Ev("aten.empty.memory_format", [], [(1, OUT_NODATA, None)]),
+         Ev("aten.bernoulli_.float", [(0, 0)], [6], args="0.5")]
+    report = compare(make_trace(a), make_trace(b))
+    assert report.first_divergence.kind == "rng"
+    assert report.first_divergence.event == 1, "uninitialised memory is never a source"
+
+
+def test_independent_sources_are_all_listed_in_order():
+    a, b = _chain(100), _chain(101)
+    extra = [Ev("leaf.tensor", [], [50], step=1), Ev("aten.cumsum.default", [(6, 0)], [60], step=1)]
+    extra_b = [Ev("leaf.tensor", [], [50], step=1), Ev("aten.cumsum.default", [(6, 0)], [61], step=1)]
+    report = compare(make_trace(a + extra), make_trace(b + extra_b))
+    assert [s.event for s in report.sources] == [2, 7]
+    assert report.sources[1].step == 1
+
+
+def test_partial_write_keeps_earlier_differences():
+    """A write into half a buffer that was already different leaves it different."""
+    def stream(first_half: int) -> list[Ev]:
+        return [
+            Ev("aten.zeros.default", [], [1]),
+            Ev("aten.copy_.default", [(0, 0), (-1, 0)], [(first_half, OUT_HASHED | OUT_PARTIAL, (0, 0))]),
+            Ev("aten.copy_.default", [(1, 0), (-1, 0)], [(9, OUT_HASHED | OUT_PARTIAL, (1, 0))]),
+            Ev("aten.sum.default", [(2, 0)], [first_half * 2]),
+        ]
+    report = compare(make_trace(stream(3)), make_trace(stream(4)))
+    assert [s.event for s in report.sources] == [1], "the sum reads a value that already differed"
+
+
+def test_structure_break_is_a_source_and_never_crashes():
+    a = _chain(100)
+    b = _chain(100)[:3] + [Ev("aten.gelu.default", [(2, 0)], [300])] + _chain(100)[4:]
+    report = compare(make_trace(a), make_trace(b))
+    assert not report.reproducible
+    assert report.structure == {"event": 3, "reason": "run A calls aten.relu.default where run B calls aten.gelu.default"}
+    assert report.first_divergence.kind == "structure"
+    assert report.compared_events == 3
+
+
+def test_streams_of_different_length():
+    report = compare(make_trace(_chain(100)), make_trace(_chain(100)[:4]))
+    assert report.first_divergence.kind == "structure"
+    assert "run B ends after 4 events" in report.first_divergence.detail
+
+
+def test_source_before_the_structure_break_comes_first():
+    a = _chain(100)
+    b = _chain(101)[:5]
+    report = compare(make_trace(a), make_trace(b))
+    assert [s.kind for s in report.sources] == ["kernel", "structure"]
+
+
+def test_inputs_from_different_producers_are_not_equal():
+    a = _chain(100)
+    b = _chain(100)
+    b[3].inputs = [(1, 0)]  # relu reads the data instead of the mm output in run B
+    b[3].outputs = [77]
+    report = compare(make_trace(a), make_trace(b))
+    first = report.first_divergence
+    assert (first.kind, first.event) == ("structure", 3)
+    assert "different op" in first.detail
+
+
+def test_empty_traces_are_a_clear_error():
+    with pytest.raises(MismatchError, match="neither trace"):
+        compare(make_trace([]), make_trace([]))
+
+
+def test_traces_of_different_scripts_sharing_nothing():
+    a = make_trace([Ev("aten.mm.default", [], [1])], header={"argv": ["train.py"]})
+    b = make_trace([Ev("aten.conv2d.default", [], [1])], header={"argv": ["other.py"]})
+    with pytest.raises(MismatchError, match="different scripts"):
+        compare(a, b)
+
+
+def test_report_json_contract():
+    import json
+
+    report = compare(make_trace(_chain(100)), make_trace(_chain(101)))
+    data = json.loads(report.to_json())
+    assert data["schema"] == 1 and data["reproducible"] is False
+    assert set(data) >= {"schema", "reproducible", "first_divergence", "sources", "runs"}
+    source_keys = {"kind", "op", "module", "phase", "step", "rank", "location", "max_abs_diff"}
+    assert source_keys <= set(data["first_divergence"])
+    assert all(source_keys <= set(s) for s in data["sources"])
+    assert data["first_divergence"]["phase"] in ("forward", "backward", "optimizer", "other")
+    from bisector.report import Report
+
+    assert Report.from_dict(data).to_dict() == data

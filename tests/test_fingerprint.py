@@ -1,0 +1,104 @@
+"""Fingerprints: bitwise, order-sensitive, deterministic, for every dtype we meet."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bisector.capture import fingerprint as fp
+
+
+def _reference(tensor: torch.Tensor) -> int:
+    """The fingerprint's definition, computed independently with numpy uint64 arithmetic."""
+    words = fp.word_view(tensor)
+    values = words.to(torch.int64).numpy().astype(np.uint64)
+    total = 0
+    for block, start in enumerate(range(0, len(values), fp._BLOCK)):
+        chunk = values[start : start + fp._BLOCK]
+        weights = fp._odd_weights(0, len(chunk)).view(np.uint64)
+        with np.errstate(over="ignore"):
+            partial = int((chunk * weights).sum(dtype=np.uint64))
+        if block:
+            partial = partial * (fp.block_multiplier(block) & fp._MASK64)
+        total = (total + partial) & fp._MASK64
+    return total
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
+              torch.int32, torch.int8, torch.uint8, torch.bool, torch.complex64]
+)
+def test_equal_tensors_equal_prints_and_one_bit_flip_changes_it(dtype):
+    base = (torch.randn(257) * 10).to(dtype) if dtype != torch.bool else torch.randn(257) > 0
+    assert fp.fingerprint(base) == fp.fingerprint(base.clone())
+    flipped = base.clone()
+    words = fp.word_view(flipped)
+    words[100] ^= 1  # one bit of one element
+    assert fp.fingerprint(flipped) != fp.fingerprint(base)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.bfloat16])
+def test_swapping_two_elements_changes_it(dtype):
+    base = torch.arange(1000).to(dtype)
+    swapped = base.clone()
+    swapped[[3, 700]] = swapped[[700, 3]]
+    assert torch.equal(base.sort().values, swapped.sort().values)
+    assert fp.fingerprint(base) != fp.fingerprint(swapped)
+
+
+def test_matches_the_definition_across_blocks():
+    tensor = torch.randn(fp._BLOCK * 2 + 123)
+    assert fp.fingerprint(tensor) == _reference(tensor)
+    small = torch.randn(5, 7)
+    assert fp.fingerprint(small) == _reference(small)
+
+
+def test_swap_across_blocks_is_seen():
+    tensor = torch.randn(fp._BLOCK + 10)
+    swapped = tensor.clone()
+    swapped[[5, fp._BLOCK + 5]] = swapped[[fp._BLOCK + 5, 5]]
+    assert fp.fingerprint(tensor) != fp.fingerprint(swapped)
+
+
+def test_depends_on_values_in_logical_order_not_memory_layout():
+    a = torch.randn(64, 32)
+    transposed_copy = a.t().contiguous()
+    assert fp.fingerprint(a.t()) == fp.fingerprint(transposed_copy)
+
+
+def test_signed_zero_and_nan_payloads_are_bits():
+    assert fp.fingerprint(torch.tensor([0.0])) != fp.fingerprint(torch.tensor([-0.0]))
+    nan = torch.tensor([float("nan")])
+    assert fp.fingerprint(nan) == fp.fingerprint(nan.clone())
+
+
+def test_empty_and_scalar_tensors():
+    assert fp.fingerprint(torch.zeros(0)) == 0
+    assert fp.fingerprint(torch.tensor(1.5)) == fp.fingerprint(torch.tensor([1.5]))
+
+
+def test_unhashable_tensors_give_none():
+    sparse = torch.eye(3).to_sparse()
+    assert fp.fingerprint(sparse) is None
+
+
+def test_collector_reads_back_in_order_with_stats():
+    collector = fp.Collector()
+    tensors = [torch.tensor([1.0, -3.0]), torch.arange(4), torch.tensor([2.5])]
+    for t in tensors:
+        collector.add(t, fp.word_view(t))
+    collector.add_blank()
+    fps, sums, maxes = collector.drain()
+    assert [int(v) & fp._MASK64 for v in fps[:3]] == [fp.fingerprint(t) for t in tensors]
+    assert sums.tolist() == [-2.0, 6.0, 2.5, 0.0]
+    assert maxes.tolist() == [3.0, 3.0, 2.5, 0.0]
+    assert len(collector) == 0
+
+
+def test_does_not_touch_the_global_rng():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    fp.fingerprint(torch.linspace(0, 1, 1000))
+    assert torch.equal(torch.rand(3), expected)

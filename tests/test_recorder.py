@@ -1,0 +1,196 @@
+"""The Recorder in-process: module paths, phases, steps, leaves, stopping, clean removal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import bisector
+from bisector.capture.recorder import Recorder, RecordOptions, StopRun
+from bisector.trace import load
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.Linear(8, 8)
+        self.mlp = nn.Sequential(nn.Linear(8, 8), nn.GELU())
+
+    def forward(self, x):
+        return self.mlp(self.attn(x))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([Block(), Block()])
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+def _steps(model, opt, n):
+    for _ in range(n):
+        loss = model(torch.ones(2, 8)).pow(2).mean()  # LOSS LINE
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def _events(path):
+    trace = load(path)
+    return trace, [trace.event_summary(i) for i in range(len(trace))]
+
+
+def test_module_paths_phases_and_steps(tmp_path):
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with bisector.record(tmp_path / "t.trace"):
+        _steps(model, opt, 2)
+    trace, events = _events(tmp_path / "t.trace")
+    forward = [e for e in events if e["phase"] == "forward" and e["op"] == "aten.addmm.default"]
+    assert [e["module"] for e in forward[:5]] == [
+        "layers.0.attn", "layers.0.mlp.0", "layers.1.attn", "layers.1.mlp.0", "head",
+    ]
+    backward_modules = {e["module"] for e in events if e["phase"] == "backward"}
+    assert {"layers.0.attn", "layers.1.mlp.1", "head"} <= backward_modules
+    optimizer = [e for e in events if e["phase"] == "optimizer"]
+    assert optimizer and {e["module"] for e in optimizer} >= {"layers.0.attn", "head"}
+    assert {e["step"] for e in events} == {0, 1}
+    assert trace.footer["steps"] == 2
+
+
+def test_locations_point_at_user_code(tmp_path):
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with bisector.record(tmp_path / "t.trace"):
+        _steps(model, opt, 1)
+    _, events = _events(tmp_path / "t.trace")
+    here = __file__
+    lines = open(here).read().splitlines()
+    loss_line = next(i for i, line in enumerate(lines, 1) if "# LOSS LINE" in line)
+    pow_event = next(e for e in events if e["op"] == "aten.pow.Tensor_Scalar")
+    assert pow_event["location"] == f"{here}:{loss_line}"
+    forward_line = next(i for i, line in enumerate(lines, 1) if "return self.mlp(self.attn(x))" in line)
+    addmm = next(e for e in events if e["op"] == "aten.addmm.default")
+    assert addmm["location"] == f"{here}:{forward_line}"
+    # a backward op is attributed to the line of the forward op that created it
+    gelu_backward = next(e for e in events if e["op"] == "aten.gelu_backward.default")
+    assert gelu_backward["location"] == f"{here}:{forward_line}"
+    assert gelu_backward["module"] == "layers.1.mlp.1"
+
+
+def test_parameters_made_before_recording_are_named_leaves(tmp_path):
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with bisector.record(tmp_path / "t.trace"):
+        _steps(model, opt, 2)
+    _, events = _events(tmp_path / "t.trace")
+    leaves = [e for e in events if e["op"].startswith("leaf.")]
+    names = {e["args"] for e in leaves if e["op"] == "leaf.parameter"}
+    assert "layers.0.attn.weight" in names and "head.bias" in names
+    # after the first step, updated parameters are known values, not new leaves
+    assert all(e["step"] == 0 for e in leaves if e["op"] == "leaf.parameter")
+
+
+def test_in_place_updates_are_followed_not_mistaken_for_leaves(tmp_path):
+    with bisector.record(tmp_path / "t.trace"):
+        x = torch.zeros(4)
+        for _ in range(3):
+            x.add_(1)
+        view = x[1:3]
+        view.mul_(2)
+        y = x.sum()
+    trace, events = _events(tmp_path / "t.trace")
+    assert [e["op"] for e in events if e["op"].startswith("leaf.")] == []
+    assert float(y) == 18.0
+    ops = [e["op"] for e in events]
+    total, mul = ops.index("aten.sum.default"), ops.index("aten.mul_.Tensor")
+    back = int(trace.columns["in_back"][trace.in_start[total]])
+    assert total - back == mul, "the sum reads the value the in-place write into a view left"
+    from bisector.trace import OUT_PARTIAL
+
+    assert trace.columns["out_kind"][trace.out_start[mul]] & OUT_PARTIAL
+
+
+def test_stop_after_steps_lets_the_script_go_on(tmp_path):
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with bisector.record(tmp_path / "t.trace", steps=1) as recorder:
+        _steps(model, opt, 3)
+        assert recorder.status == "stopped"
+    trace = load(tmp_path / "t.trace")
+    assert trace.footer["status"] == "stopped" and trace.footer["steps"] == 1
+    assert {int(s) for s in trace.columns["step"]} == {0}
+
+
+def test_exit_on_stop_raises_something_except_exception_cannot_catch(tmp_path):
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    swallowed = []
+    with pytest.raises(StopRun), Recorder(tmp_path / "t.trace", RecordOptions(steps=2, exit_on_stop=True)):
+        for _ in range(5):
+            try:
+                _steps(model, opt, 1)
+            except Exception as exc:  # noqa: BLE001 - what user code does
+                swallowed.append(exc)
+    assert swallowed == []
+    assert load(tmp_path / "t.trace").footer["status"] == "stopped"
+
+
+def test_no_optimizer_counts_top_level_forward_calls(tmp_path):
+    torch.manual_seed(0)
+    model = Net()
+    calls = 0
+    with pytest.raises(StopRun), Recorder(tmp_path / "t.trace", RecordOptions(steps=3, exit_on_stop=True)):
+        with torch.no_grad():
+            for _ in range(10):
+                model(torch.ones(1, 8))
+                calls += 1
+    assert calls == 3
+    trace = load(tmp_path / "t.trace")
+    assert sorted({int(s) for s in trace.columns["step"]}) == [0, 1, 2]
+
+
+def test_everything_is_removed_after_an_exception(tmp_path):
+    with pytest.raises(ZeroDivisionError), bisector.record(tmp_path / "t.trace"):
+        torch.ones(3).sum()
+        1 / 0  # noqa: B018
+    trace = load(tmp_path / "t.trace")
+    assert trace.footer["status"] == "failed" and "ZeroDivisionError" in trace.footer["error"]
+    # the autouse fixture checks that no hook or mode is left
+
+
+def test_recording_does_not_change_results(tmp_path):
+    def run():
+        torch.manual_seed(0)
+        model = Net()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        _steps(model, opt, 3)
+        return [p.detach().clone() for p in model.parameters()]
+
+    plain = run()
+    with bisector.record(tmp_path / "t.trace"):
+        recorded = run()
+    assert all(torch.equal(a, b) for a, b in zip(plain, recorded))
+
+
+def test_uninitialised_memory_is_not_fingerprinted(tmp_path):
+    from bisector.trace import OUT_NODATA
+
+    with bisector.record(tmp_path / "t.trace"):
+        buffer = torch.empty(16)
+        buffer.fill_(1.0)
+    trace = load(tmp_path / "t.trace")
+    ops = [trace.string("op", i) for i in range(len(trace))]
+    empty = ops.index("aten.empty.memory_format")
+    assert trace.columns["out_kind"][trace.out_start[empty]] == OUT_NODATA
