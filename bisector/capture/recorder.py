@@ -246,7 +246,7 @@ class Recorder:
     def _no_optimizer(self) -> bool:
         if self._optimizer_present is None:
             self._optimizer_present = any(
-                isinstance(obj, torch.optim.Optimizer) for obj in gc.get_objects()
+                issubclass(type(obj), torch.optim.Optimizer) for obj in gc.get_objects()
             )
         return not self._optimizer_present
 

@@ -1,0 +1,219 @@
+"""The real CLI in subprocesses, on scripts with real (CPU) sources of nondeterminism."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bisector.trace import load
+from conftest import SCRIPTS, bisector_command, source_line, subprocess_env
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*bisector_command(), *args], capture_output=True, text=True, timeout=timeout,
+        env=subprocess_env(), cwd=cwd,
+    )
+
+
+def find_json(tmp_path: Path, script: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path / "report.json"
+    result = run_cli("find", str(SCRIPTS / script), "--workdir", str(tmp_path / "runs"),
+                     "--json", str(out), *extra)
+    assert result.returncode in (0, 1), result.stderr
+    return result, json.loads(out.read_text())
+
+
+def _location(script: str) -> str:
+    return f"{SCRIPTS / script}:{source_line(SCRIPTS / script)}"
+
+
+def _abs(location: str) -> str:
+    path, _, line = location.rpartition(":")
+    return f"{Path(path).resolve()}:{line}"
+
+
+@pytest.mark.parametrize(
+    "script, kind, op, module, phase",
+    [
+        ("forward_atomic.py", "kernel", "aten.index_put_.default", "pool", "forward"),
+        ("backward_atomic.py", "kernel", "aten.index_put_.default", "embed", "backward"),
+        ("optimizer_scalar.py", "argument", "aten.add_.Tensor", "fc1", "optimizer"),
+        ("input_data.py", "input", "leaf.tensor", "", "other"),
+        ("random_op.py", "rng", "aten.bernoulli_.float", "drop", "forward"),
+    ],
+)
+def test_planted_source_is_found(tmp_path, script, kind, op, module, phase):
+    result, report = find_json(tmp_path, script)
+    assert result.returncode == 1
+    assert report["schema"] == 1 and report["reproducible"] is False
+    first = report["first_divergence"]
+    assert (first["kind"], first["op"], first["module"], first["phase"], first["step"]) == (
+        kind, op, module, phase, 0,
+    )
+    assert first["rank"] == 0
+    assert _abs(first["location"]) == _location(script)
+    assert first["max_abs_diff"] is None or first["max_abs_diff"] >= 0
+    assert first == report["sources"][0]
+    assert len(report["runs"]) == 2 and all(Path(r["trace"]).exists() for r in report["runs"])
+    assert "First divergence" in result.stdout and op in result.stdout
+
+
+def test_deterministic_script_is_reproducible_over_repeated_runs(tmp_path):
+    for attempt in range(2):
+        result, report = find_json(tmp_path / str(attempt), "deterministic.py", "--steps", "3")
+        assert result.returncode == 0, result.stdout
+        assert report["reproducible"] is True
+        assert report["first_divergence"] is None and report["sources"] == []
+        assert report["compared_events"] > 200
+        assert "Reproducible" in result.stdout
+
+
+def test_script_without_optimizer_stops_after_forward_calls(tmp_path):
+    result, report = find_json(tmp_path, "inference.py", "--steps", "2")
+    assert result.returncode == 0
+    log = Path(report["runs"][0]["log"]).read_text()
+    assert len(log.split()) == 2, "the script printed once per forward call; it must stop after 2"
+
+
+def test_stop_cannot_be_swallowed_by_except_exception(tmp_path):
+    result, report = find_json(tmp_path, "swallows.py", "--steps", "2")
+    assert result.returncode == 0
+    log = Path(report["runs"][0]["log"]).read_text()
+    assert "reached the end" not in log and "ignored" not in log
+    assert report["runs"][0]["steps"] == 2
+
+
+def test_recording_does_not_change_the_final_weights(tmp_path):
+    plain, recorded = tmp_path / "plain.pt", tmp_path / "recorded.pt"
+    env = subprocess_env()
+    subprocess.run([sys.executable, str(SCRIPTS / "deterministic.py"), "4", str(plain)],
+                   check=True, env=env, timeout=120)
+    result = run_cli("record", str(SCRIPTS / "deterministic.py"), "--all", "-o",
+                     str(tmp_path / "t.trace"), "--", "4", str(recorded))
+    assert result.returncode == 0, result.stderr
+    a = torch.load(plain, weights_only=True)
+    b = torch.load(recorded, weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert load(tmp_path / "t.trace").footer["status"] == "complete"
+
+
+def test_record_then_diff_gives_the_same_report(tmp_path):
+    for name in ("a", "b"):
+        result = run_cli("record", str(SCRIPTS / "forward_atomic.py"), "-o", str(tmp_path / f"{name}.trace"))
+        assert result.returncode == 0, result.stderr
+        assert "Recorded" in result.stdout
+    result = run_cli("diff", str(tmp_path / "a.trace"), str(tmp_path / "b.trace"),
+                     "--json", str(tmp_path / "r.json"))
+    assert result.returncode == 1
+    first = json.loads((tmp_path / "r.json").read_text())["first_divergence"]
+    assert (first["op"], first["module"]) == ("aten.index_put_.default", "pool")
+
+
+def test_python_dash_m_and_console_script_agree(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bisector", "--version"], capture_output=True,
+                            text=True, env=subprocess_env())
+    assert result.returncode == 0 and result.stdout.startswith("bisector ")
+
+
+def test_script_arguments_after_double_dash(tmp_path):
+    weights = tmp_path / "w.pt"
+    result, report = find_json(tmp_path, "deterministic.py", "--steps", "5", "--", "1", str(weights))
+    assert result.returncode == 0
+    assert report["runs"][0]["steps"] == 1, "the script's own argv asked for one step"
+    assert weights.exists()
+
+
+# ----- bad input: one clear line, exit 2, no traceback of ours ---------------------------------
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bisector: error")]
+    assert len(errors) == 1, result.stderr
+    assert "bisector/" not in result.stderr.replace(str(SCRIPTS), ""), "our own frames leaked"
+    return errors[0]
+
+
+def test_missing_script(tmp_path):
+    line = _one_error_line(run_cli("find", str(tmp_path / "nope.py")))
+    assert "script not found" in line
+
+
+def test_syntax_error(tmp_path):
+    script = tmp_path / "broken.py"
+    script.write_text("import torch\ndef f(:\n    pass\n")
+    line = _one_error_line(run_cli("find", str(script)))
+    assert "syntax error at line 2" in line
+
+
+def test_script_that_raises_shows_its_own_traceback(tmp_path):
+    result = run_cli("find", str(SCRIPTS / "raises.py"), "--workdir", str(tmp_path))
+    line = _one_error_line(result)
+    assert "raised an exception in run A" in line
+    assert "ValueError: loss exploded at step 1" in result.stderr
+    assert f'File "{SCRIPTS / "raises.py"}", line' in result.stderr
+    assert "runpy" not in result.stderr and "_child" not in result.stderr
+    trace = load(tmp_path / "a.trace")  # what was recorded is kept
+    assert trace.footer["status"] == "failed" and len(trace) > 0
+
+
+def test_script_exit_status_is_reported(tmp_path):
+    line = _one_error_line(run_cli("find", str(SCRIPTS / "exit_code.py"), "--workdir", str(tmp_path)))
+    assert "exited with status 3" in line
+
+
+def test_script_without_torch(tmp_path):
+    line = _one_error_line(run_cli("find", str(SCRIPTS / "no_torch.py"), "--workdir", str(tmp_path)))
+    assert "without calling any torch operator" in line
+
+
+def test_bad_options():
+    line = _one_error_line(run_cli("find", str(SCRIPTS / "deterministic.py"), "--steps", "zero"))
+    assert "--steps" in line
+    line = _one_error_line(run_cli("find", str(SCRIPTS / "deterministic.py"), "--steps", "0"))
+    assert "--steps" in line
+    line = _one_error_line(run_cli("frobnicate"))
+    assert "No such command" in line
+
+
+def test_corrupt_and_foreign_trace_files(tmp_path):
+    text = tmp_path / "a.trace"
+    text.write_text("not a trace")
+    assert "not a bisector trace" in _one_error_line(run_cli("diff", str(text), str(text)))
+    assert "not found" in _one_error_line(run_cli("diff", str(tmp_path / "x"), str(text)))
+    good = tmp_path / "good.trace"
+    assert run_cli("record", str(SCRIPTS / "deterministic.py"), "-o", str(good)).returncode == 0
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    bad = tmp_path / "bad.trace"
+    bad.write_bytes(bytes(data))
+    assert "corrupt" in _one_error_line(run_cli("diff", str(good), str(bad)))
+
+
+def test_ctrl_c_keeps_the_trace(tmp_path):
+    process = subprocess.Popen(
+        [*bisector_command(), "find", str(SCRIPTS / "endless.py"), "--steps", "100000",
+         "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+    )
+    log = tmp_path / "a.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and "training" in log.read_text()):
+        time.sleep(0.2)
+    assert "training" in log.read_text()
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    line = _one_error_line(result)
+    assert "interrupted" in line and "a.trace" in line
+    trace = load(tmp_path / "a.trace")
+    assert trace.footer["status"] == "interrupted" and len(trace) > 0
