@@ -194,3 +194,17 @@ def test_uninitialised_memory_is_not_fingerprinted(tmp_path):
     ops = [trace.string("op", i) for i in range(len(trace))]
     empty = ops.index("aten.empty.memory_format")
     assert trace.columns["out_kind"][trace.out_start[empty]] == OUT_NODATA
+
+
+def test_ctrl_c_between_two_appends_leaves_a_loadable_trace(tmp_path):
+    recorder = Recorder(tmp_path / "t.trace")
+    with pytest.raises(KeyboardInterrupt), recorder:
+        torch.ones(3).sum()
+        # what a KeyboardInterrupt halfway through recording one event leaves in the buffers
+        recorder._b["op"].append(0)
+        recorder._b["out_kind"].append(1)
+        recorder._collector.add_blank()
+        raise KeyboardInterrupt
+    trace = load(tmp_path / "t.trace")
+    assert trace.footer["status"] == "interrupted"
+    assert [trace.string("op", i) for i in range(len(trace))][-1] == "aten.sum.default"

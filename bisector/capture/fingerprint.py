@@ -166,6 +166,10 @@ class Collector:
         self._sums.append(fzero)
         self._maxes.append(fzero)
 
+    def truncate(self, count: int) -> None:
+        """Forget everything queued after the first ``count`` entries."""
+        del self._fps[count:], self._sums[count:], self._maxes[count:]
+
     def drain(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Read back everything queued: (fingerprints int64, sums float64, abs-max float32)."""
         fps, sums, maxes = self._fps, self._sums, self._maxes

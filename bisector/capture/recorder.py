@@ -486,12 +486,29 @@ class Recorder:
         if len(b["op"]) >= self.options.chunk_events:
             self._flush()
 
+    def _trim_to_complete_events(self) -> None:
+        """Drop a half-recorded event (Ctrl-C can land between two appends of one event)."""
+        b = self._b
+        events = min(len(b[name]) for name in _EVENT_BUFFERS)
+        in_rows = min(len(b[name]) for name in _INPUT_BUFFERS)
+        out_rows = min(min(len(b[name]) for name in _OUTPUT_BUFFERS), len(self._collector))
+        ends_in = np.cumsum(np.array(b["n_in"][:events], dtype=np.int64))
+        ends_out = np.cumsum(np.array(b["n_out"][:events], dtype=np.int64))
+        complete = int(np.sum((ends_in <= in_rows) & (ends_out <= out_rows)))
+        keep_in = int(ends_in[complete - 1]) if complete else 0
+        keep_out = int(ends_out[complete - 1]) if complete else 0
+        for names, keep in ((_EVENT_BUFFERS, complete), (_INPUT_BUFFERS, keep_in), (_OUTPUT_BUFFERS, keep_out)):
+            for name in names:
+                del b[name][keep:]
+        self._collector.truncate(keep_out)
+
     def _flush(self) -> None:
         """Read fingerprints back and write the buffered events as one chunk."""
         if self._writer is None:
             return
         self._writer.add_strings(self._new_strings)
         self._new_strings = []
+        self._trim_to_complete_events()
         if not len(self._b["op"]):
             return
         fps, sums, maxes = self._collector.drain()
@@ -499,6 +516,11 @@ class Recorder:
         columns.update(out_fp=fps, out_sum=sums, out_absmax=maxes)
         self._writer.add_chunk(columns)
         self._reset_buffers()
+
+
+_EVENT_BUFFERS = ("op", "module", "location", "args", "phase", "step", "n_in", "n_out")
+_INPUT_BUFFERS = ("in_back", "in_slot")
+_OUTPUT_BUFFERS = ("out_kind", "out_numel", "out_prev_back", "out_prev_slot")
 
 
 def _version(t: torch.Tensor) -> int:
