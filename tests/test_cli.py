@@ -217,3 +217,32 @@ def test_ctrl_c_keeps_the_trace(tmp_path):
     assert "interrupted" in line and "a.trace" in line
     trace = load(tmp_path / "a.trace")
     assert trace.footer["status"] == "interrupted" and len(trace) > 0
+
+
+def test_structure_divergence_is_found_at_the_branch(tmp_path):
+    result, report = find_json(tmp_path, "structure.py", "--steps", "3", "--", str(tmp_path / "counter"))
+    assert result.returncode == 1
+    first = report["first_divergence"]
+    assert first["kind"] == "structure" and first["step"] == 1
+    assert first["args"] == ["aten.sub.Tensor", "aten.tanh.default"]
+    assert report["structure"]["event"] == first["event"]
+    assert report["compared_events"] == first["event"]
+    assert any("stop matching" in note for note in report["notes"])
+
+
+def test_dataloader_workers_do_not_disturb_recording(tmp_path):
+    result, report = find_json(tmp_path, "dataloader_workers.py", "--steps", "3")
+    assert result.returncode == 0, result.stdout
+    assert report["reproducible"] and report["runs"][0]["steps"] == 3
+
+
+def test_console_script(tmp_path):
+    import shutil
+
+    exe = shutil.which("bisector")
+    if exe is None:
+        pytest.skip("the bisector console script is not installed on PATH")
+    result = subprocess.run([exe, "find", str(SCRIPTS / "forward_atomic.py"), "--workdir",
+                             str(tmp_path)], capture_output=True, text=True, env=subprocess_env())
+    assert result.returncode == 1
+    assert "aten.index_put_.default" in result.stdout

@@ -122,6 +122,14 @@ def _internal_prefixes() -> tuple[str, ...]:
     )
 
 
+# Internal frames in which ops only move data in from another process (a DataLoader worker's
+# batch rebuilt from shared memory): they are not computation, and when they run depends on the
+# workers' timing, so they are not recorded. The tensors they make become leaves when used.
+_TRANSFER_FILES = (os.path.join("torch", "multiprocessing", "reductions.py"),)
+
+_INTERNAL, _TRANSFER = 1, 2
+
+
 class Locator:
     """Finds the innermost frame outside torch, bisector and the standard library.
 
@@ -130,22 +138,32 @@ class Locator:
 
     def __init__(self) -> None:
         self._prefixes = _internal_prefixes()
-        self._internal: dict[CodeType, bool] = {}
+        self._kinds: dict[CodeType, int] = {}
 
-    def _is_internal(self, code: CodeType) -> bool:
-        internal = self._internal.get(code)
-        if internal is None:
+    def _kind(self, code: CodeType) -> int:
+        kind = self._kinds.get(code)
+        if kind is None:
             filename = code.co_filename
-            internal = filename.startswith(self._prefixes) or filename.startswith("<frozen")
-            self._internal[code] = internal
-        return internal
+            kind = 0
+            if filename.startswith(self._prefixes) or filename.startswith("<frozen"):
+                kind = _INTERNAL
+                if filename.endswith(_TRANSFER_FILES):
+                    kind |= _TRANSFER
+            self._kinds[code] = kind
+        return kind
 
-    def user_frame(self, skip: int = 2) -> FrameType | None:
-        """The innermost user frame of the calling thread, or None if there is none."""
+    def user_frame(self, skip: int = 2) -> tuple[FrameType | None, bool]:
+        """(innermost user frame of the calling thread or None, whether the call only moves
+        data in from another process)."""
         frame: FrameType | None = sys._getframe(skip)
-        while frame is not None and self._is_internal(frame.f_code):
+        transfer = False
+        while frame is not None:
+            kind = self._kind(frame.f_code)
+            if not kind:
+                break
+            transfer |= kind == _INTERNAL | _TRANSFER
             frame = frame.f_back
-        return frame
+        return frame, transfer
 
 
 def in_custom_backward(frame: FrameType) -> bool:

@@ -266,9 +266,12 @@ class Recorder:
             info = self._op_infos[func] = OpInfo.of(func)
         if info.ignored:
             return func(*args, **kwargs)
+        frame, transfer = self._locator.user_frame(2)
+        if transfer:
+            return func(*args, **kwargs)
         flat = arg_tree_leaves(*args, **kwargs)
         tensors = [a for a in flat if isinstance(a, torch.Tensor)]
-        phase, module_id, location_id = self._context(tensors)
+        phase, module_id, location_id = self._context(tensors, frame)
         refs = [self._ref(t, phase, module_id, location_id) for t in tensors]
         args_id = self._string(canonical_args(flat))
 
@@ -303,10 +306,9 @@ class Recorder:
         self._add_event(info.name, module_id, location_id, args_id, phase, refs, len(written), index)
         return out
 
-    def _context(self, tensors: list[torch.Tensor]) -> tuple[int, int, int]:
-        """(phase, module id, location id) of the call being dispatched."""
+    def _context(self, tensors: list[torch.Tensor], frame) -> tuple[int, int, int]:
+        """(phase, module id, location id) of the call being dispatched from ``frame``."""
         node = torch._C._current_autograd_node()
-        frame = self._locator.user_frame(3)
         location_id = self._location(frame)
         if self._optimizer_depth:
             return _OPTIMIZER, self._string(self._optimizer_module(tensors)), location_id
