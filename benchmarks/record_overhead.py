@@ -34,7 +34,9 @@ def transformer(device: str):
 
 def mlp(device: str):
     torch.manual_seed(0)
-    model = nn.Sequential(*[m for _ in range(8) for m in (nn.Linear(512, 512), nn.GELU())]).to(device)
+    model = nn.Sequential(*[m for _ in range(8) for m in (nn.Linear(512, 512), nn.GELU())]).to(
+        device
+    )
     x = torch.randn(256, 512, device=device)
     return model, lambda m: m(x).pow(2).mean()
 
@@ -127,13 +129,20 @@ def main() -> None:
     rows = [measure(m, args.device, args.repeats, args.steps) for m in args.models.split(",")]
     device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads")
-    header = f"{'model':<12} {'plain ms':>9} {'recorded ms':>12} {'ratio':>6} {'events/step':>12} {'events/s':>9} {'B/event':>8}"
+    header = (
+        f"{'model':<12} {'plain ms':>9} {'recorded ms':>12} {'ratio':>6} "
+        f"{'events/step':>12} {'events/s':>9} {'B/event':>8}"
+    )
     print(header)
     for r in rows:
-        print(f"{r['model']:<12} {r['plain_ms']:>9.2f} {r['recorded_ms']:>12.2f} {r['ratio']:>6.2f} "
-              f"{r['events_per_step']:>12.0f} {r['events_per_s']:>9.0f} {r['bytes_per_event']:>8.1f}")
+        print(
+            f"{r['model']:<12} {r['plain_ms']:>9.2f} {r['recorded_ms']:>12.2f} {r['ratio']:>6.2f} "
+            f"{r['events_per_step']:>12.0f} {r['events_per_s']:>9.0f} {r['bytes_per_event']:>8.1f}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"torch": torch.__version__, "device": device, "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps({"torch": torch.__version__, "device": device, "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

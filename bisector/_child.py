@@ -48,7 +48,8 @@ def main() -> None:
 
     try:
         recorder = Recorder(
-            options.trace, RecordOptions(steps=options.steps, exit_on_stop=True, argv=tuple(sys.argv))
+            options.trace,
+            RecordOptions(steps=options.steps, exit_on_stop=True, argv=tuple(sys.argv)),
         )
     except Exception as exc:  # pragma: no cover - our own failure, not the user's
         print(f"bisector: cannot start recording: {exc}", file=sys.stderr)

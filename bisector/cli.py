@@ -5,11 +5,9 @@ Exit codes: 0 reproducible, 1 divergence found, 2 error (bad input, script failu
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
-from typing import Optional
-
-import importlib
 
 import typer
 from rich.console import Console
@@ -55,22 +53,27 @@ def _main(
 @app.command(context_settings={"ignore_unknown_options": False})
 def find(
     script: Path = typer.Argument(..., help="The training script to run twice."),
-    args: Optional[list[str]] = typer.Argument(  # noqa: UP007 - typer needs Optional here
+    args: list[str] | None = typer.Argument(  # noqa: UP007 - typer needs Optional here
         None, help="Arguments for the script; put them after `--`."
     ),
     steps: int = typer.Option(
-        2, "--steps", "-n", min=1,
+        2,
+        "--steps",
+        "-n",
+        min=1,
         help="Optimizer steps to record in each run (top-level forward calls if the script "
         "has no optimizer).",
     ),
-    json_path: Optional[Path] = typer.Option(  # noqa: UP007
+    json_path: Path | None = typer.Option(  # noqa: UP007
         None, "--json", help="Also write the report as JSON to this file."
     ),
-    workdir: Optional[Path] = typer.Option(  # noqa: UP007
-        None, "--workdir", help="Folder for the traces and logs of the two runs "
+    workdir: Path | None = typer.Option(  # noqa: UP007
+        None,
+        "--workdir",
+        help="Folder for the traces and logs of the two runs "
         "(default: a new folder under .bisector/).",
     ),
-    timeout: Optional[float] = typer.Option(  # noqa: UP007
+    timeout: float | None = typer.Option(  # noqa: UP007
         None, "--timeout", min=1, help="Stop a run that takes longer than this many seconds."
     ),
     show_output: bool = typer.Option(
@@ -91,16 +94,21 @@ def find(
 @app.command()
 def record(
     script: Path = typer.Argument(..., help="The training script to run once."),
-    args: Optional[list[str]] = typer.Argument(  # noqa: UP007
+    args: list[str] | None = typer.Argument(  # noqa: UP007
         None, help="Arguments for the script; put them after `--`."
     ),
     output: Path = typer.Option(..., "--output", "-o", help="The trace file to write."),
-    steps: Optional[int] = typer.Option(  # noqa: UP007
-        2, "--steps", "-n", min=1,
+    steps: int | None = typer.Option(  # noqa: UP007
+        2,
+        "--steps",
+        "-n",
+        min=1,
         help="Optimizer steps to record (top-level forward calls if there is no optimizer).",
     ),
-    all_steps: bool = typer.Option(False, "--all", help="Record the whole script (ignore --steps)."),
-    timeout: Optional[float] = typer.Option(  # noqa: UP007
+    all_steps: bool = typer.Option(
+        False, "--all", help="Record the whole script (ignore --steps)."
+    ),
+    timeout: float | None = typer.Option(  # noqa: UP007
         None, "--timeout", min=1, help="Stop the run if it takes longer than this many seconds."
     ),
     show_output: bool = typer.Option(
@@ -119,7 +127,7 @@ def record(
 def diff(
     trace_a: Path = typer.Argument(..., help="Trace of the first run."),
     trace_b: Path = typer.Argument(..., help="Trace of the second run."),
-    json_path: Optional[Path] = typer.Option(  # noqa: UP007
+    json_path: Path | None = typer.Option(  # noqa: UP007
         None, "--json", help="Also write the report as JSON to this file."
     ),
 ) -> None:
@@ -136,7 +144,9 @@ def _finish(report: Report, json_path: Path | None, next_hint: bool) -> None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(report.to_json())
         except OSError as exc:
-            raise BisectorError(f"cannot write the JSON report to {json_path}: {exc.strerror}") from None
+            raise BisectorError(
+                f"cannot write the JSON report to {json_path}: {exc.strerror}"
+            ) from None
         out.print(f"JSON report written to {json_path}")
     if next_hint and len(report.runs) == 2 and not report.reproducible:
         a, b = report.runs
@@ -189,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         if exc.output:
             lines = exc.output.rstrip("\n").splitlines()
             if len(lines) > _OUTPUT_TAIL:
-                lines = [f"... ({len(lines) - _OUTPUT_TAIL} earlier lines of the script's output "
-                         "are in the run's .log file)"] + lines[-_OUTPUT_TAIL:]
+                lines = [
+                    f"... ({len(lines) - _OUTPUT_TAIL} earlier lines of the script's output "
+                    "are in the run's .log file)"
+                ] + lines[-_OUTPUT_TAIL:]
             sys.stderr.write("\n".join(lines) + "\n")
         err.print(f"bisector: error: {exc}", markup=False)
         return EXIT_ERROR

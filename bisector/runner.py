@@ -94,7 +94,10 @@ def run_recorded(
     trace.parent.mkdir(parents=True, exist_ok=True)
     log = trace.with_suffix(".log")
     # Import bisector from where this one lives without touching the child's environment.
-    boot = f"import sys; sys.path.insert(0, {_package_root()!r}); import bisector._child as c; c.main()"
+    boot = (
+        f"import sys; sys.path.insert(0, {_package_root()!r}); "
+        "import bisector._child as child; child.main()"
+    )
     command = [options.python, "-c", boot, "--trace", str(trace)]
     if options.steps is not None:
         command += ["--steps", str(options.steps)]
@@ -116,18 +119,31 @@ def run_recorded(
     seconds = time.perf_counter() - started
     output = log.read_text(errors="replace")
     if code == EXIT_SCRIPT_RAISED:
-        raise ScriptError(f"{path.name} raised an exception in run {name} (its traceback is above; "
-                          f"recorded so far: {trace})", output=output, exit_code=code)
+        raise ScriptError(
+            f"{path.name} raised an exception in run {name} (its traceback is above; "
+            f"recorded so far: {trace})",
+            output=output,
+            exit_code=code,
+        )
     if code == EXIT_SETUP_FAILED:
-        raise ScriptError(f"bisector could not start recording run {name}", output=output, exit_code=code)
+        raise ScriptError(
+            f"bisector could not start recording run {name}", output=output, exit_code=code
+        )
     if code is None:
-        raise ScriptError(f"run {name} took longer than {options.timeout:g} s and was stopped; "
-                          f"recorded so far: {trace}", output=output)
+        raise ScriptError(
+            f"run {name} took longer than {options.timeout:g} s and was stopped; "
+            f"recorded so far: {trace}",
+            output=output,
+        )
     if code in (130, -signal.SIGINT):
         raise Interrupted(f"run {name} was interrupted; what was recorded is kept in {trace}")
     if code != 0:
-        raise ScriptError(f"{path.name} exited with status {code} in run {name} (its output is "
-                          f"above; recorded so far: {trace})", output=output, exit_code=code)
+        raise ScriptError(
+            f"{path.name} exited with status {code} in run {name} (its output is "
+            f"above; recorded so far: {trace})",
+            output=output,
+            exit_code=code,
+        )
     try:
         loaded = load(trace)
     except TraceError as exc:
@@ -135,7 +151,8 @@ def run_recorded(
     if len(loaded) == 0:
         raise ScriptError(
             f"{path.name} ran without calling any torch operator: bisector records PyTorch "
-            "training scripts", output=output,
+            "training scripts",
+            output=output,
         )
     return RunInfo(
         name=name,

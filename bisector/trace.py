@@ -320,7 +320,9 @@ def _validate(trace: Trace) -> None:
     if tracked.any():
         source = (consumer - back)[tracked]
         if bool((c["in_slot"][tracked] >= c["n_out"][source]).any()):
-            raise TraceError(f"{name} is corrupt (an input refers to an output that does not exist)")
+            raise TraceError(
+                f"{name} is corrupt (an input refers to an output that does not exist)"
+            )
     producer = np.repeat(np.arange(n, dtype=np.int64), c["n_out"].astype(np.int64))
     if len(producer) and bool((c["out_prev_back"].astype(np.int64) > producer).any()):
         raise TraceError(f"{name} is corrupt (an output refers to an event before the first)")

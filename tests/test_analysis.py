@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from streams import Ev, make_trace
 
 from bisector.analysis import compare
 from bisector.errors import MismatchError
 from bisector.trace import OUT_HASHED, OUT_NODATA, OUT_PARTIAL
-from streams import Ev, make_trace
 
 
 def _chain(kernel_fp: int, param_fp: int = 7, lr: str = "0.1") -> list[Ev]:
@@ -33,7 +33,12 @@ def test_kernel_source_is_the_first_op_with_equal_inputs_and_different_outputs()
     report = compare(make_trace(_chain(100)), make_trace(_chain(101)))
     assert not report.reproducible
     first = report.first_divergence
-    assert (first.kind, first.op, first.module, first.event) == ("kernel", "aten.mm.default", "fc", 2)
+    assert (first.kind, first.op, first.module, first.event) == (
+        "kernel",
+        "aten.mm.default",
+        "fc",
+        2,
+    )
     assert len(report.sources) == 1, "downstream events must not be sources"
     assert report.differing_events == 4
     assert first.spread == 3
@@ -63,10 +68,14 @@ def test_argument_that_changes_nothing_is_not_a_source():
 
 
 def test_rng_kind_from_the_op_schema():
-    a = [Ev("aten.empty.memory_format", [], [(0, OUT_NODATA, None)]),
-         Ev("aten.bernoulli_.float", [(0, 0)], [5], args="0.5")]
-    b = [Ev("aten.empty.memory_format", [], [(1, OUT_NODATA, None)]),
-         Ev("aten.bernoulli_.float", [(0, 0)], [6], args="0.5")]
+    a = [
+        Ev("aten.empty.memory_format", [], [(0, OUT_NODATA, None)]),
+        Ev("aten.bernoulli_.float", [(0, 0)], [5], args="0.5"),
+    ]
+    b = [
+        Ev("aten.empty.memory_format", [], [(1, OUT_NODATA, None)]),
+        Ev("aten.bernoulli_.float", [(0, 0)], [6], args="0.5"),
+    ]
     report = compare(make_trace(a), make_trace(b))
     assert report.first_divergence.kind == "rng"
     assert report.first_divergence.event == 1, "uninitialised memory is never a source"
@@ -75,7 +84,10 @@ def test_rng_kind_from_the_op_schema():
 def test_independent_sources_are_all_listed_in_order():
     a, b = _chain(100), _chain(101)
     extra = [Ev("leaf.tensor", [], [50], step=1), Ev("aten.cumsum.default", [(6, 0)], [60], step=1)]
-    extra_b = [Ev("leaf.tensor", [], [50], step=1), Ev("aten.cumsum.default", [(6, 0)], [61], step=1)]
+    extra_b = [
+        Ev("leaf.tensor", [], [50], step=1),
+        Ev("aten.cumsum.default", [(6, 0)], [61], step=1),
+    ]
     report = compare(make_trace(a + extra), make_trace(b + extra_b))
     assert [s.event for s in report.sources] == [2, 7]
     assert report.sources[1].step == 1
@@ -83,13 +95,19 @@ def test_independent_sources_are_all_listed_in_order():
 
 def test_partial_write_keeps_earlier_differences():
     """A write into half a buffer that was already different leaves it different."""
+
     def stream(first_half: int) -> list[Ev]:
         return [
             Ev("aten.zeros.default", [], [1]),
-            Ev("aten.copy_.default", [(0, 0), (-1, 0)], [(first_half, OUT_HASHED | OUT_PARTIAL, (0, 0))]),
+            Ev(
+                "aten.copy_.default",
+                [(0, 0), (-1, 0)],
+                [(first_half, OUT_HASHED | OUT_PARTIAL, (0, 0))],
+            ),
             Ev("aten.copy_.default", [(1, 0), (-1, 0)], [(9, OUT_HASHED | OUT_PARTIAL, (1, 0))]),
             Ev("aten.sum.default", [(2, 0)], [first_half * 2]),
         ]
+
     report = compare(make_trace(stream(3)), make_trace(stream(4)))
     assert [s.event for s in report.sources] == [1], "the sum reads a value that already differed"
 
@@ -99,7 +117,10 @@ def test_structure_break_is_a_source_and_never_crashes():
     b = _chain(100)[:3] + [Ev("aten.gelu.default", [(2, 0)], [300])] + _chain(100)[4:]
     report = compare(make_trace(a), make_trace(b))
     assert not report.reproducible
-    assert report.structure == {"event": 3, "reason": "run A calls aten.relu.default where run B calls aten.gelu.default"}
+    assert report.structure == {
+        "event": 3,
+        "reason": "run A calls aten.relu.default where run B calls aten.gelu.default",
+    }
     assert report.first_divergence.kind == "structure"
     assert report.compared_events == 3
 

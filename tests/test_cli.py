@@ -11,22 +11,35 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from bisector.trace import load
 from conftest import SCRIPTS, bisector_command, source_line, subprocess_env
 
+from bisector.trace import load
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*bisector_command(), *args], capture_output=True, text=True, timeout=timeout,
-        env=subprocess_env(), cwd=cwd,
+        [*bisector_command(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=subprocess_env(),
+        cwd=cwd,
     )
 
 
 def find_json(tmp_path: Path, script: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "report.json"
-    result = run_cli("find", str(SCRIPTS / script), "--workdir", str(tmp_path / "runs"),
-                     "--json", str(out), *extra)
+    result = run_cli(
+        "find",
+        str(SCRIPTS / script),
+        "--workdir",
+        str(tmp_path / "runs"),
+        "--json",
+        str(out),
+        *extra,
+    )
     assert result.returncode in (0, 1), result.stderr
     return result, json.loads(out.read_text())
 
@@ -56,7 +69,11 @@ def test_planted_source_is_found(tmp_path, script, kind, op, module, phase):
     assert report["schema"] == 1 and report["reproducible"] is False
     first = report["first_divergence"]
     assert (first["kind"], first["op"], first["module"], first["phase"], first["step"]) == (
-        kind, op, module, phase, 0,
+        kind,
+        op,
+        module,
+        phase,
+        0,
     )
     assert first["rank"] == 0
     assert _abs(first["location"]) == _location(script)
@@ -94,10 +111,22 @@ def test_stop_cannot_be_swallowed_by_except_exception(tmp_path):
 def test_recording_does_not_change_the_final_weights(tmp_path):
     plain, recorded = tmp_path / "plain.pt", tmp_path / "recorded.pt"
     env = subprocess_env()
-    subprocess.run([sys.executable, str(SCRIPTS / "deterministic.py"), "4", str(plain)],
-                   check=True, env=env, timeout=120)
-    result = run_cli("record", str(SCRIPTS / "deterministic.py"), "--all", "-o",
-                     str(tmp_path / "t.trace"), "--", "4", str(recorded))
+    subprocess.run(
+        [sys.executable, str(SCRIPTS / "deterministic.py"), "4", str(plain)],
+        check=True,
+        env=env,
+        timeout=120,
+    )
+    result = run_cli(
+        "record",
+        str(SCRIPTS / "deterministic.py"),
+        "--all",
+        "-o",
+        str(tmp_path / "t.trace"),
+        "--",
+        "4",
+        str(recorded),
+    )
     assert result.returncode == 0, result.stderr
     a = torch.load(plain, weights_only=True)
     b = torch.load(recorded, weights_only=True)
@@ -109,31 +138,45 @@ def test_recording_does_not_change_the_final_weights(tmp_path):
 
 def test_record_then_diff_gives_the_same_report(tmp_path):
     for name in ("a", "b"):
-        result = run_cli("record", str(SCRIPTS / "forward_atomic.py"), "-o", str(tmp_path / f"{name}.trace"))
+        result = run_cli(
+            "record", str(SCRIPTS / "forward_atomic.py"), "-o", str(tmp_path / f"{name}.trace")
+        )
         assert result.returncode == 0, result.stderr
         assert "Recorded" in result.stdout
-    result = run_cli("diff", str(tmp_path / "a.trace"), str(tmp_path / "b.trace"),
-                     "--json", str(tmp_path / "r.json"))
+    result = run_cli(
+        "diff",
+        str(tmp_path / "a.trace"),
+        str(tmp_path / "b.trace"),
+        "--json",
+        str(tmp_path / "r.json"),
+    )
     assert result.returncode == 1
     first = json.loads((tmp_path / "r.json").read_text())["first_divergence"]
     assert (first["op"], first["module"]) == ("aten.index_put_.default", "pool")
 
 
 def test_python_dash_m_and_console_script_agree(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bisector", "--version"], capture_output=True,
-                            text=True, env=subprocess_env())
+    result = subprocess.run(
+        [sys.executable, "-m", "bisector", "--version"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+    )
     assert result.returncode == 0 and result.stdout.startswith("bisector ")
 
 
 def test_script_arguments_after_double_dash(tmp_path):
     weights = tmp_path / "w.pt"
-    result, report = find_json(tmp_path, "deterministic.py", "--steps", "5", "--", "1", str(weights))
+    result, report = find_json(
+        tmp_path, "deterministic.py", "--steps", "5", "--", "1", str(weights)
+    )
     assert result.returncode == 0
     assert report["runs"][0]["steps"] == 1, "the script's own argv asked for one step"
     assert weights.exists()
 
 
 # ----- bad input: one clear line, exit 2, no traceback of ours ---------------------------------
+
 
 def _one_error_line(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 2, (result.stdout, result.stderr)
@@ -167,12 +210,16 @@ def test_script_that_raises_shows_its_own_traceback(tmp_path):
 
 
 def test_script_exit_status_is_reported(tmp_path):
-    line = _one_error_line(run_cli("find", str(SCRIPTS / "exit_code.py"), "--workdir", str(tmp_path)))
+    line = _one_error_line(
+        run_cli("find", str(SCRIPTS / "exit_code.py"), "--workdir", str(tmp_path))
+    )
     assert "exited with status 3" in line
 
 
 def test_script_without_torch(tmp_path):
-    line = _one_error_line(run_cli("find", str(SCRIPTS / "no_torch.py"), "--workdir", str(tmp_path)))
+    line = _one_error_line(
+        run_cli("find", str(SCRIPTS / "no_torch.py"), "--workdir", str(tmp_path))
+    )
     assert "without calling any torch operator" in line
 
 
@@ -201,9 +248,19 @@ def test_corrupt_and_foreign_trace_files(tmp_path):
 
 def test_ctrl_c_keeps_the_trace(tmp_path):
     process = subprocess.Popen(
-        [*bisector_command(), "find", str(SCRIPTS / "endless.py"), "--steps", "100000",
-         "--workdir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+        [
+            *bisector_command(),
+            "find",
+            str(SCRIPTS / "endless.py"),
+            "--steps",
+            "100000",
+            "--workdir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
     )
     log = tmp_path / "a.log"
     deadline = time.time() + 120
@@ -220,7 +277,9 @@ def test_ctrl_c_keeps_the_trace(tmp_path):
 
 
 def test_structure_divergence_is_found_at_the_branch(tmp_path):
-    result, report = find_json(tmp_path, "structure.py", "--steps", "3", "--", str(tmp_path / "counter"))
+    result, report = find_json(
+        tmp_path, "structure.py", "--steps", "3", "--", str(tmp_path / "counter")
+    )
     assert result.returncode == 1
     first = report["first_divergence"]
     assert first["kind"] == "structure" and first["step"] == 1
@@ -242,7 +301,11 @@ def test_console_script(tmp_path):
     exe = shutil.which("bisector")
     if exe is None:
         pytest.skip("the bisector console script is not installed on PATH")
-    result = subprocess.run([exe, "find", str(SCRIPTS / "forward_atomic.py"), "--workdir",
-                             str(tmp_path)], capture_output=True, text=True, env=subprocess_env())
+    result = subprocess.run(
+        [exe, "find", str(SCRIPTS / "forward_atomic.py"), "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+    )
     assert result.returncode == 1
     assert "aten.index_put_.default" in result.stdout

@@ -26,8 +26,19 @@ def _reference(tensor: torch.Tensor) -> int:
 
 
 @pytest.mark.parametrize(
-    "dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
-              torch.int32, torch.int8, torch.uint8, torch.bool, torch.complex64]
+    "dtype",
+    [
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+        torch.complex64,
+    ],
 )
 def test_equal_tensors_equal_prints_and_one_bit_flip_changes_it(dtype):
     base = (torch.randn(257) * 10).to(dtype) if dtype != torch.bool else torch.randn(257) > 0

@@ -41,21 +41,29 @@ def _steps(model, opt, n):
         opt.step()
 
 
+def _model_and_sgd():
+    torch.manual_seed(0)
+    model = Net()
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
 def _events(path):
     trace = load(path)
     return trace, [trace.event_summary(i) for i in range(len(trace))]
 
 
 def test_module_paths_phases_and_steps(tmp_path):
-    torch.manual_seed(0)
-    model = Net()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, opt = _model_and_sgd()
     with bisector.record(tmp_path / "t.trace"):
         _steps(model, opt, 2)
     trace, events = _events(tmp_path / "t.trace")
     forward = [e for e in events if e["phase"] == "forward" and e["op"] == "aten.addmm.default"]
     assert [e["module"] for e in forward[:5]] == [
-        "layers.0.attn", "layers.0.mlp.0", "layers.1.attn", "layers.1.mlp.0", "head",
+        "layers.0.attn",
+        "layers.0.mlp.0",
+        "layers.1.attn",
+        "layers.1.mlp.0",
+        "head",
     ]
     backward_modules = {e["module"] for e in events if e["phase"] == "backward"}
     assert {"layers.0.attn", "layers.1.mlp.1", "head"} <= backward_modules
@@ -66,18 +74,19 @@ def test_module_paths_phases_and_steps(tmp_path):
 
 
 def test_locations_point_at_user_code(tmp_path):
-    torch.manual_seed(0)
-    model = Net()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, opt = _model_and_sgd()
     with bisector.record(tmp_path / "t.trace"):
         _steps(model, opt, 1)
     _, events = _events(tmp_path / "t.trace")
     here = __file__
-    lines = open(here).read().splitlines()
+    with open(here) as source:
+        lines = source.read().splitlines()
     loss_line = next(i for i, line in enumerate(lines, 1) if "# LOSS LINE" in line)
     pow_event = next(e for e in events if e["op"] == "aten.pow.Tensor_Scalar")
     assert pow_event["location"] == f"{here}:{loss_line}"
-    forward_line = next(i for i, line in enumerate(lines, 1) if "return self.mlp(self.attn(x))" in line)
+    forward_line = next(
+        i for i, line in enumerate(lines, 1) if "return self.mlp(self.attn(x))" in line
+    )
     addmm = next(e for e in events if e["op"] == "aten.addmm.default")
     assert addmm["location"] == f"{here}:{forward_line}"
     # a backward op is attributed to the line of the forward op that created it
@@ -87,9 +96,7 @@ def test_locations_point_at_user_code(tmp_path):
 
 
 def test_parameters_made_before_recording_are_named_leaves(tmp_path):
-    torch.manual_seed(0)
-    model = Net()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, opt = _model_and_sgd()
     with bisector.record(tmp_path / "t.trace"):
         _steps(model, opt, 2)
     _, events = _events(tmp_path / "t.trace")
@@ -121,9 +128,7 @@ def test_in_place_updates_are_followed_not_mistaken_for_leaves(tmp_path):
 
 
 def test_stop_after_steps_lets_the_script_go_on(tmp_path):
-    torch.manual_seed(0)
-    model = Net()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, opt = _model_and_sgd()
     with bisector.record(tmp_path / "t.trace", steps=1) as recorder:
         _steps(model, opt, 3)
         assert recorder.status == "stopped"
@@ -133,11 +138,12 @@ def test_stop_after_steps_lets_the_script_go_on(tmp_path):
 
 
 def test_exit_on_stop_raises_something_except_exception_cannot_catch(tmp_path):
-    torch.manual_seed(0)
-    model = Net()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, opt = _model_and_sgd()
     swallowed = []
-    with pytest.raises(StopRun), Recorder(tmp_path / "t.trace", RecordOptions(steps=2, exit_on_stop=True)):
+    with (
+        pytest.raises(StopRun),
+        Recorder(tmp_path / "t.trace", RecordOptions(steps=2, exit_on_stop=True)),
+    ):
         for _ in range(5):
             try:
                 _steps(model, opt, 1)
@@ -151,11 +157,14 @@ def test_no_optimizer_counts_top_level_forward_calls(tmp_path):
     torch.manual_seed(0)
     model = Net()
     calls = 0
-    with pytest.raises(StopRun), Recorder(tmp_path / "t.trace", RecordOptions(steps=3, exit_on_stop=True)):
-        with torch.no_grad():
-            for _ in range(10):
-                model(torch.ones(1, 8))
-                calls += 1
+    with (
+        pytest.raises(StopRun),
+        Recorder(tmp_path / "t.trace", RecordOptions(steps=3, exit_on_stop=True)),
+        torch.no_grad(),
+    ):
+        for _ in range(10):
+            model(torch.ones(1, 8))
+            calls += 1
     assert calls == 3
     trace = load(tmp_path / "t.trace")
     assert sorted({int(s) for s in trace.columns["step"]}) == [0, 1, 2]
@@ -181,7 +190,7 @@ def test_recording_does_not_change_results(tmp_path):
     plain = run()
     with bisector.record(tmp_path / "t.trace"):
         recorded = run()
-    assert all(torch.equal(a, b) for a, b in zip(plain, recorded))
+    assert all(torch.equal(a, b) for a, b in zip(plain, recorded, strict=True))
 
 
 def test_uninitialised_memory_is_not_fingerprinted(tmp_path):

@@ -207,13 +207,23 @@ def _notes(a: Trace, b: Trace) -> list[str]:
             notes.append(f"{library} ends in different states in the two runs (unseeded?)")
     settings_a = a.footer.get("settings_at_end") or a.header.get("settings", {})
     settings_b = b.footer.get("settings_at_end") or b.header.get("settings", {})
-    changed = sorted(k for k in set(settings_a) | set(settings_b) if settings_a.get(k) != settings_b.get(k))
+    changed = sorted(
+        k for k in set(settings_a) | set(settings_b) if settings_a.get(k) != settings_b.get(k)
+    )
     if changed:
-        notes.append("settings differ between the runs: " + ", ".join(
-            f"{k} ({settings_a.get(k)!r} vs {settings_b.get(k)!r})" for k in changed))
+        notes.append(
+            "settings differ between the runs: "
+            + ", ".join(f"{k} ({settings_a.get(k)!r} vs {settings_b.get(k)!r})" for k in changed)
+        )
     versions_a, versions_b = a.header.get("versions", {}), b.header.get("versions", {})
-    changed = sorted(k for k in ("torch", "cuda", "cudnn", "gpus", "python") if versions_a.get(k) != versions_b.get(k))
+    changed = sorted(
+        k
+        for k in ("torch", "cuda", "cudnn", "gpus", "python")
+        if versions_a.get(k) != versions_b.get(k)
+    )
     if changed:
-        notes.append("versions or devices differ: " + ", ".join(
-            f"{k} ({versions_a.get(k)} vs {versions_b.get(k)})" for k in changed))
+        notes.append(
+            "versions or devices differ: "
+            + ", ".join(f"{k} ({versions_a.get(k)} vs {versions_b.get(k)})" for k in changed)
+        )
     return notes

@@ -59,8 +59,7 @@ def align(a: Trace, b: Trace) -> Alignment:
     if len(a) != len(b):
         longer, shorter = ("A", "B") if len(a) > len(b) else ("B", "A")
         reason = (
-            f"run {shorter} ends after {n} events; run {longer} records "
-            f"{abs(len(a) - len(b))} more"
+            f"run {shorter} ends after {n} events; run {longer} records {abs(len(a) - len(b))} more"
         )
         return Alignment(n, n, reason, ids)
     return Alignment(n, None, "", ids)

@@ -144,7 +144,7 @@ def dataflow_graph(eq: Equality) -> nx.DiGraph:
     producer = eq.producer[tracked]
     consumer = eq.consumer[tracked]
     both = differs[producer] & differs[consumer]
-    edges = set(zip(producer[both].tolist(), consumer[both].tolist()))
+    edges = set(zip(producer[both].tolist(), consumer[both].tolist(), strict=True))
     graph.add_edges_from(edges)
     return graph
 

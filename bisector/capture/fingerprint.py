@@ -38,7 +38,7 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def _odd_weights(start: int, count: int) -> np.ndarray:
-    """``count`` odd 64-bit weights for positions ``start..start+count-1``, as int64 bit patterns."""
+    """``count`` odd 64-bit weights for positions ``start..start+count-1`` (int64 bits)."""
     positions = np.arange(start, start + count, dtype=np.uint64)
     return (_splitmix64(positions) | np.uint64(1)).view(np.int64)
 
@@ -102,7 +102,7 @@ def fingerprint_words(words: torch.Tensor) -> torch.Tensor:
 
 
 def magnitude(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float64 sum and largest absolute value of a tensor, as 0-dim float64 tensors on its device."""
+    """Float64 sum and largest absolute value of a tensor, as 0-dim float64 device tensors."""
     flat = tensor.detach().reshape(-1)
     if flat.is_complex():
         flat = torch.view_as_real(flat).reshape(-1)
@@ -162,7 +162,7 @@ class Collector:
         self._maxes.append(largest)
 
     def add_blank(self) -> None:
-        """Queue a placeholder for an output that has no fingerprint (a view, uninitialised data)."""
+        """Queue a placeholder for an output without fingerprint (uninitialised, unhashable)."""
         izero, fzero = self._cpu_zero
         self._fps.append(izero)
         self._sums.append(fzero)
@@ -191,7 +191,7 @@ def _gather(values: list[torch.Tensor], dtype: torch.dtype) -> np.ndarray:
     by_device: dict[torch.device, list[int]] = {}
     for i, value in enumerate(values):
         by_device.setdefault(value.device, []).append(i)
-    for device, indices in by_device.items():
+    for indices in by_device.values():
         stacked = torch.stack([values[i] for i in indices]).to("cpu").numpy()
         out[np.asarray(indices)] = stacked
     return out

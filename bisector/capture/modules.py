@@ -59,7 +59,7 @@ class ModuleTracker:
         self._stack.clear()
 
     def parameter_name(self, tensor: torch.Tensor) -> tuple[str, str] | None:
-        """(kind, qualified name) of a registered parameter or buffer, e.g. ("parameter", "fc.weight")."""
+        """(kind, name) of a registered parameter or buffer, e.g. ("parameter", "fc.weight")."""
         entry = self._param_names.get(id(tensor))
         if entry is None or entry[0]() is not tensor:
             return None

@@ -79,6 +79,18 @@ class OpInfo:
         )
 
 
+# Argument types whose str() is stable across processes.
+_PRINTABLE = (
+    torch.dtype,
+    torch.device,
+    torch.layout,
+    torch.memory_format,
+    torch.SymInt,
+    torch.SymFloat,
+    torch.SymBool,
+)
+
+
 def canonical_args(flat: list[object]) -> str:
     """The non-tensor arguments of a call (and tensor shapes and dtypes) as a stable string.
 
@@ -94,14 +106,10 @@ def canonical_args(flat: list[object]) -> str:
                 f"T{str(value.dtype)[6:]}{list(value.shape)}"
                 + (f"s{list(stride)}" if not value.is_contiguous() else "")
             )
-        elif value is None or isinstance(value, (bool, int, float, str)):
+        elif value is None or isinstance(value, (bool, int, float, complex, str)):
             parts.append(repr(value))
-        elif isinstance(value, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
+        elif isinstance(value, _PRINTABLE):
             parts.append(str(value))
-        elif isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
-            parts.append(str(value))
-        elif isinstance(value, complex):
-            parts.append(repr(value))
         else:
             parts.append(type(value).__name__)
     return ", ".join(parts)

@@ -29,8 +29,8 @@ from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
-from torch.utils._pytree import arg_tree_leaves
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import arg_tree_leaves
 
 from bisector.capture import settings
 from bisector.capture.fingerprint import Collector, word_view
@@ -283,7 +283,9 @@ class Recorder:
                 if isinstance(t, torch.Tensor):
                     written.append(t)
                     partial = not _covers_storage(t)
-                    previous.append(self._ref(t, phase, module_id, location_id) if partial else None)
+                    previous.append(
+                        self._ref(t, phase, module_id, location_id) if partial else None
+                    )
 
         out = func(*args, **kwargs)
 
@@ -303,7 +305,9 @@ class Recorder:
         for slot, t in enumerate(written):
             self._add_output(t, info.no_data, previous[slot], index)
             self._register(t, index, slot, bump=slot < n_written)
-        self._add_event(info.name, module_id, location_id, args_id, phase, refs, len(written), index)
+        self._add_event(
+            info.name, module_id, location_id, args_id, phase, refs, len(written), index
+        )
         return out
 
     def _context(self, tensors: list[torch.Tensor], frame) -> tuple[int, int, int]:
@@ -358,7 +362,9 @@ class Recorder:
 
     # ----- dataflow ---------------------------------------------------------------------------
 
-    def _ref(self, t: torch.Tensor, phase: int, module_id: int, location_id: int) -> tuple[int, int]:
+    def _ref(
+        self, t: torch.Tensor, phase: int, module_id: int, location_id: int
+    ) -> tuple[int, int]:
         """(event index, slot) of the event that produced the tensor's current value."""
         try:
             storage = t.untyped_storage()
@@ -499,7 +505,11 @@ class Recorder:
         complete = int(np.sum((ends_in <= in_rows) & (ends_out <= out_rows)))
         keep_in = int(ends_in[complete - 1]) if complete else 0
         keep_out = int(ends_out[complete - 1]) if complete else 0
-        for names, keep in ((_EVENT_BUFFERS, complete), (_INPUT_BUFFERS, keep_in), (_OUTPUT_BUFFERS, keep_out)):
+        for names, keep in (
+            (_EVENT_BUFFERS, complete),
+            (_INPUT_BUFFERS, keep_in),
+            (_OUTPUT_BUFFERS, keep_out),
+        ):
             for name in names:
                 del b[name][keep:]
         self._collector.truncate(keep_out)
@@ -514,7 +524,9 @@ class Recorder:
         if not len(self._b["op"]):
             return
         fps, sums, maxes = self._collector.drain()
-        columns = {name: np.array(values, dtype=values.typecode) for name, values in self._b.items()}
+        columns = {
+            name: np.array(values, dtype=values.typecode) for name, values in self._b.items()
+        }
         columns.update(out_fp=fps, out_sum=sums, out_absmax=maxes)
         self._writer.add_chunk(columns)
         self._reset_buffers()

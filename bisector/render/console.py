@@ -103,8 +103,9 @@ def _others(sources: list[Source], total: int) -> Group:
         steps = sorted({m.step for m in members})
         shown = ",".join(str(s) for s in steps[:6]) + ("..." if len(steps) > 6 else "")
         count = f" x{len(members)}" if len(members) > 1 else ""
-        table.add_row(kind + count, op, module or "-", phase, shown, location,
-                      describe_magnitude(members[0]))
+        table.add_row(
+            kind + count, op, module or "-", phase, shown, location, describe_magnitude(members[0])
+        )
     rest = len(groups) - _MAX_GROUPS
     parts: list = [Text(f"Other sources ({total})", style="bold"), table]
     if rest > 0:
@@ -117,8 +118,10 @@ def _runs(runs: list[RunInfo]) -> Group:
     for run in runs:
         seconds = f", {run.seconds:.1f} s" if run.seconds is not None else ""
         lines.append(
-            Text(f"  {run.name}: {run.events} events, {run.steps} optimizer steps, "
-                 f"{run.status}{seconds}  {run.trace}")
+            Text(
+                f"  {run.name}: {run.events} events, {run.steps} optimizer steps, "
+                f"{run.status}{seconds}  {run.trace}"
+            )
         )
     return Group(*lines)
 
