@@ -217,3 +217,18 @@ def test_ctrl_c_between_two_appends_leaves_a_loadable_trace(tmp_path):
     trace = load(tmp_path / "t.trace")
     assert trace.footer["status"] == "interrupted"
     assert [trace.string("op", i) for i in range(len(trace))][-1] == "aten.sum.default"
+
+
+def test_out_argument_is_written_not_read(tmp_path):
+    with bisector.record(tmp_path / "t.trace"):
+        a, b = torch.ones(4), torch.full((4,), 2.0)
+        out = torch.zeros(4)
+        torch.add(a, b, out=out)
+        torch.add(out, b, out=out)  # here `out` is also read, as the first argument
+    trace, events = _events(tmp_path / "t.trace")
+    adds = [i for i, e in enumerate(events) if e["op"] == "aten.add.out"]
+    assert [int(trace.columns["n_in"][i]) for i in adds] == [2, 2]
+    assert [int(trace.columns["n_out"][i]) for i in adds] == [1, 1]
+    second = adds[1]
+    producer = second - int(trace.columns["in_back"][trace.in_start[second]])
+    assert producer == adds[0], "the second add reads the value the first one wrote"

@@ -46,6 +46,7 @@ class OpInfo:
         random: the op draws from a random generator.
         no_data: the results are uninitialised memory.
         ignored: bookkeeping, not computation (profiler ranges): not recorded.
+        out_names: keyword arguments that only receive results (``out=``): not read.
     """
 
     name: str
@@ -56,6 +57,7 @@ class OpInfo:
     random: bool
     no_data: bool
     ignored: bool = False
+    out_names: frozenset[str] = frozenset()
 
     @staticmethod
     def of(func: torch._ops.OpOverload) -> OpInfo:
@@ -74,8 +76,16 @@ class OpInfo:
         fresh = tuple(i for i, ret in enumerate(schema.returns) if ret.alias_info is None)
         is_view = not written and bool(schema.returns) and not fresh
         random = torch.Tag.nondeterministic_seeded in getattr(func, "tags", ())
+        out_names = frozenset(arg.name for arg in schema.arguments if getattr(arg, "is_out", False))
         return OpInfo(
-            name, written, fresh, len(schema.returns), is_view, random, name in _NO_DATA_OPS
+            name,
+            written,
+            fresh,
+            len(schema.returns),
+            is_view,
+            random,
+            name in _NO_DATA_OPS,
+            out_names=out_names,
         )
 
 

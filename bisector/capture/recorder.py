@@ -47,6 +47,8 @@ from bisector.trace import (
 
 _FORWARD, _BACKWARD, _OPTIMIZER, _OTHER = (PHASES.index(p) for p in PHASES)
 _UNTRACKED = (-1, 0)  # (producer event, slot) of an input we cannot follow
+# Autograd nodes remembered (for backward attribution) before the oldest are forgotten.
+_MAX_NODES = 1 << 20
 
 
 class StopRun(BaseException):
@@ -272,7 +274,11 @@ class Recorder:
         flat = arg_tree_leaves(*args, **kwargs)
         tensors = [a for a in flat if isinstance(a, torch.Tensor)]
         phase, module_id, location_id = self._context(tensors, frame)
-        refs = [self._ref(t, phase, module_id, location_id) for t in tensors]
+        read = tensors
+        if info.out_names:  # an out= tensor is only written: its old value is not an input
+            kept = {k: v for k, v in kwargs.items() if k not in info.out_names}
+            read = [a for a in arg_tree_leaves(*args, **kept) if isinstance(a, torch.Tensor)]
+        refs = [self._ref(t, phase, module_id, location_id) for t in read]
         args_id = self._string(canonical_args(flat))
 
         written: list[torch.Tensor] = []
@@ -332,6 +338,9 @@ class Recorder:
         if seq != self._last_seq:
             self._last_seq = seq
             self._node_info[seq - 1] = (module_id, location_id)
+            if len(self._node_info) > _MAX_NODES:  # no optimizer step clears it: keep the newest
+                for key in list(self._node_info)[: _MAX_NODES // 2]:
+                    del self._node_info[key]
         phase = _FORWARD if (self._modules.depth or self._forward_open) else _OTHER
         return phase, module_id, location_id
 
