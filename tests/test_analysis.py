@@ -175,3 +175,10 @@ def test_report_json_contract():
     from bisector.report import Report
 
     assert Report.from_dict(data).to_dict() == data
+
+
+def test_traces_with_different_fingerprint_functions_are_refused():
+    a = make_trace(_chain(100), header={"fingerprint": "wsum64-v1"})
+    b = make_trace(_chain(100), header={"fingerprint": "other-v9"})
+    with pytest.raises(MismatchError, match="different fingerprint functions"):
+        compare(a, b)

@@ -42,6 +42,12 @@ def compare(a: Trace, b: Trace, runs: list[RunInfo] | None = None) -> Report:
         raise MismatchError(
             "neither trace holds any torch operator: did the script run any PyTorch code?"
         )
+    scheme_a, scheme_b = a.header.get("fingerprint"), b.header.get("fingerprint")
+    if scheme_a != scheme_b:
+        raise MismatchError(
+            f"the traces use different fingerprint functions ({scheme_a} and {scheme_b}): "
+            "record both runs with the same bisector version"
+        )
     alignment = align(a, b)
     script_a, script_b = _script(a), _script(b)
     if alignment.paired == 0 and script_a != script_b:

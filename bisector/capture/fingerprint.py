@@ -19,6 +19,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# Name of the fingerprint function, stored in every trace header: fingerprints are only
+# comparable between traces that name the same one. Change it whenever the function changes.
+SCHEME = "wsum64-v1"
+
 # Words are processed in blocks so that widening to int64 never needs more than this many elements
 # of scratch memory, whatever the tensor's size.
 _BLOCK = 1 << 20

@@ -91,7 +91,10 @@ def distributed() -> dict[str, int]:
 
 def header(argv: list[str] | None) -> dict[str, Any]:
     """The trace header for this process."""
+    from bisector.capture.fingerprint import SCHEME
+
     return {
+        "fingerprint": SCHEME,
         "versions": versions(),
         "settings": determinism(),
         "seeds_at_start": seeds(),
