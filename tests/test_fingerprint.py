@@ -98,7 +98,7 @@ def test_collector_reads_back_in_order_with_stats():
     collector = fp.Collector()
     tensors = [torch.tensor([1.0, -3.0]), torch.arange(4), torch.tensor([2.5])]
     for t in tensors:
-        collector.add(t, fp.word_view(t))
+        collector.add(t)
     collector.add_blank()
     fps, sums, maxes = collector.drain()
     assert [int(v) & fp._MASK64 for v in fps[:3]] == [fp.fingerprint(t) for t in tensors]
@@ -113,3 +113,47 @@ def test_does_not_touch_the_global_rng():
     torch.manual_seed(5)
     fp.fingerprint(torch.linspace(0, 1, 1000))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_batched_small_tensors_match_single_fingerprints():
+    """Small outputs are fingerprinted in batches; the function must be the same."""
+    tensors = [
+        torch.randn(3, 5),
+        torch.randn(0),
+        torch.tensor(2.5),
+        torch.randn(fp.SMALL + 7),  # large: fingerprinted directly
+        (torch.randn(17) * 100).to(torch.int32),
+        torch.randn(6, 4).t(),  # non-contiguous
+        torch.randn(9, dtype=torch.complex64),
+        torch.randn(33) > 0,
+        torch.randn(fp.SMALL).to(torch.bfloat16),
+        torch.randn(12, dtype=torch.float64),
+    ]
+    collector = fp.Collector()
+    for t in tensors:
+        collector.add(t)
+    fps, sums, maxes = collector.drain()
+    for i, t in enumerate(tensors):
+        assert int(fps[i]) & fp._MASK64 == fp.fingerprint(t), i
+        total, largest = fp.magnitude(t)
+        assert sums[i] == pytest.approx(float(total), rel=1e-12, abs=1e-12), i
+        assert maxes[i] == pytest.approx(float(largest), rel=1e-6), i
+
+
+def test_staged_copies_do_not_see_later_in_place_changes():
+    collector = fp.Collector()
+    t = torch.ones(8)
+    expected = fp.fingerprint(t)
+    collector.add(t)
+    t.add_(1)  # the script goes on and overwrites the output before the batch is computed
+    fps, _, _ = collector.drain()
+    assert int(fps[0]) & fp._MASK64 == expected
+
+
+def test_truncate_forgets_staged_and_direct_entries():
+    collector = fp.Collector()
+    for t in (torch.ones(3), torch.randn(fp.SMALL + 1), torch.zeros(2)):
+        collector.add(t)
+    collector.truncate(2)
+    fps, _, _ = collector.drain()
+    assert len(fps) == 2

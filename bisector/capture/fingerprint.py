@@ -70,16 +70,28 @@ class _Weights:
 _WEIGHTS = _Weights()
 
 
+def hashable(tensor: torch.Tensor) -> bool:
+    """True if the tensor has plain bits we can read.
+
+    Sparse, quantized, nested and meta tensors, tensor subclasses, and dtypes of no whole byte
+    size have not.
+    """
+    kind = type(tensor)
+    if kind is not torch.Tensor and kind is not torch.nn.Parameter:
+        return False
+    if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_meta:
+        return False
+    return tensor.element_size() in _WORD_DTYPE or tensor.is_complex()
+
+
 def word_view(tensor: torch.Tensor) -> torch.Tensor | None:
     """The tensor's bits as a flat, contiguous integer tensor, or None if it has no plain bits.
 
-    Sparse, quantized, nested and meta tensors and tensor subclasses have no plain bits we can read.
+    Called where autograd is not recording (inside the dispatch handler, or under no_grad).
     """
-    if type(tensor) is not torch.Tensor and not isinstance(tensor, torch.nn.Parameter):
+    if not hashable(tensor):
         return None
-    if tensor.layout != torch.strided or tensor.is_quantized or tensor.device.type == "meta":
-        return None
-    flat = tensor.detach().reshape(-1)
+    flat = tensor.reshape(-1)
     if flat.is_complex():
         flat = torch.view_as_real(flat).reshape(-1)
     if flat.dtype == torch.bool:
@@ -107,7 +119,7 @@ def fingerprint_words(words: torch.Tensor) -> torch.Tensor:
 
 def magnitude(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Float64 sum and largest absolute value of a tensor, as 0-dim float64 device tensors."""
-    flat = tensor.detach().reshape(-1)
+    flat = tensor.reshape(-1)
     if flat.is_complex():
         flat = torch.view_as_real(flat).reshape(-1)
     if not flat.is_floating_point():
@@ -135,67 +147,127 @@ def fingerprint(tensor: torch.Tensor) -> int | None:
         >>> fingerprint(a) != fingerprint(b)
         True
     """
-    words = word_view(tensor)
-    if words is None:
-        return None
-    return int(fingerprint_words(words).item()) & _MASK64
+    with torch.no_grad():
+        words = word_view(tensor)
+        if words is None:
+            return None
+        return int(fingerprint_words(words).item()) & _MASK64
+
+
+# Outputs of at most this many elements are copied aside (one cheap op) and fingerprinted in
+# batches, many at once: per-op launches, not bytes, are what small tensors cost.
+SMALL = 1 << 16
+# Bytes of such copies held before they are fingerprinted (bounds the memory we add).
+_STAGED_BYTES = 64 << 20
 
 
 class Collector:
     """Queues device-side fingerprints and stats of outputs; reads them back in batches.
 
-    ``add`` returns immediately, leaving the work queued on the tensor's device. ``drain`` reads
-    everything queued so far back to the host in one transfer per device.
+    A large tensor is fingerprinted at once, on its device, into 0-dim results. A small one is
+    copied aside and fingerprinted later with others of its device and dtype, in a few vectorised
+    ops (the same function, computed per segment). Nothing is read back to the host until
+    ``drain``, which does it in one transfer per device.
     """
 
     def __init__(self) -> None:
-        self._fps: list[torch.Tensor] = []
-        self._sums: list[torch.Tensor] = []
-        self._maxes: list[torch.Tensor] = []
-        self._zeros: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._cpu_zero = (torch.zeros((), dtype=torch.int64), torch.zeros((), dtype=torch.float64))
+        self._count = 0
+        self._direct: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._staged: dict[tuple[torch.device, torch.dtype], list[tuple[int, torch.Tensor]]] = {}
+        self._staged_bytes = 0
+        self._batches: list[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def __len__(self) -> int:
-        return len(self._fps)
+        return self._count
 
-    def add(self, tensor: torch.Tensor, words: torch.Tensor) -> None:
-        """Queue the fingerprint of ``words`` and the magnitude stats of ``tensor``."""
-        self._fps.append(fingerprint_words(words))
+    def add(self, tensor: torch.Tensor) -> None:
+        """Queue the fingerprint and stats of a hashable tensor (see ``hashable``).
+
+        Called where autograd is not recording (inside the dispatch handler, or under no_grad).
+        """
+        entry = self._count
+        self._count += 1
+        if tensor.numel() <= SMALL:
+            # No reshape here: a view op per output costs more than the copy itself.
+            copy = tensor.clone(memory_format=torch.contiguous_format)
+            self._staged.setdefault((copy.device, copy.dtype), []).append((entry, copy))
+            self._staged_bytes += copy.numel() * copy.element_size()
+            if self._staged_bytes > _STAGED_BYTES:
+                self._settle()
+            return
         total, largest = magnitude(tensor)
-        self._sums.append(total)
-        self._maxes.append(largest)
+        self._direct.append((entry, fingerprint_words(word_view(tensor)), total, largest))
 
     def add_blank(self) -> None:
         """Queue a placeholder for an output without fingerprint (uninitialised, unhashable)."""
-        izero, fzero = self._cpu_zero
-        self._fps.append(izero)
-        self._sums.append(fzero)
-        self._maxes.append(fzero)
+        self._count += 1
 
     def truncate(self, count: int) -> None:
         """Forget everything queued after the first ``count`` entries."""
-        del self._fps[count:], self._sums[count:], self._maxes[count:]
+        self._count = min(self._count, count)
+        self._direct = [d for d in self._direct if d[0] < count]
+        for key, items in self._staged.items():
+            self._staged[key] = [item for item in items if item[0] < count]
+        kept = []
+        for entries, fps, sums, maxes in self._batches:
+            keep = entries < count
+            index = torch.from_numpy(np.flatnonzero(keep)).to(fps.device)
+            kept.append((entries[keep], fps[index], sums[index], maxes[index]))
+        self._batches = kept
 
     def drain(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Read back everything queued: (fingerprints int64, sums float64, abs-max float32)."""
-        fps, sums, maxes = self._fps, self._sums, self._maxes
-        self._fps, self._sums, self._maxes = [], [], []
-        return (
-            _gather(fps, torch.int64),
-            _gather(sums, torch.float64),
-            _gather(maxes, torch.float64).astype(np.float32),
-        )
+        self._settle()
+        fps = np.zeros(self._count, dtype=np.int64)
+        sums = np.zeros(self._count, dtype=np.float64)
+        maxes = np.zeros(self._count, dtype=np.float64)
+        by_device: dict[torch.device, list] = {}
+        for item in self._direct:
+            by_device.setdefault(item[1].device, []).append(item)
+        for items in by_device.values():
+            entries = np.array([item[0] for item in items], dtype=np.int64)
+            for column, out in ((1, fps), (2, sums), (3, maxes)):
+                out[entries] = torch.stack([item[column] for item in items]).cpu().numpy()
+        for entries, batch_fps, batch_sums, batch_maxes in self._batches:
+            fps[entries] = batch_fps.cpu().numpy()
+            sums[entries] = batch_sums.cpu().numpy()
+            maxes[entries] = batch_maxes.cpu().numpy()
+        self._count, self._direct, self._batches = 0, [], []
+        return fps, sums, maxes.astype(np.float32)
+
+    def _settle(self) -> None:
+        """Fingerprint every staged copy, one batch per (device, dtype)."""
+        for items in self._staged.values():
+            if items:
+                entries = np.array([entry for entry, _ in items], dtype=np.int64)
+                self._batches.append((entries, *_batch([copy for _, copy in items])))
+        self._staged = {}
+        self._staged_bytes = 0
 
 
-def _gather(values: list[torch.Tensor], dtype: torch.dtype) -> np.ndarray:
-    """Stack 0-dim tensors that may live on several devices into one host array, in order."""
-    out = np.zeros(len(values), dtype=torch.empty((), dtype=dtype).numpy().dtype)
-    if not values:
-        return out
-    by_device: dict[torch.device, list[int]] = {}
-    for i, value in enumerate(values):
-        by_device.setdefault(value.device, []).append(i)
-    for indices in by_device.values():
-        stacked = torch.stack([values[i] for i in indices]).to("cpu").numpy()
-        out[np.asarray(indices)] = stacked
-    return out
+def _batch(copies: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fingerprints, sums and abs-maxes of flat tensors of one device and dtype, as vectors.
+
+    Each tensor has at most SMALL elements, so all its words fall in block 0: its fingerprint is
+    ``sum_j word_j * weight_j`` with j its position in the tensor, as for a single tensor.
+    """
+    device = copies[0].device
+    count = len(copies)
+    flat = torch._utils._flatten_dense_tensors(copies)  # one op: all of them, in logical order
+    words = word_view(flat)
+    per_element = words.numel() // flat.numel() if flat.numel() else 1
+    lengths = torch.tensor([c.numel() * per_element for c in copies], device=device)
+    segment = torch.repeat_interleave(torch.arange(count, device=device), lengths)
+    starts = torch.cumsum(lengths, 0) - lengths
+    position = torch.arange(words.numel(), device=device) - torch.repeat_interleave(starts, lengths)
+    products = words.to(torch.int64) * _WEIGHTS.get(device)[position]
+    fps = torch.zeros(count, dtype=torch.int64, device=device).index_add_(0, segment, products)
+
+    # One value per word (complex tensors: real and imaginary parts), so segments match.
+    values = torch.view_as_real(flat).reshape(-1) if flat.is_complex() else flat
+    values = values.to(torch.float64)
+    sums = torch.zeros(count, dtype=torch.float64, device=device).index_add_(0, segment, values)
+    maxes = torch.zeros(count, dtype=torch.float64, device=device).scatter_reduce_(
+        0, segment, values.abs(), reduce="amax", include_self=True
+    )
+    return fps, sums, maxes

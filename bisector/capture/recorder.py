@@ -33,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import arg_tree_leaves
 
 from bisector.capture import settings
-from bisector.capture.fingerprint import Collector, word_view
+from bisector.capture.fingerprint import Collector, hashable
 from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import Locator, OpInfo, canonical_args, in_custom_backward
 from bisector.trace import (
@@ -466,16 +466,15 @@ class Recorder:
 
     def _add_output(self, t, no_data: bool, previous, index: int) -> None:
         b = self._b
-        words = None if no_data else word_view(t)
         if no_data:
             kind = OUT_NODATA
             self._collector.add_blank()
-        elif words is None:
+        elif not hashable(t):
             kind = OUT_UNHASHABLE
             self._collector.add_blank()
         else:
             kind = OUT_HASHED
-            self._collector.add(t, words)
+            self._collector.add(t)
         if previous is not None and previous[0] >= 0:
             kind |= OUT_PARTIAL
             b["out_prev_back"].append(index - previous[0])
