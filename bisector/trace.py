@@ -46,6 +46,7 @@ EVENT_COLUMNS: dict[str, str] = {
     "step": "<u4",  # optimizer steps completed before this event
     "n_in": "<u2",  # number of tensor inputs (rows in the input columns)
     "n_out": "<u2",  # number of written tensors (rows in the output columns)
+    "flags": "u1",  # FLAG_* bits
 }
 # One row per tensor input, in event order.
 INPUT_COLUMNS: dict[str, str] = {
@@ -63,6 +64,8 @@ OUTPUT_COLUMNS: dict[str, str] = {
     "out_prev_slot": "<u2",
 }
 ALL_COLUMNS = {**EVENT_COLUMNS, **INPUT_COLUMNS, **OUTPUT_COLUMNS}
+
+FLAG_RANDOM = 1  # the call drew random numbers (a seeded random op, dropout not 0)
 
 OUT_HASHED = 1  # out_fp and stats are valid
 OUT_NODATA = 2  # uninitialised memory (empty*): carries no data, equal by definition

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bisector.trace import ALL_COLUMNS, OUT_HASHED, PHASES, Trace
+from bisector.trace import ALL_COLUMNS, FLAG_RANDOM, OUT_HASHED, PHASES, Trace
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Ev:
     phase: str = "forward"
     step: int = 0
     location: str = "/work/train.py:10"
+    random: bool = False
 
 
 def make_trace(events: list[Ev], path: str = "mem.trace", header: dict | None = None) -> Trace:
@@ -48,6 +49,7 @@ def make_trace(events: list[Ev], path: str = "mem.trace", header: dict | None = 
         cols["step"].append(ev.step)
         cols["n_in"].append(len(ev.inputs))
         cols["n_out"].append(len(ev.outputs))
+        cols["flags"].append(FLAG_RANDOM if ev.random else 0)
         for producer, slot in ev.inputs:
             cols["in_back"].append(index - producer if producer >= 0 else 0)
             cols["in_slot"].append(slot)

@@ -67,18 +67,20 @@ def test_argument_that_changes_nothing_is_not_a_source():
     assert compare(make_trace(a), make_trace(b)).reproducible
 
 
-def test_rng_kind_from_the_op_schema():
+def test_rng_kind_when_the_call_drew_random_numbers():
     a = [
         Ev("aten.empty.memory_format", [], [(0, OUT_NODATA, None)]),
-        Ev("aten.bernoulli_.float", [(0, 0)], [5], args="0.5"),
+        Ev("aten.bernoulli_.float", [(0, 0)], [5], args="0.5", random=True),
     ]
     b = [
         Ev("aten.empty.memory_format", [], [(1, OUT_NODATA, None)]),
-        Ev("aten.bernoulli_.float", [(0, 0)], [6], args="0.5"),
+        Ev("aten.bernoulli_.float", [(0, 0)], [6], args="0.5", random=True),
     ]
     report = compare(make_trace(a), make_trace(b))
     assert report.first_divergence.kind == "rng"
     assert report.first_divergence.event == 1, "uninitialised memory is never a source"
+    a[1].random = b[1].random = False  # a seeded-tagged op called with dropout_p=0, say
+    assert compare(make_trace(a), make_trace(b)).first_divergence.kind == "kernel"
 
 
 def test_independent_sources_are_all_listed_in_order():

@@ -232,3 +232,24 @@ def test_out_argument_is_written_not_read(tmp_path):
     second = adds[1]
     producer = second - int(trace.columns["in_back"][trace.in_start[second]])
     assert producer == adds[0], "the second add reads the value the first one wrote"
+
+
+def test_random_flag_and_attention_rng_state_outputs(tmp_path):
+    """A random op is flagged; SDPA without dropout is not random, and its generator-state
+    results (uninitialised without dropout) are marked as carrying no data."""
+    from bisector.capture.ops import OpInfo
+    from bisector.trace import FLAG_RANDOM
+
+    with bisector.record(tmp_path / "t.trace"):
+        torch.nn.functional.dropout(torch.ones(8), 0.5, training=True)
+    trace, events = _events(tmp_path / "t.trace")
+    random = [e["op"] for i, e in enumerate(events) if trace.columns["flags"][i] & FLAG_RANDOM]
+    assert random == ["aten.bernoulli_.float"]
+
+    info = OpInfo.of(torch.ops.aten._scaled_dot_product_efficient_attention.default)
+    assert info.random and info.dropout == (5, "dropout_p")
+    assert info.rng_returns == frozenset({2, 3})
+    q = torch.ones(1)
+    assert not info.draws_random((q, q, q, None, True, 0.0), {})
+    assert info.draws_random((q, q, q, None, True, 0.1), {})
+    assert not info.draws_random((q, q, q, None, True), {})  # dropout_p defaults to 0

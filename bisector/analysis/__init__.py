@@ -17,7 +17,7 @@ from bisector.analysis.graph import (
 )
 from bisector.errors import MismatchError
 from bisector.report import Report, RunInfo, Source
-from bisector.trace import PHASES, Trace
+from bisector.trace import FLAG_RANDOM, PHASES, Trace
 
 # Sources beyond this many are counted (``sources_total``) but not listed one by one.
 MAX_SOURCES = 1000
@@ -144,7 +144,8 @@ def _magnitude(a: Trace, b: Trace, eq, event: int) -> float | None:
 def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
     op = a.string("op", event)
     args_equal = bool(eq.args_equal[event])
-    kind = classify(op, args_equal, bool(eq.rewired[event]))
+    random = bool(a.columns["flags"][event] & FLAG_RANDOM)
+    kind = classify(op, args_equal, random, bool(eq.rewired[event]))
     details = {
         "input": "this tensor was not produced by a recorded op and its value differs "
         "(data batch, initial weights or state loaded from outside)",

@@ -12,7 +12,6 @@ reach.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import networkx as nx
 import numpy as np
@@ -101,36 +100,21 @@ def compare_events(a: Trace, b: Trace, paired: int, ids_b_to_a: np.ndarray) -> E
     )
 
 
-@lru_cache(maxsize=4096)
-def is_random_op(name: str) -> bool:
-    """True if the aten overload draws from a random generator (its schema's tags say so)."""
-    import torch
-
-    parts = name.split(".")
-    if len(parts) < 2:
-        return False
-    try:
-        packet = getattr(getattr(torch.ops, parts[0]), parts[1])
-        overload = getattr(packet, parts[2] if len(parts) > 2 else "default")
-    except (AttributeError, RuntimeError):
-        return False
-    return torch.Tag.nondeterministic_seeded in getattr(overload, "tags", ())
-
-
 def source_events(eq: Equality) -> np.ndarray:
     """Indices of events whose inputs are equal (or rewired) and whose outputs differ, in order."""
     return np.flatnonzero(eq.out_differs & (eq.inputs_equal | eq.rewired))
 
 
-def classify(op: str, args_equal: bool, rewired: bool = False) -> str:
-    """The kind of a source from its op name and whether its arguments are equal."""
+def classify(op: str, args_equal: bool, random: bool, rewired: bool = False) -> str:
+    """The kind of a source from its op name, whether its arguments are equal, whether the call
+    drew random numbers, and whether it reads tensors from other producers in the two runs."""
     if rewired:
         return "structure"
     if op.startswith("leaf."):
         return "input"
     if not args_equal:
         return "argument"
-    if is_random_op(op):
+    if random:
         return "rng"
     return "kernel"
 

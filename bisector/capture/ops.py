@@ -30,6 +30,9 @@ _NO_DATA_OPS = {
 }
 
 
+# Names of results that hold random-generator state or a debug mask (fused attention kernels).
+_RNG_STATE_RETURNS = {"philox_seed", "philox_offset", "rng_state", "unused", "debug_attn_mask"}
+
 # Namespaces of ops that do bookkeeping, not computation.
 _IGNORED_NAMESPACES = ("profiler.",)
 
@@ -43,10 +46,14 @@ class OpInfo:
         written: (position, name) of arguments the op writes (``Tensor(a!)``).
         fresh_returns: indices of results that are new tensors (not aliases of an input).
         is_view: every result aliases an input and nothing is written (view, t, detach...).
-        random: the op draws from a random generator.
+        random: the op may draw from a random generator (schema tag ``nondeterministic_seeded``).
         no_data: the results are uninitialised memory.
         ignored: bookkeeping, not computation (profiler ranges): not recorded.
         out_names: keyword arguments that only receive results (``out=``): not read.
+        dropout: (position, name) of a ``dropout_p`` argument: with 0 the op draws nothing.
+        rng_returns: indices of results that only carry random-generator state (attention's
+            ``philox_seed``/``philox_offset``/``rng_state``) or a debug mask: with no dropout
+            they are uninitialised memory that nobody reads.
     """
 
     name: str
@@ -58,6 +65,20 @@ class OpInfo:
     no_data: bool
     ignored: bool = False
     out_names: frozenset[str] = frozenset()
+    dropout: tuple[int, str] | None = None
+    rng_returns: frozenset[int] = frozenset()
+
+    def draws_random(self, args: tuple, kwargs: dict) -> bool:
+        """True if this call draws random numbers (a tagged op, and not with dropout_p=0)."""
+        return self.random and not self.without_dropout(args, kwargs)
+
+    def without_dropout(self, args: tuple, kwargs: dict) -> bool:
+        """True if the op has a dropout_p argument and this call passes 0."""
+        if self.dropout is None:
+            return False
+        position, name = self.dropout
+        value = args[position] if position < len(args) else kwargs.get(name, 0.0)
+        return value == 0
 
     @staticmethod
     def of(func: torch._ops.OpOverload) -> OpInfo:
@@ -77,6 +98,13 @@ class OpInfo:
         is_view = not written and bool(schema.returns) and not fresh
         random = torch.Tag.nondeterministic_seeded in getattr(func, "tags", ())
         out_names = frozenset(arg.name for arg in schema.arguments if getattr(arg, "is_out", False))
+        dropout = next(
+            ((i, arg.name) for i, arg in enumerate(schema.arguments) if arg.name == "dropout_p"),
+            None,
+        )
+        rng_returns = frozenset(
+            i for i, ret in enumerate(schema.returns) if ret.name in _RNG_STATE_RETURNS
+        )
         return OpInfo(
             name,
             written,
@@ -86,6 +114,8 @@ class OpInfo:
             random,
             name in _NO_DATA_OPS,
             out_names=out_names,
+            dropout=dropout,
+            rng_returns=rng_returns,
         )
 
 

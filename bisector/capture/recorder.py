@@ -37,6 +37,7 @@ from bisector.capture.fingerprint import Collector, hashable
 from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import Locator, OpInfo, canonical_args, in_custom_backward
 from bisector.trace import (
+    FLAG_RANDOM,
     OUT_HASHED,
     OUT_NODATA,
     OUT_PARTIAL,
@@ -295,24 +296,27 @@ class Recorder:
 
         out = func(*args, **kwargs)
 
-        fresh: list[torch.Tensor] = []
+        no_data = [info.no_data] * len(written)
+        n_written = len(written)
         if info.fresh_returns:
             results = out if info.n_returns > 1 else (out,)
+            # With no dropout, attention's generator-state results are never initialised.
+            unset = info.rng_returns if info.without_dropout(args, kwargs) else ()
             for i in info.fresh_returns:
                 value = results[i]
                 for t in value if isinstance(value, (list, tuple)) else (value,):
                     if isinstance(t, torch.Tensor):
-                        fresh.append(t)
+                        written.append(t)
                         previous.append(None)
-        written += fresh
+                        no_data.append(info.no_data or i in unset)
 
         index = self._events
-        n_written = len(written) - len(fresh)
         for slot, t in enumerate(written):
-            self._add_output(t, info.no_data, previous[slot], index)
+            self._add_output(t, no_data[slot], previous[slot], index)
             self._register(t, index, slot, bump=slot < n_written)
+        flags = FLAG_RANDOM if info.draws_random(args, kwargs) else 0
         self._add_event(
-            info.name, module_id, location_id, args_id, phase, refs, len(written), index
+            info.name, module_id, location_id, args_id, phase, refs, len(written), index, flags
         )
         return out
 
@@ -449,6 +453,7 @@ class Recorder:
             "step": array("I"),
             "n_in": array("H"),
             "n_out": array("H"),
+            "flags": array("B"),
             "in_back": array("I"),
             "in_slot": array("H"),
             "out_kind": array("B"),
@@ -485,9 +490,12 @@ class Recorder:
         b["out_kind"].append(kind)
         b["out_numel"].append(t.numel())
 
-    def _add_event(self, op, module_id, location_id, args_id, phase, refs, n_out, index) -> None:
+    def _add_event(
+        self, op, module_id, location_id, args_id, phase, refs, n_out, index, flags=0
+    ) -> None:
         b = self._b
         b["op"].append(self._string(op))
+        b["flags"].append(flags)
         b["module"].append(module_id)
         b["location"].append(location_id)
         b["args"].append(args_id)
@@ -540,7 +548,7 @@ class Recorder:
         self._reset_buffers()
 
 
-_EVENT_BUFFERS = ("op", "module", "location", "args", "phase", "step", "n_in", "n_out")
+_EVENT_BUFFERS = ("op", "module", "location", "args", "phase", "step", "n_in", "n_out", "flags")
 _INPUT_BUFFERS = ("in_back", "in_slot")
 _OUTPUT_BUFFERS = ("out_kind", "out_numel", "out_prev_back", "out_prev_slot")
 
