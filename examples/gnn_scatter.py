@@ -77,4 +77,4 @@ for step in range(args.steps):
     loss.backward()
     optimizer.step()
     print(f"step {step}: loss {loss.item():.6f}")
-print("weight checksum:", sum(float(p.double().sum()) for p in model.parameters()))
+print("weight checksum:", sum(float(p.detach().double().sum()) for p in model.parameters()))

@@ -16,6 +16,8 @@ once per batch, never once per tensor.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -62,7 +64,9 @@ class _Weights:
     def get(self, device: torch.device) -> torch.Tensor:
         weights = self._by_device.get(device)
         if weights is None:
-            weights = torch.from_numpy(_odd_weights(0, _BLOCK)).to(device)
+            weights = torch.from_numpy(_odd_weights(0, _BLOCK))
+            if device.type != "cpu":  # never a blocking copy: that would wait for the user's work
+                weights = weights.pin_memory().to(device, non_blocking=True)
             self._by_device[device] = weights
         return weights
 
@@ -195,6 +199,15 @@ class Collector:
             if self._staged_bytes > _STAGED_BYTES:
                 self._settle()
             return
+        fused = _fused() if tensor.is_cuda else None
+        if fused is not None:
+            values = _values(tensor)
+            words = word_view(tensor)
+            weights = _WEIGHTS.get(tensor.device)
+            self._direct.append(
+                (entry, *fused.fingerprint_and_stats(words, values, weights, _BLOCK))
+            )
+            return
         total, largest = magnitude(tensor)
         self._direct.append((entry, fingerprint_words(word_view(tensor)), total, largest))
 
@@ -245,6 +258,32 @@ class Collector:
         self._staged_bytes = 0
 
 
+def _values(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's elements as flat numbers, one per word (complex: real and imaginary parts)."""
+    flat = tensor.reshape(-1)
+    if flat.is_complex():
+        return torch.view_as_real(flat).reshape(-1)
+    if flat.dtype == torch.bool:
+        return flat.view(torch.uint8)
+    return flat
+
+
+_FUSED: list = []
+
+
+def _fused():
+    """The Triton kernel module, or None where Triton is missing (or BISECTOR_NO_TRITON is set)."""
+    if not _FUSED:
+        module = None
+        if not os.environ.get("BISECTOR_NO_TRITON"):
+            try:
+                from bisector.capture import triton_fingerprint as module
+            except Exception:  # noqa: BLE001 - no Triton, or a Triton that cannot start
+                module = None
+        _FUSED.append(module)
+    return _FUSED[0]
+
+
 def _batch(copies: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fingerprints, sums and abs-maxes of flat tensors of one device and dtype, as vectors.
 
@@ -256,10 +295,18 @@ def _batch(copies: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torc
     flat = torch._utils._flatten_dense_tensors(copies)  # one op: all of them, in logical order
     words = word_view(flat)
     per_element = words.numel() // flat.numel() if flat.numel() else 1
-    lengths = torch.tensor([c.numel() * per_element for c in copies], device=device)
-    segment = torch.repeat_interleave(torch.arange(count, device=device), lengths)
+    total = words.numel()
+    lengths = torch.tensor([c.numel() * per_element for c in copies], dtype=torch.int64)
+    if device.type != "cpu":  # never a blocking copy: that would wait for the user's work
+        lengths = lengths.pin_memory().to(device, non_blocking=True)
+    # output_size given: repeat_interleave need not read the lengths back to size its result
+    segment = torch.repeat_interleave(
+        torch.arange(count, device=device), lengths, output_size=total
+    )
     starts = torch.cumsum(lengths, 0) - lengths
-    position = torch.arange(words.numel(), device=device) - torch.repeat_interleave(starts, lengths)
+    position = torch.arange(total, device=device) - torch.repeat_interleave(
+        starts, lengths, output_size=total
+    )
     products = words.to(torch.int64) * _WEIGHTS.get(device)[position]
     fps = torch.zeros(count, dtype=torch.int64, device=device).index_add_(0, segment, products)
 
