@@ -103,39 +103,40 @@ def step_times(steps: int, repeats: int) -> dict:
 
 
 def throughput(sizes_mb: list[int]) -> list[dict]:
-    rows = []
+    return [_throughput_row(mb) for mb in sizes_mb]
+
+
+def _throughput_row(mb: int) -> dict:
     fused = fp._fused()
     weights = fp._WEIGHTS.get(torch.device("cuda"))
-    for mb in sizes_mb:
-        x = torch.randn(mb * (1 << 20) // 4, device="cuda")
-        out = torch.empty_like(x)
-        words, values = fp.word_view(x), fp._values(x)
+    x = torch.randn(mb * (1 << 20) // 4, device="cuda")
+    out = torch.empty_like(x)
+    words, values = fp.word_view(x), fp._values(x)
 
-        def copy():
-            out.copy_(x)
+    def copy():
+        out.copy_(x)
 
-        def kernel():
-            fused.fingerprint_and_stats(words, values, weights, fp._BLOCK)
+    def kernel():
+        fused.fingerprint_and_stats(words, values, weights, fp._BLOCK)
 
-        def pure():
-            fp.fingerprint_words(words)
-            fp.magnitude(x)
+    def pure():
+        fp.fingerprint_words(words)
+        fp.magnitude(x)
 
-        row = {"size_mb": mb}
-        for name, fn in (("copy", copy), ("fused", kernel if fused else None), ("torch", pure)):
-            if fn is None:
-                continue
-            fn()
-            reps = max(3, min(200, 2000 // mb))
-            t = statistics.median(_timed(fn, reps))
-            row[f"{name}_ms"] = t * 1e3
-            row[f"{name}_gbps"] = x.numel() * 4 / t / 1e9  # bytes of the tensor per second
-        # A copy reads and writes each byte: its bandwidth counts both.
-        row["copy_bandwidth_gbps"] = 2 * row["copy_gbps"]
-        if "fused_gbps" in row:
-            row["fused_vs_copy_bandwidth"] = row["fused_gbps"] / row["copy_bandwidth_gbps"]
-        rows.append(row)
-    return rows
+    row: dict = {"size_mb": mb}
+    for name, fn in (("copy", copy), ("fused", kernel if fused else None), ("torch", pure)):
+        if fn is None:
+            continue
+        fn()
+        reps = max(3, min(200, 2000 // mb))
+        t = statistics.median(_timed(fn, reps))
+        row[f"{name}_ms"] = t * 1e3
+        row[f"{name}_gbps"] = x.numel() * 4 / t / 1e9  # bytes of the tensor per second
+    # A copy reads and writes each byte: its bandwidth counts both.
+    row["copy_bandwidth_gbps"] = 2 * row["copy_gbps"]
+    if "fused_gbps" in row:
+        row["fused_vs_copy_bandwidth"] = row["fused_gbps"] / row["copy_bandwidth_gbps"]
+    return row
 
 
 def main() -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, SCRIPTS, subprocess_env
 
 import bisector
 from bisector.api import FindOptions
-from conftest import REPO, SCRIPTS, subprocess_env
 
 pytestmark = [
     pytest.mark.cuda,
