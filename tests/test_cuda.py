@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, SCRIPTS, subprocess_env
+from torch.utils._python_dispatch import _disable_current_modes
 
 import bisector
 from bisector.api import FindOptions
@@ -189,7 +190,8 @@ def test_no_host_sync_per_op(tmp_path):
             for _ in range(3):
                 step(x)
                 step(small)  # small outputs go through the batched path
-            recorder._collector._settle()  # the batched fingerprints too
+            with _disable_current_modes():  # as inside the recorder's handler
+                recorder._collector._settle()  # the batched fingerprints too
         finally:
             torch.cuda.set_sync_debug_mode(0)
     assert recorder.events > 100

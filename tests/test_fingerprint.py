@@ -16,7 +16,7 @@ def _reference(tensor: torch.Tensor) -> int:
     total = 0
     for block, start in enumerate(range(0, len(values), fp._BLOCK)):
         chunk = values[start : start + fp._BLOCK]
-        weights = fp._odd_weights(0, len(chunk)).view(np.uint64)
+        weights = fp._weights(len(chunk)).astype(np.uint64)
         with np.errstate(over="ignore"):
             partial = int((chunk * weights).sum(dtype=np.uint64))
         if block:
@@ -157,3 +157,27 @@ def test_truncate_forgets_staged_and_direct_entries():
     collector.truncate(2)
     fps, _, _ = collector.drain()
     assert len(fps) == 2
+
+
+def test_weights_are_odd_distinct_and_below_2_pow_31():
+    weights = fp._weights(fp._BLOCK).astype(np.int64)
+    assert (weights % 2 == 1).all()
+    assert (weights > 0).all() and (weights < 2**31).all()
+    assert len(np.unique(weights)) == fp._BLOCK
+
+
+def test_block_multipliers_are_odd():
+    assert fp.block_multiplier(0) == 1
+    assert all(fp.block_multiplier(b) % 2 for b in range(1, 50))
+
+
+def test_weights_are_odd_distinct_and_below_2_pow_31():
+    weights = fp._weights(fp._BLOCK).astype(np.int64)
+    assert (weights % 2 == 1).all()
+    assert (weights > 0).all() and (weights < 2**31).all()
+    assert len(np.unique(weights)) == fp._BLOCK
+
+
+def test_block_multipliers_are_odd():
+    assert fp.block_multiplier(0) == 1
+    assert all(fp.block_multiplier(b) % 2 for b in range(1, 50))

@@ -1,11 +1,18 @@
 """Bitwise, order-sensitive fingerprints of tensors, computed on the tensor's own device.
 
-A fingerprint is the 64-bit integer ``sum_i word_i * weight_i (mod 2**64)`` over the tensor's
-raw words (its bits reinterpreted as integers), with one odd pseudo-random weight per position.
-Integer arithmetic is exact in any order, so the fingerprint itself is deterministic however the
-reduction is scheduled. Because every weight is odd, changing any single word (one flipped bit)
-always changes the fingerprint, and because weights differ by position, swapping two different
-elements changes it too (unlike ``torch.hash_tensor``'s XOR).
+A fingerprint is the 64-bit integer ``sum_i word_i * weight_i * block_i (mod 2**64)`` over the
+tensor's raw words (its bits reinterpreted as integers: sign-extended, bytes zero-extended). Words
+come in blocks of 2**20; within a block, the weight of position j is ``2 * perm(j) + 1``, with
+``perm`` a fixed pseudo-random permutation of 30-bit numbers, so weights are odd, distinct and
+below 2**31; each block has its own odd 64-bit multiplier ``block_i``. Integer arithmetic is exact
+in any order, so the fingerprint is deterministic however the reduction is scheduled. Proofs, for
+words of up to 32 bits:
+
+- changing one word by d changes the sum by ``d * w * m``, zero mod 2**64 only if 2**64 divides
+  d (w and m are odd): never. So one flipped bit always changes the fingerprint;
+- swapping two different words of one block changes it by ``(a - b)(w_j - w_i) m``, nonzero and
+  below 2**63 in size: never zero. So element order matters (``torch.hash_tensor``'s XOR would
+  not see a swap).
 
 Beside the fingerprint we keep two cheap magnitude stats, a float64 sum and the largest absolute
 value, so that a report can say how big a difference is without storing tensors.
@@ -23,7 +30,7 @@ import torch
 
 # Name of the fingerprint function, stored in every trace header: fingerprints are only
 # comparable between traces that name the same one. Change it whenever the function changes.
-SCHEME = "wsum64-v1"
+SCHEME = "wsum64-v2"
 
 # Words are processed in blocks so that widening to int64 never needs more than this many elements
 # of scratch memory, whatever the tensor's size.
@@ -43,16 +50,34 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def _odd_weights(start: int, count: int) -> np.ndarray:
-    """``count`` odd 64-bit weights for positions ``start..start+count-1`` (int64 bits)."""
-    positions = np.arange(start, start + count, dtype=np.uint64)
-    return (_splitmix64(positions) | np.uint64(1)).view(np.int64)
+def _perm30(x: np.ndarray) -> np.ndarray:
+    """A fixed pseudo-random permutation of the numbers below 2**30 (uint64 arrays).
+
+    Each step is a bijection modulo 2**30: multiplying by an odd number, adding a constant,
+    and ``x ^= x >> k``.
+    """
+    mask = np.uint64((1 << 30) - 1)
+    with np.errstate(over="ignore"):
+        x = (x * np.uint64(0x2C1B3C6D) + np.uint64(0x297A2D39)) & mask
+        x ^= x >> np.uint64(15)
+        x = (x * np.uint64(0x297A2D39)) & mask
+        x ^= x >> np.uint64(13)
+        x = (x * np.uint64(0x1B873593)) & mask
+        return x ^ (x >> np.uint64(16))
+
+
+def _weights(count: int) -> np.ndarray:
+    """The weights of positions ``0..count-1`` of a block: odd, distinct, below 2**31 (int32)."""
+    positions = np.arange(count, dtype=np.uint64)
+    return (2 * _perm30(positions) + 1).astype(np.int32)
 
 
 def block_multiplier(block: int) -> int:
-    """The odd multiplier of block number ``block``, as a signed 64-bit Python int."""
-    value = int(_odd_weights(1 << 40 | block, 1)[0])
-    return value
+    """The odd 64-bit multiplier of block number ``block`` (1 for block 0), as a signed int."""
+    if block == 0:
+        return 1
+    value = _splitmix64(np.array([block], dtype=np.uint64)) | np.uint64(1)
+    return int(value.view(np.int64)[0])
 
 
 class _Weights:
@@ -64,7 +89,7 @@ class _Weights:
     def get(self, device: torch.device) -> torch.Tensor:
         weights = self._by_device.get(device)
         if weights is None:
-            weights = torch.from_numpy(_odd_weights(0, _BLOCK))
+            weights = torch.from_numpy(_weights(_BLOCK))
             if device.type != "cpu":  # never a blocking copy: that would wait for the user's work
                 weights = weights.pin_memory().to(device, non_blocking=True)
             self._by_device[device] = weights
@@ -114,7 +139,7 @@ def fingerprint_words(words: torch.Tensor) -> torch.Tensor:
     numel = words.numel()
     for block, start in enumerate(range(0, numel, _BLOCK)):
         chunk = words[start : start + _BLOCK].to(torch.int64)
-        partial = (chunk * weights[: chunk.numel()]).sum()
+        partial = (chunk * weights[: chunk.numel()]).sum()  # int64 * int32 -> int64
         if block:
             partial = partial * block_multiplier(block)
         total = total + partial
@@ -177,6 +202,8 @@ class Collector:
     def __init__(self) -> None:
         self._count = 0
         self._direct: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._rows: dict[torch.device, _ResultRows] = {}
+        self._full_rows: list[_ResultRows] = []
         self._staged: dict[tuple[torch.device, torch.dtype], list[tuple[int, torch.Tensor]]] = {}
         self._staged_bytes = 0
         self._batches: list[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -201,11 +228,15 @@ class Collector:
             return
         fused = _fused() if tensor.is_cuda else None
         if fused is not None:
-            values = _values(tensor)
-            words = word_view(tensor)
+            rows = self._rows.get(tensor.device)
+            if rows is None or rows.full:
+                if rows is not None:
+                    self._full_rows.append(rows)
+                rows = self._rows[tensor.device] = _ResultRows(tensor.device)
             weights = _WEIGHTS.get(tensor.device)
-            self._direct.append(
-                (entry, *fused.fingerprint_and_stats(words, values, weights, _BLOCK))
+            row = rows.take(entry)
+            fused.fingerprint_into(
+                word_view(tensor), _values(tensor), weights, _BLOCK, rows.buffers, row
             )
             return
         total, largest = magnitude(tensor)
@@ -219,6 +250,8 @@ class Collector:
         """Forget everything queued after the first ``count`` entries."""
         self._count = min(self._count, count)
         self._direct = [d for d in self._direct if d[0] < count]
+        for rows in [*self._full_rows, *self._rows.values()]:
+            rows.entries = [e if e < count else -1 for e in rows.entries]
         for key, items in self._staged.items():
             self._staged[key] = [item for item in items if item[0] < count]
         kept = []
@@ -245,17 +278,50 @@ class Collector:
             fps[entries] = batch_fps.cpu().numpy()
             sums[entries] = batch_sums.cpu().numpy()
             maxes[entries] = batch_maxes.cpu().numpy()
+        for rows in [*self._full_rows, *self._rows.values()]:
+            rows.read_into(fps, sums, maxes)
         self._count, self._direct, self._batches = 0, [], []
+        self._rows, self._full_rows = {}, []
         return fps, sums, maxes.astype(np.float32)
 
     def _settle(self) -> None:
         """Fingerprint every staged copy, one batch per (device, dtype)."""
-        for items in self._staged.values():
+        staged, self._staged, self._staged_bytes = self._staged, {}, 0
+        for items in staged.values():
             if items:
                 entries = np.array([entry for entry, _ in items], dtype=np.int64)
                 self._batches.append((entries, *_batch([copy for _, copy in items])))
-        self._staged = {}
-        self._staged_bytes = 0
+
+
+class _ResultRows:
+    """Zeroed device vectors that fused kernels add their results into, one row per output."""
+
+    CAPACITY = 4096
+
+    def __init__(self, device: torch.device):
+        self.buffers = (
+            torch.zeros(self.CAPACITY, dtype=torch.int64, device=device),
+            torch.zeros(self.CAPACITY, dtype=torch.float64, device=device),
+            torch.zeros(self.CAPACITY, dtype=torch.float32, device=device),
+        )
+        self.entries: list[int] = []
+
+    @property
+    def full(self) -> bool:
+        return len(self.entries) >= self.CAPACITY
+
+    def take(self, entry: int) -> int:
+        """The row for collector entry ``entry``."""
+        self.entries.append(entry)
+        return len(self.entries) - 1
+
+    def read_into(self, fps: np.ndarray, sums: np.ndarray, maxes: np.ndarray) -> None:
+        """Copy the used rows to the host, at their entries (rows of dropped entries: -1)."""
+        used = len(self.entries)
+        entries = np.array(self.entries, dtype=np.int64)
+        keep = entries >= 0
+        for buffer, out in zip(self.buffers, (fps, sums, maxes), strict=True):
+            out[entries[keep]] = buffer[:used].cpu().numpy()[keep]
 
 
 def _values(tensor: torch.Tensor) -> torch.Tensor:
@@ -307,7 +373,7 @@ def _batch(copies: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torc
     position = torch.arange(total, device=device) - torch.repeat_interleave(
         starts, lengths, output_size=total
     )
-    products = words.to(torch.int64) * _WEIGHTS.get(device)[position]
+    products = words.to(torch.int64) * _WEIGHTS.get(device)[position].to(torch.int64)
     fps = torch.zeros(count, dtype=torch.int64, device=device).index_add_(0, segment, products)
 
     # One value per word (complex tensors: real and imaginary parts), so segments match.

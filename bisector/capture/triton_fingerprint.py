@@ -17,11 +17,12 @@ import triton
 import triton.language as tl
 
 # Elements per program. Must divide fingerprint._BLOCK, so that a tile never spans two blocks.
-_TILE = 4096
+_TILE = 8192
+_WARPS = 8
 
 
 @triton.jit
-def _fingerprint_tiles(
+def _fingerprint_into(
     words_ptr,
     values_ptr,
     weights_ptr,
@@ -29,26 +30,28 @@ def _fingerprint_tiles(
     fp_out,
     sum_out,
     max_out,
+    row,
     n,
     BLOCK: tl.constexpr,
     TILE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     start = pid.to(tl.int64) * TILE
-    offsets = start + tl.arange(0, TILE)
-    mask = offsets < n
-    words = tl.load(words_ptr + offsets, mask=mask, other=0).to(tl.int64)
-    weights = tl.load(weights_ptr + (offsets % BLOCK), mask=mask, other=0)
+    lanes = tl.arange(0, TILE)
+    mask = lanes < n - start
+    words = tl.load(words_ptr + start + lanes, mask=mask, other=0).to(tl.int64)
+    weights = tl.load(weights_ptr + (start % BLOCK) + lanes, mask=mask, other=0).to(tl.int64)
     multiplier = tl.load(multipliers_ptr + start // BLOCK)
-    tl.store(fp_out + pid, tl.sum(words * weights, axis=0) * multiplier)
+    # Integer additions are exact in any order: the atomic sum is deterministic.
+    tl.atomic_add(fp_out + row, tl.sum(words * weights, axis=0) * multiplier)
     # Same addresses as the words: served from cache, not read from memory again.
-    values = tl.load(values_ptr + offsets, mask=mask, other=0).to(tl.float64)
-    tl.store(sum_out + pid, tl.sum(values, axis=0))
-    tl.store(max_out + pid, tl.max(tl.abs(values), axis=0))
+    values = tl.load(values_ptr + start + lanes, mask=mask, other=0)
+    tl.atomic_add(sum_out + row, tl.sum(values.to(tl.float64), axis=0))
+    tl.atomic_max(max_out + row, tl.max(tl.abs(values.to(tl.float32)), axis=0))
 
 
 class _Multipliers:
-    """Per-device table of block multipliers (1 for block 0), grown on demand."""
+    """Per-device table of block multipliers, grown on demand."""
 
     def __init__(self) -> None:
         self._by_device: dict[torch.device, torch.Tensor] = {}
@@ -59,10 +62,9 @@ class _Multipliers:
         table = self._by_device.get(device)
         if table is None or table.numel() < blocks:
             size = max(blocks, 64, 2 * (table.numel() if table is not None else 0))
-            values = [1] + [block_multiplier(b) for b in range(1, size)]
-            table = (
-                torch.tensor(values, dtype=torch.int64).pin_memory().to(device, non_blocking=True)
-            )
+            values = torch.tensor([block_multiplier(b) for b in range(size)], dtype=torch.int64)
+            # never a blocking copy: that would wait for the user's work
+            table = values.pin_memory().to(device, non_blocking=True)
             self._by_device[device] = table
         return table
 
@@ -70,25 +72,39 @@ class _Multipliers:
 _MULTIPLIERS = _Multipliers()
 
 
-def fingerprint_and_stats(
-    words: torch.Tensor, values: torch.Tensor, weights: torch.Tensor, block: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(fingerprint int64, float64 sum, float64 abs-max) of one flat CUDA tensor, as 0-dim tensors.
+def fingerprint_into(
+    words: torch.Tensor,
+    values: torch.Tensor,
+    weights: torch.Tensor,
+    block: int,
+    results: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    row: int,
+) -> None:
+    """Add the fingerprint, float64 sum and abs-max of one flat CUDA tensor into row ``row`` of
+    ``results`` (int64, float64 and float32 vectors, zeroed beforehand). One kernel launch.
 
     Args:
         words: the tensor's bits as a flat integer tensor.
         values: the same elements as numbers (one per word: complex tensors as real pairs).
-        weights: the position weight table (int64, ``block`` entries) on the same device.
+        weights: the position weight table (``block`` entries) on the same device.
         block: fingerprint._BLOCK.
     """
     n = words.numel()
-    tiles = triton.cdiv(n, _TILE)
-    device = words.device
-    fps = torch.empty(tiles, dtype=torch.int64, device=device)
-    sums = torch.empty(tiles, dtype=torch.float64, device=device)
-    maxes = torch.empty(tiles, dtype=torch.float64, device=device)
-    multipliers = _MULTIPLIERS.get(device, triton.cdiv(n, block))
-    _fingerprint_tiles[(tiles,)](
-        words, values, weights, multipliers, fps, sums, maxes, n, BLOCK=block, TILE=_TILE
+    if n == 0:
+        return
+    multipliers = _MULTIPLIERS.get(words.device, triton.cdiv(n, block))
+    fps, sums, maxes = results
+    _fingerprint_into[(triton.cdiv(n, _TILE),)](
+        words,
+        values,
+        weights,
+        multipliers,
+        fps,
+        sums,
+        maxes,
+        row,
+        n,
+        BLOCK=block,
+        TILE=_TILE,
+        num_warps=_WARPS,
     )
-    return fps.sum(), sums.sum(), maxes.max()
