@@ -169,15 +169,3 @@ def test_weights_are_odd_distinct_and_below_2_pow_31():
 def test_block_multipliers_are_odd():
     assert fp.block_multiplier(0) == 1
     assert all(fp.block_multiplier(b) % 2 for b in range(1, 50))
-
-
-def test_weights_are_odd_distinct_and_below_2_pow_31():
-    weights = fp._weights(fp._BLOCK).astype(np.int64)
-    assert (weights % 2 == 1).all()
-    assert (weights > 0).all() and (weights < 2**31).all()
-    assert len(np.unique(weights)) == fp._BLOCK
-
-
-def test_block_multipliers_are_odd():
-    assert fp.block_multiplier(0) == 1
-    assert all(fp.block_multiplier(b) % 2 for b in range(1, 50))
