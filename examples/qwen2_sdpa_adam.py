@@ -47,6 +47,16 @@ def rotate_half(x):
     return torch.cat([-second, first], dim=-1)
 
 
+def repeat_kv(x, groups=HEADS // KV_HEADS):
+    """Share each key/value head with its group of query heads, as transformers' Qwen2 does.
+
+    (``repeat_interleave`` would do the same, but its backward is an ``index_add_``, which is
+    itself nondeterministic on a GPU.)
+    """
+    b, heads, t, d = x.shape
+    return x[:, :, None].expand(b, heads, groups, t, d).reshape(b, heads * groups, t, d)
+
+
 class Attention(nn.Module):
     def __init__(self, attn="sdpa"):
         super().__init__()
@@ -63,8 +73,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, KV_HEADS, HEAD_DIM).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        k = k.repeat_interleave(HEADS // KV_HEADS, dim=1)
-        v = v.repeat_interleave(HEADS // KV_HEADS, dim=1)
+        k, v = repeat_kv(k), repeat_kv(v)
         if self.attn == "eager":
             scores = (q @ k.transpose(-1, -2)) / HEAD_DIM**0.5
             causal = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)

@@ -16,9 +16,12 @@ import torch
 import triton
 import triton.language as tl
 
-# Elements per program. Must divide fingerprint._BLOCK, so that a tile never spans two blocks.
-_TILE = 8192
+# Elements per tile. Must divide fingerprint._BLOCK, so that a tile never spans two blocks.
+_TILE = 2048
 _WARPS = 8
+# Programs per multiprocessor: each program loops over tiles, keeping running sums in registers,
+# and adds them to the result row once, so atomics never pile up on one address.
+_PROGRAMS_PER_SM = 4
 
 
 @triton.jit
@@ -32,22 +35,29 @@ def _fingerprint_into(
     max_out,
     row,
     n,
+    tiles,
     BLOCK: tl.constexpr,
     TILE: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    start = pid.to(tl.int64) * TILE
     lanes = tl.arange(0, TILE)
-    mask = lanes < n - start
-    words = tl.load(words_ptr + start + lanes, mask=mask, other=0).to(tl.int64)
-    weights = tl.load(weights_ptr + (start % BLOCK) + lanes, mask=mask, other=0).to(tl.int64)
-    multiplier = tl.load(multipliers_ptr + start // BLOCK)
+    fp_acc = tl.zeros([TILE], dtype=tl.int64)
+    sum_acc = tl.zeros([TILE], dtype=tl.float64)
+    max_acc = tl.zeros([TILE], dtype=tl.float32)
+    for tile in range(tl.program_id(0), tiles, tl.num_programs(0)):
+        start = tile.to(tl.int64) * TILE
+        mask = lanes < n - start
+        words = tl.load(words_ptr + start + lanes, mask=mask, other=0).to(tl.int64)
+        weights = tl.load(weights_ptr + (start % BLOCK) + lanes, mask=mask, other=0)
+        multiplier = tl.load(multipliers_ptr + start // BLOCK)
+        fp_acc += words * weights.to(tl.int64) * multiplier
+        # Same addresses as the words: served from cache, not read from memory again.
+        values = tl.load(values_ptr + start + lanes, mask=mask, other=0)
+        sum_acc += values.to(tl.float64)
+        max_acc = tl.maximum(max_acc, tl.abs(values.to(tl.float32)))
     # Integer additions are exact in any order: the atomic sum is deterministic.
-    tl.atomic_add(fp_out + row, tl.sum(words * weights, axis=0) * multiplier)
-    # Same addresses as the words: served from cache, not read from memory again.
-    values = tl.load(values_ptr + start + lanes, mask=mask, other=0)
-    tl.atomic_add(sum_out + row, tl.sum(values.to(tl.float64), axis=0))
-    tl.atomic_max(max_out + row, tl.max(tl.abs(values.to(tl.float32)), axis=0))
+    tl.atomic_add(fp_out + row, tl.sum(fp_acc, axis=0))
+    tl.atomic_add(sum_out + row, tl.sum(sum_acc, axis=0))
+    tl.atomic_max(max_out + row, tl.max(max_acc, axis=0))
 
 
 class _Multipliers:
