@@ -169,3 +169,37 @@ def test_weights_are_odd_distinct_and_below_2_pow_31():
 def test_block_multipliers_are_odd():
     assert fp.block_multiplier(0) == 1
     assert all(fp.block_multiplier(b) % 2 for b in range(1, 50))
+
+
+def test_fused_kernel_logic_in_the_triton_interpreter(tmp_path):
+    """The Triton kernel, run by Triton's CPU interpreter, computes the same function."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+
+    code = """
+import torch, triton
+from bisector.capture import fingerprint as fp
+from bisector.capture import triton_fingerprint as tfp
+for t in [torch.randn(fp.SMALL + 1), torch.randn(fp._BLOCK * 2 + 17),
+          (torch.randn(1 << 16) * 1000).to(torch.int64), torch.randn(70000) > 0,
+          torch.randn(1 << 17).to(torch.bfloat16), torch.randn(5000, dtype=torch.complex64)]:
+    words, values = fp.word_view(t), fp._values(t)
+    res = (torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.float64),
+           torch.zeros(1, dtype=torch.float32))
+    n = words.numel()
+    tiles = triton.cdiv(n, tfp._TILE)
+    mult = torch.tensor([fp.block_multiplier(b) for b in range(8)], dtype=torch.int64)
+    tfp._fingerprint_into[(min(tiles, 7),)](words, values, fp._WEIGHTS.get(t.device), mult,
+        *res, 0, n, tiles, BLOCK=fp._BLOCK, TILE=tfp._TILE)
+    total, largest = fp.magnitude(t)
+    assert int(res[0]) & fp._MASK64 == fp.fingerprint(t), t.dtype
+    assert abs(float(res[1]) - float(total)) <= 1e-9 * max(1.0, abs(float(total))), t.dtype
+    assert float(res[2]) == float(largest), t.dtype
+print("ok")
+"""
+    env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

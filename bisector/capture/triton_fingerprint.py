@@ -44,7 +44,7 @@ def _fingerprint_into(
     sum_acc = tl.zeros([TILE], dtype=tl.float64)
     max_acc = tl.zeros([TILE], dtype=tl.float32)
     for tile in range(tl.program_id(0), tiles, tl.num_programs(0)):
-        start = tile.to(tl.int64) * TILE
+        start = tl.cast(tile, tl.int64) * TILE
         mask = lanes < n - start
         words = tl.load(words_ptr + start + lanes, mask=mask, other=0).to(tl.int64)
         weights = tl.load(weights_ptr + (start % BLOCK) + lanes, mask=mask, other=0)
@@ -104,7 +104,9 @@ def fingerprint_into(
         return
     multipliers = _MULTIPLIERS.get(words.device, triton.cdiv(n, block))
     fps, sums, maxes = results
-    _fingerprint_into[(triton.cdiv(n, _TILE),)](
+    tiles = triton.cdiv(n, _TILE)
+    programs = min(tiles, _PROGRAMS_PER_SM * _multiprocessors(words.device))
+    _fingerprint_into[(programs,)](
         words,
         values,
         weights,
@@ -114,7 +116,18 @@ def fingerprint_into(
         maxes,
         row,
         n,
+        tiles,
         BLOCK=block,
         TILE=_TILE,
         num_warps=_WARPS,
     )
+
+
+_SM_COUNT: dict[torch.device, int] = {}
+
+
+def _multiprocessors(device: torch.device) -> int:
+    count = _SM_COUNT.get(device)
+    if count is None:
+        count = _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return count
