@@ -65,16 +65,20 @@ class Bincount(nn.Module):
 
 
 class Attention(nn.Module):
-    """Causal SDPA over 8 heads of 64, on the backend the case names."""
+    """Causal SDPA of the seed's shape (16 x 14 heads x 2048 tokens x 64), on the backend the
+    case names. (Smaller problems can get kernels that do not split the keys, and agree.)"""
 
     def __init__(self, backend, dtype):
         super().__init__()
         self.backend, self.dtype = backend, dtype
+        self.head_scale = nn.Parameter(torch.linspace(0.5, 1.5, 14).reshape(1, 14, 1, 1))
 
     def forward(self, h):
-        q = h.reshape(-1)[: 4 * 8 * 2048 * 64].reshape(4, 8, 2048, 64).to(self.dtype)
+        base = h.reshape(-1)[: 3 * 2048 * 64].reshape(3, 1, 1, 2048, 64)
+        q, k, v = (part.expand(16, 14, 2048, 64) * self.head_scale for part in base)
+        q, k, v = (t.to(self.dtype) for t in (q, k, v))
         with sdpa_kernel(self.backend):
-            return F.scaled_dot_product_attention(q, q * 0.5, q * 0.25, is_causal=True).float()
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True).float()
 
 
 class Matmul(nn.Module):
