@@ -44,8 +44,9 @@ def describe_magnitude(source: Source) -> str:
     value = source.max_abs_diff
     if value is None:
         return "n/a"
-    prefix = ">= " if source.max_abs_diff_bound == "lower" else ""
-    return f"{prefix}{value:.3g}"
+    if source.max_abs_diff_bound == "lower":
+        return f">= {value:.3g} (lower bound)"
+    return f"{value:.3g}"
 
 
 def _verdict(report: Report) -> Text:
