@@ -191,7 +191,7 @@ def test_no_host_sync_per_op(tmp_path):
                 step(x)
                 step(small)  # small outputs go through the batched path
             with _disable_current_modes():  # as inside the recorder's handler
-                recorder._collector._settle()  # the batched fingerprints too
+                recorder._buffer.collector._settle()  # the batched fingerprints too
         finally:
             torch.cuda.set_sync_debug_mode(0)
     assert recorder.events > 100

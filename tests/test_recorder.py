@@ -210,9 +210,9 @@ def test_ctrl_c_between_two_appends_leaves_a_loadable_trace(tmp_path):
     with pytest.raises(KeyboardInterrupt), recorder:
         torch.ones(3).sum()
         # what a KeyboardInterrupt halfway through recording one event leaves in the buffers
-        recorder._b["op"].append(0)
-        recorder._b["out_kind"].append(1)
-        recorder._collector.add_blank()
+        recorder._buffer.columns["op"].append(0)
+        recorder._buffer.columns["out_kind"].append(1)
+        recorder._buffer.collector.add_blank()
         raise KeyboardInterrupt
     trace = load(tmp_path / "t.trace")
     assert trace.footer["status"] == "interrupted"

@@ -17,12 +17,10 @@ import gc
 import os
 import time
 import weakref
-from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.optim.optimizer import (
@@ -33,15 +31,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import arg_tree_leaves
 
 from bisector.capture import settings
-from bisector.capture.fingerprint import Collector, hashable
+from bisector.capture.events import EventBuffer
 from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import Locator, OpInfo, canonical_args, in_custom_backward
 from bisector.trace import (
     FLAG_RANDOM,
-    OUT_HASHED,
-    OUT_NODATA,
-    OUT_PARTIAL,
-    OUT_UNHASHABLE,
     PHASES,
     TraceWriter,
 )
@@ -117,16 +111,13 @@ class Recorder:
         self._hooks: list = []
         self._modules = ModuleTracker(self._root_enter, self._root_exit)
         self._locator = Locator()
-        self._collector = Collector()
+        self._buffer = EventBuffer(self.options.chunk_events)
         self._op_infos: dict[Any, OpInfo] = {}
-        self._strings: dict[str, int] = {}
-        self._new_strings: list[str] = []
         self._location_ids: dict[tuple[Any, int], int] = {}
         self._states: dict[int, list] = {}  # cdata -> [version, event, slot, weakref, bump]
         self._states_pruned_at = 0
         self._node_info: dict[int, tuple[int, int]] = {}  # autograd seq nr -> (module, location)
         self._last_seq = -1
-        self._events = 0
         self.step = 0
         self._optimizer_depth = 0
         self._optimizer_steps = 0
@@ -135,7 +126,6 @@ class Recorder:
         self._main_root_calls = 0
         self._optimizer_present: bool | None = None
         self._started = 0.0
-        self._reset_buffers()
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -144,6 +134,7 @@ class Recorder:
             self.path,
             settings.header(list(self.options.argv) if self.options.argv is not None else None),
         )
+        self._buffer.writer = self._writer
         self._started = time.perf_counter()
         self._modules.install()
         self._hooks = [
@@ -181,7 +172,7 @@ class Recorder:
     @property
     def events(self) -> int:
         """Events recorded so far."""
-        return self._events
+        return self._buffer.count
 
     def stop(self) -> None:
         """Stop recording now and finish the trace; the code being recorded goes on."""
@@ -203,13 +194,13 @@ class Recorder:
         if writer is None:
             return
         try:
-            self._flush()
+            self._buffer.flush()
         finally:
             writer.close(
                 {
                     "status": status,
                     "error": error,
-                    "events": self._events,
+                    "events": self._buffer.count,
                     "steps": self._optimizer_steps,
                     "seconds": time.perf_counter() - self._started,
                     "settings_at_end": settings.determinism(),
@@ -280,7 +271,7 @@ class Recorder:
             kept = {k: v for k, v in kwargs.items() if k not in info.out_names}
             read = [a for a in arg_tree_leaves(*args, **kept) if isinstance(a, torch.Tensor)]
         refs = [self._ref(t, phase, module_id, location_id) for t in read]
-        args_id = self._string(canonical_args(flat))
+        args_id = self._buffer.string(canonical_args(flat))
 
         written: list[torch.Tensor] = []
         previous: list[tuple[int, int] | None] = []
@@ -310,13 +301,13 @@ class Recorder:
                         previous.append(None)
                         no_data.append(info.no_data or i in unset)
 
-        index = self._events
+        index = self._buffer.count
         for slot, t in enumerate(written):
-            self._add_output(t, no_data[slot], previous[slot], index)
+            self._buffer.add_output(t, no_data[slot], previous[slot], index)
             self._register(t, index, slot, bump=slot < n_written)
         flags = FLAG_RANDOM if info.draws_random(args, kwargs) else 0
-        self._add_event(
-            info.name, module_id, location_id, args_id, phase, refs, len(written), index, flags
+        self._buffer.add_event(
+            info.name, module_id, location_id, args_id, phase, self.step, refs, len(written), flags
         )
         return out
 
@@ -325,17 +316,17 @@ class Recorder:
         node = torch._C._current_autograd_node()
         location_id = self._location(frame)
         if self._optimizer_depth:
-            return _OPTIMIZER, self._string(self._optimizer_module(tensors)), location_id
+            return _OPTIMIZER, self._buffer.string(self._optimizer_module(tensors)), location_id
         if node is not None:
             self._forward_open = False
             created = self._node_info.get(node._sequence_nr())
             if created is None:
-                return _BACKWARD, self._string(self._accumulate_module(node)), location_id
+                return _BACKWARD, self._buffer.string(self._accumulate_module(node)), location_id
             module_id, forward_location = created
             if frame is None or not in_custom_backward(frame):
                 location_id = forward_location
             return _BACKWARD, module_id, location_id
-        module_id = self._string(self._modules.current)
+        module_id = self._buffer.string(self._modules.current)
         # The autograd node an op creates has the sequence number just taken; remember where
         # it was created so that its backward ops get this module and line.
         seq = torch._C._autograd._get_sequence_nr()
@@ -365,11 +356,11 @@ class Recorder:
 
     def _location(self, frame) -> int:
         if frame is None:
-            return self._string("")
+            return self._buffer.string("")
         key = (frame.f_code, frame.f_lineno)
         location_id = self._location_ids.get(key)
         if location_id is None:
-            location_id = self._string(f"{frame.f_code.co_filename}:{frame.f_lineno}")
+            location_id = self._buffer.string(f"{frame.f_code.co_filename}:{frame.f_lineno}")
             self._location_ids[key] = location_id
         return location_id
 
@@ -426,7 +417,7 @@ class Recorder:
         named = self._modules.parameter_name(t)
         if named is not None:
             kind, name = named
-            module_id = self._string(self._modules.owner_of(name))
+            module_id = self._buffer.string(self._modules.owner_of(name))
         else:
             kind = "parameter" if isinstance(t, torch.nn.Parameter) else "tensor"
             name = canonical_args([t])
@@ -434,123 +425,13 @@ class Recorder:
         if not _covers_storage(t):
             # Another view may read other parts of this storage later: fingerprint all of it.
             whole = torch.empty(0, dtype=torch.uint8, device=t.device).set_(storage)
-        index = self._events
-        self._add_output(whole, False, None, index)
-        self._add_event(
-            f"leaf.{kind}", module_id, location_id, self._string(name), phase, [], 1, index
+        index = self._buffer.count
+        self._buffer.add_output(whole, False, None, index)
+        name_id = self._buffer.string(name)
+        self._buffer.add_event(
+            f"leaf.{kind}", module_id, location_id, name_id, phase, self.step, [], 1
         )
         return index
-
-    # ----- buffers ----------------------------------------------------------------------------
-
-    def _reset_buffers(self) -> None:
-        self._b = {
-            "op": array("I"),
-            "module": array("I"),
-            "location": array("I"),
-            "args": array("I"),
-            "phase": array("B"),
-            "step": array("I"),
-            "n_in": array("H"),
-            "n_out": array("H"),
-            "flags": array("B"),
-            "in_back": array("I"),
-            "in_slot": array("H"),
-            "out_kind": array("B"),
-            "out_numel": array("q"),
-            "out_prev_back": array("I"),
-            "out_prev_slot": array("H"),
-        }
-
-    def _string(self, text: str) -> int:
-        string_id = self._strings.get(text)
-        if string_id is None:
-            string_id = self._strings[text] = len(self._strings)
-            self._new_strings.append(text)
-        return string_id
-
-    def _add_output(self, t, no_data: bool, previous, index: int) -> None:
-        b = self._b
-        if no_data:
-            kind = OUT_NODATA
-            self._collector.add_blank()
-        elif not hashable(t):
-            kind = OUT_UNHASHABLE
-            self._collector.add_blank()
-        else:
-            kind = OUT_HASHED
-            self._collector.add(t)
-        if previous is not None and previous[0] >= 0:
-            kind |= OUT_PARTIAL
-            b["out_prev_back"].append(index - previous[0])
-            b["out_prev_slot"].append(previous[1])
-        else:
-            b["out_prev_back"].append(0)
-            b["out_prev_slot"].append(0)
-        b["out_kind"].append(kind)
-        b["out_numel"].append(t.numel())
-
-    def _add_event(
-        self, op, module_id, location_id, args_id, phase, refs, n_out, index, flags=0
-    ) -> None:
-        b = self._b
-        b["op"].append(self._string(op))
-        b["flags"].append(flags)
-        b["module"].append(module_id)
-        b["location"].append(location_id)
-        b["args"].append(args_id)
-        b["phase"].append(phase)
-        b["step"].append(self.step)
-        b["n_in"].append(len(refs))
-        b["n_out"].append(n_out)
-        for producer, slot in refs:
-            b["in_back"].append(index - producer if producer >= 0 else 0)
-            b["in_slot"].append(slot)
-        self._events += 1
-        if len(b["op"]) >= self.options.chunk_events:
-            self._flush()
-
-    def _trim_to_complete_events(self) -> None:
-        """Drop a half-recorded event (Ctrl-C can land between two appends of one event)."""
-        b = self._b
-        events = min(len(b[name]) for name in _EVENT_BUFFERS)
-        in_rows = min(len(b[name]) for name in _INPUT_BUFFERS)
-        out_rows = min(min(len(b[name]) for name in _OUTPUT_BUFFERS), len(self._collector))
-        ends_in = np.cumsum(np.array(b["n_in"][:events], dtype=np.int64))
-        ends_out = np.cumsum(np.array(b["n_out"][:events], dtype=np.int64))
-        complete = int(np.sum((ends_in <= in_rows) & (ends_out <= out_rows)))
-        keep_in = int(ends_in[complete - 1]) if complete else 0
-        keep_out = int(ends_out[complete - 1]) if complete else 0
-        for names, keep in (
-            (_EVENT_BUFFERS, complete),
-            (_INPUT_BUFFERS, keep_in),
-            (_OUTPUT_BUFFERS, keep_out),
-        ):
-            for name in names:
-                del b[name][keep:]
-        self._collector.truncate(keep_out)
-
-    def _flush(self) -> None:
-        """Read fingerprints back and write the buffered events as one chunk."""
-        if self._writer is None:
-            return
-        self._writer.add_strings(self._new_strings)
-        self._new_strings = []
-        self._trim_to_complete_events()
-        if not len(self._b["op"]):
-            return
-        fps, sums, maxes = self._collector.drain()
-        columns = {
-            name: np.array(values, dtype=values.typecode) for name, values in self._b.items()
-        }
-        columns.update(out_fp=fps, out_sum=sums, out_absmax=maxes)
-        self._writer.add_chunk(columns)
-        self._reset_buffers()
-
-
-_EVENT_BUFFERS = ("op", "module", "location", "args", "phase", "step", "n_in", "n_out", "flags")
-_INPUT_BUFFERS = ("in_back", "in_slot")
-_OUTPUT_BUFFERS = ("out_kind", "out_numel", "out_prev_back", "out_prev_slot")
 
 
 def _version(t: torch.Tensor) -> int:
