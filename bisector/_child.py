@@ -16,6 +16,7 @@ import traceback
 
 import bisector
 from bisector.capture.recorder import Recorder, RecordOptions, StopRun
+from bisector.confirm.interventions import apply_interventions
 from bisector.runner import EXIT_SCRIPT_RAISED, EXIT_SETUP_FAILED
 
 
@@ -23,6 +24,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="bisector-child")
     parser.add_argument("--trace", required=True)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--capture", default="", help="event indices whose inputs to save")
+    parser.add_argument("--capture-dir", default=None)
+    parser.add_argument("--intervene", default="", help="interventions to apply, comma-separated")
     parser.add_argument("script")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     argv = sys.argv[1:]
@@ -47,10 +51,16 @@ def main() -> None:
     sys.argv = [script, *script_args]
 
     try:
-        recorder = Recorder(
-            options.trace,
-            RecordOptions(steps=options.steps, exit_on_stop=True, argv=tuple(sys.argv)),
+        capture = frozenset(int(i) for i in options.capture.split(",") if i)
+        record_options = RecordOptions(
+            steps=options.steps,
+            exit_on_stop=True,
+            argv=tuple(sys.argv),
+            capture=capture,
+            capture_dir=options.capture_dir,
         )
+        recorder = Recorder(options.trace, record_options)
+        undo = apply_interventions([n for n in options.intervene.split(",") if n])
     except Exception as exc:  # pragma: no cover - our own failure, not the user's
         print(f"bisector: cannot start recording: {exc}", file=sys.stderr)
         sys.exit(EXIT_SETUP_FAILED)
@@ -68,6 +78,8 @@ def main() -> None:
     except BaseException as exc:  # the user's script failed: show its traceback as its own
         _print_user_traceback(exc)
         code = EXIT_SCRIPT_RAISED
+    finally:
+        undo()
     sys.stdout.flush()
     sys.stderr.flush()
     # The trace is complete on disk; skip interpreter teardown, which can hang on threads the

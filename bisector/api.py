@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bisector import analysis
 from bisector.capture.recorder import Recorder, RecordOptions
+from bisector.confirm import ConfirmOptions, confirm
 from bisector.report import Report
 from bisector.runner import RunOptions, check_script, run_recorded
 from bisector.trace import load
@@ -24,11 +25,13 @@ class FindOptions:
         workdir: folder for the two traces and the runs' logs (default: a new folder under
             ``.bisector/`` in the working folder).
         run: how each run is made (interpreter, timeout, echo of the script's output).
+        confirm: confirm the cause (replays, intervention pairs, verdict); None: do not.
     """
 
     steps: int | None = 2
     workdir: str | None = None
     run: RunOptions = RunOptions()
+    confirm: ConfirmOptions | None = None
 
 
 def find(
@@ -69,7 +72,10 @@ def find(
     args = tuple(args)
     run_a = run_recorded(script, args, workdir / "a.trace", run, name="A")
     run_b = run_recorded(script, args, workdir / "b.trace", run, name="B")
-    return analysis.compare(load(run_a.trace), load(run_b.trace), runs=[run_a, run_b])
+    report = analysis.compare(load(run_a.trace), load(run_b.trace), runs=[run_a, run_b])
+    if options.confirm is not None:
+        report = confirm(script, args, report, workdir, options.confirm)
+    return report
 
 
 def diff(trace_a: str | os.PathLike, trace_b: str | os.PathLike) -> Report:

@@ -53,7 +53,7 @@ def _main(
 @app.command(context_settings={"ignore_unknown_options": False})
 def find(
     script: Path = typer.Argument(..., help="The training script to run twice."),
-    args: list[str] | None = typer.Argument(  # noqa: UP007 - typer needs Optional here
+    args: list[str] | None = typer.Argument(
         None, help="Arguments for the script; put them after `--`."
     ),
     steps: int = typer.Option(
@@ -64,28 +64,58 @@ def find(
         help="Optimizer steps to record in each run (top-level forward calls if the script "
         "has no optimizer).",
     ),
-    json_path: Path | None = typer.Option(  # noqa: UP007
+    json_path: Path | None = typer.Option(
         None, "--json", help="Also write the report as JSON to this file."
     ),
-    workdir: Path | None = typer.Option(  # noqa: UP007
+    workdir: Path | None = typer.Option(
         None,
         "--workdir",
         help="Folder for the traces and logs of the two runs "
         "(default: a new folder under .bisector/).",
     ),
-    timeout: float | None = typer.Option(  # noqa: UP007
+    timeout: float | None = typer.Option(
         None, "--timeout", min=1, help="Stop a run that takes longer than this many seconds."
     ),
     show_output: bool = typer.Option(
         False, "--show-output", help="Show the script's own output while it runs."
     ),
+    no_confirm: bool = typer.Option(
+        False,
+        "--no-confirm",
+        help="Only name the first divergent op: no replay, no pairs "
+        "of runs with interventions, no verdict.",
+    ),
+    tries: list[str] | None = typer.Option(
+        None,
+        "--try",
+        help="Also try this intervention (repeatable; see `bisector interventions`).",
+    ),
+    only_tries: bool = typer.Option(
+        False, "--only-tries", help="Try only the interventions given with --try."
+    ),
+    replays: int = typer.Option(
+        20, "--replays", min=1, help="Times each source op is re-run on its saved inputs."
+    ),
 ) -> None:
-    """Run SCRIPT twice in fresh processes, record every operator, and name the first one
-    whose outputs differ while its inputs were identical."""
+    """Run SCRIPT twice in fresh processes, record every operator, name the first one whose
+    outputs differ while its inputs were identical, and confirm the cause."""
+    run = RunOptions(steps=steps, timeout=timeout, echo=show_output)
+    confirm = None
+    if not no_confirm:
+        from bisector.confirm import ConfirmOptions
+        from bisector.confirm.interventions import catalogue
+
+        known = {i.name for i in catalogue()}
+        unknown = [name for name in tries or () if name not in known]
+        if unknown:
+            raise BisectorError(
+                f"unknown intervention {unknown[0]!r}; `bisector interventions` lists them"
+            )
+        confirm = ConfirmOptions(
+            replays=replays, forced=tuple(tries or ()), only_forced=only_tries, run=run
+        )
     options = api.FindOptions(
-        steps=steps,
-        workdir=str(workdir) if workdir else None,
-        run=RunOptions(steps=steps, timeout=timeout, echo=show_output),
+        steps=steps, workdir=str(workdir) if workdir else None, run=run, confirm=confirm
     )
     report = api.find(script, tuple(args or ()), steps=steps, options=options)
     _finish(report, json_path, next_hint=True)
@@ -94,11 +124,11 @@ def find(
 @app.command()
 def record(
     script: Path = typer.Argument(..., help="The training script to run once."),
-    args: list[str] | None = typer.Argument(  # noqa: UP007
+    args: list[str] | None = typer.Argument(
         None, help="Arguments for the script; put them after `--`."
     ),
     output: Path = typer.Option(..., "--output", "-o", help="The trace file to write."),
-    steps: int | None = typer.Option(  # noqa: UP007
+    steps: int | None = typer.Option(
         2,
         "--steps",
         "-n",
@@ -108,7 +138,7 @@ def record(
     all_steps: bool = typer.Option(
         False, "--all", help="Record the whole script (ignore --steps)."
     ),
-    timeout: float | None = typer.Option(  # noqa: UP007
+    timeout: float | None = typer.Option(
         None, "--timeout", min=1, help="Stop the run if it takes longer than this many seconds."
     ),
     show_output: bool = typer.Option(
@@ -124,10 +154,20 @@ def record(
 
 
 @app.command()
+def interventions() -> None:
+    """List the interventions `find` can try, one line each."""
+    from bisector.confirm.interventions import catalogue
+
+    out = _console()
+    for intervention in catalogue():
+        out.print(f"{intervention.name:18s} {intervention.summary}", markup=False)
+
+
+@app.command()
 def diff(
     trace_a: Path = typer.Argument(..., help="Trace of the first run."),
     trace_b: Path = typer.Argument(..., help="Trace of the second run."),
-    json_path: Path | None = typer.Option(  # noqa: UP007
+    json_path: Path | None = typer.Option(
         None, "--json", help="Also write the report as JSON to this file."
     ),
 ) -> None:

@@ -1,8 +1,9 @@
 """The Report: what a comparison found, as plain JSON-serialisable dataclasses.
 
 The JSON shape is a contract: ``schema`` is an integer and keys are only ever added.
-Schema versions:
-    1: first version: reproducible, first_divergence, sources, runs, and the added keys below.
+Schema versions (keys are only added; ``schema`` changes only if a meaning changes):
+    1: first version: reproducible, first_divergence, sources, runs, and the added keys below;
+       later additions within 1: cause, fix, confirmations, replay, growth.
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ class Report:
         first_differing_event: index of the first event with a differing output, or None.
         structure: where the op streams stop matching, or None if they match throughout.
         notes: other findings worth reading (seeds, settings, incomplete traces).
+        cause: one line naming the first source (set by confirmation).
+        fix: the smallest change that made the runs identical, with the user's line, or None.
+        confirmations: one entry per intervention pair: intervention, outcome ("fixes",
+            "amplifier", "no-effect", "fails"), reproducible, error.
+        replay: one entry per replayed source op: op, event, runs, distinct_results, repro.
+        growth: per step, differing events and lower bounds of the largest gradient and
+            parameter/optimizer-state differences.
     """
 
     reproducible: bool
@@ -97,6 +105,11 @@ class Report:
     structure: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     sources_total: int = 0
+    cause: str | None = None
+    fix: str | None = None
+    confirmations: list[dict[str, Any]] = field(default_factory=list)
+    replay: list[dict[str, Any]] = field(default_factory=list)
+    growth: list[dict[str, Any]] = field(default_factory=list)
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:

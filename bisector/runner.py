@@ -37,12 +37,17 @@ class RunOptions:
         python: the Python interpreter of the child (default: this one).
         timeout: seconds before a run is stopped (None: no limit).
         echo: let the script's output through to our stdout/stderr as well as the log.
+        capture: event indices whose op inputs the run saves (for a replay), in ``capture_dir``.
+        interventions: names of interventions applied in the child (see confirm/).
     """
 
     steps: int | None = 2
     python: str = sys.executable
     timeout: float | None = None
     echo: bool = False
+    capture: tuple[int, ...] = ()
+    capture_dir: str | None = None
+    interventions: tuple[str, ...] = ()
 
 
 def check_script(script: str | os.PathLike) -> Path:
@@ -101,6 +106,15 @@ def run_recorded(
     command = [options.python, "-c", boot, "--trace", str(trace)]
     if options.steps is not None:
         command += ["--steps", str(options.steps)]
+    if options.capture and options.capture_dir:
+        command += ["--capture", ",".join(map(str, options.capture))]
+        command += ["--capture-dir", options.capture_dir]
+    env = None
+    if options.interventions:
+        from bisector.confirm.interventions import child_env
+
+        command += ["--intervene", ",".join(options.interventions)]
+        env = {**os.environ, **child_env(list(options.interventions))}
     command += ["--", str(script), *args]
     started = time.perf_counter()
     with open(log, "wb") as log_file:
@@ -108,6 +122,7 @@ def run_recorded(
             command,
             stdout=subprocess.PIPE if options.echo else log_file,
             stderr=subprocess.STDOUT,
+            env=env,
         )
         try:
             code = _wait(process, log_file, options)

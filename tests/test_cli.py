@@ -29,8 +29,12 @@ def run_cli(
     )
 
 
-def find_json(tmp_path: Path, script: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+def find_json(
+    tmp_path: Path, script: str, *extra: str, confirm: bool = False
+) -> tuple[subprocess.CompletedProcess, dict]:
+    """`bisector find` with a JSON report; without confirmation unless asked (it is slower)."""
     out = tmp_path / "report.json"
+    flags = [] if confirm else ["--no-confirm"]
     result = run_cli(
         "find",
         str(SCRIPTS / script),
@@ -38,6 +42,7 @@ def find_json(tmp_path: Path, script: str, *extra: str) -> tuple[subprocess.Comp
         str(tmp_path / "runs"),
         "--json",
         str(out),
+        *flags,
         *extra,
     )
     assert result.returncode in (0, 1), result.stderr
@@ -302,7 +307,14 @@ def test_console_script(tmp_path):
     if exe is None:
         pytest.skip("the bisector console script is not installed on PATH")
     result = subprocess.run(
-        [exe, "find", str(SCRIPTS / "forward_atomic.py"), "--workdir", str(tmp_path)],
+        [
+            exe,
+            "find",
+            str(SCRIPTS / "forward_atomic.py"),
+            "--workdir",
+            str(tmp_path),
+            "--no-confirm",
+        ],
         capture_output=True,
         text=True,
         env=subprocess_env(),

@@ -65,12 +65,16 @@ class RecordOptions:
             mode). Otherwise recording stops and the script goes on.
         chunk_events: events buffered before a chunk is written (and fingerprints read back).
         argv: argv to store in the header (default: sys.argv).
+        capture: event indices whose inputs are saved (for a replay of the op).
+        capture_dir: folder for those inputs (``event-<index>.pt``).
     """
 
     steps: int | None = None
     exit_on_stop: bool = False
     chunk_events: int = 16384
     argv: tuple[str, ...] | None = None
+    capture: frozenset[int] = frozenset()
+    capture_dir: str | None = None
 
 
 class _OpMode(TorchDispatchMode):
@@ -126,6 +130,8 @@ class Recorder:
         self._main_root_calls = 0
         self._optimizer_present: bool | None = None
         self._started = 0.0
+        self._captured: set[int] = set()
+        self._optimizers: set[str] = set()
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -205,6 +211,8 @@ class Recorder:
                     "seconds": time.perf_counter() - self._started,
                     "settings_at_end": settings.determinism(),
                     "seeds_at_end": settings.seeds(),
+                    "optimizers": sorted(self._optimizers),
+                    "modules": settings.notable_modules(),
                 }
             )
 
@@ -212,6 +220,7 @@ class Recorder:
 
     def _optimizer_pre(self, optimizer, args, kwargs) -> None:
         self._optimizer_depth += 1
+        self._optimizers.add(type(optimizer).__name__)
 
     def _optimizer_post(self, optimizer, args, kwargs) -> None:
         self._optimizer_depth = max(0, self._optimizer_depth - 1)
@@ -285,6 +294,7 @@ class Recorder:
                         self._ref(t, phase, module_id, location_id) if partial else None
                     )
 
+        captured = self._capture(info.name, args, kwargs) if self.options.capture else False
         out = func(*args, **kwargs)
 
         no_data = [info.no_data] * len(written)
@@ -309,7 +319,21 @@ class Recorder:
         self._buffer.add_event(
             info.name, module_id, location_id, args_id, phase, self.step, refs, len(written), flags
         )
+        if captured and self._captured >= self.options.capture and self.options.exit_on_stop:
+            self.stop()  # everything asked for is saved: no need to run further
+            raise StopRun("captured the inputs asked for")
         return out
+
+    def _capture(self, op: str, args: tuple, kwargs: dict) -> bool:
+        """Save the inputs of this call if its event index was asked for; True if saved."""
+        index = self._buffer.count
+        if index not in self.options.capture or self.options.capture_dir is None:
+            return False
+        from bisector.confirm.replay import save_inputs
+
+        save_inputs(Path(self.options.capture_dir) / f"event-{index}.pt", op, args, kwargs)
+        self._captured.add(index)
+        return True
 
     def _context(self, tensors: list[torch.Tensor], frame) -> tuple[int, int, int]:
         """(phase, module id, location id) of the call being dispatched from ``frame``."""

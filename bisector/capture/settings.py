@@ -80,6 +80,19 @@ def seeds() -> dict[str, Any]:
     }
 
 
+def notable_modules() -> list[str]:
+    """Libraries the script used that change which interventions apply."""
+    found = [name for name in ("transformers",) if name in sys.modules]
+    try:
+        from torch._dynamo.utils import counters
+
+        if sum(counters["frames"].values()):
+            found.append("torch.compile")
+    except Exception:  # noqa: BLE001 - dynamo absent, or its counters moved
+        pass
+    return found
+
+
 def distributed() -> dict[str, int]:
     """Rank, local rank and world size from the launcher's environment (0, 0, 1 alone)."""
     return {

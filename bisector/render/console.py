@@ -32,6 +32,8 @@ def render(report: Report, console: Console) -> None:
     others = report.sources[1:]
     if others:
         console.print(_others(others, report.sources_total - 1))
+    if report.cause is not None:
+        console.print(_verdict_panel(report))
     if report.notes:
         console.print(Text("Notes", style="bold"))
         for note in report.notes:
@@ -91,6 +93,41 @@ def _first(report: Report, source: Source) -> Panel:
         )
     title = f"First divergence: {source.kind}"
     return Panel(table, title=title, title_align="left", border_style="red", expand=False)
+
+
+def _verdict_panel(report: Report) -> Panel:
+    """Cause / Evidence / Fix."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("Cause", report.cause or "")
+    evidence = []
+    for r in report.replay:
+        if r.get("distinct_results") is not None:
+            verdict = "nondeterministic by itself" if r["distinct_results"] > 1 else "deterministic"
+            evidence.append(
+                f"replayed {r['op']} {r['runs']} times on identical inputs: "
+                f"{r['distinct_results']} distinct results ({verdict}); "
+                f"repro: {r['repro']}"
+            )
+        elif r.get("error"):
+            evidence.append(f"replay of {r['op']}: {r['error']}")
+    meaning = {
+        "fixes": "both runs bitwise identical",
+        "amplifier": "still differ, but the difference grows at another rate: an amplifier, "
+        "not the cause",
+        "no-effect": "still differ",
+        "fails": "the script fails",
+    }
+    for c in report.confirmations:
+        text = f"with {c['intervention']}: {meaning.get(c['outcome'], c['outcome'])}"
+        if c.get("error"):
+            text += f" ({c['error']})"
+        evidence.append(text)
+    for i, line in enumerate(evidence or ["no replay or intervention applied"]):
+        table.add_row("Evidence" if i == 0 else "", line)
+    table.add_row("Fix", report.fix or "no tried change made the runs identical")
+    return Panel(table, title="Verdict", title_align="left", border_style="green", expand=False)
 
 
 def _others(sources: list[Source], total: int) -> Group:

@@ -1,0 +1,243 @@
+"""Confirm a cause: replay the source ops in isolation, rerun the pair with suspects swapped.
+
+``confirm`` takes the report of a plain pair and adds to it: replays of the first sources (is
+the op nondeterministic by itself?), one pair of runs per applicable intervention (which change
+makes the runs identical, which only changes how fast the difference grows), the growth of the
+difference per step, and a verdict: the cause, the evidence, and the smallest fix.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bisector import analysis
+from bisector.confirm.interventions import Intervention, Situation, choose
+from bisector.confirm.replay import replay
+from bisector.errors import Interrupted, ScriptError
+from bisector.report import Report, Source
+from bisector.runner import RunOptions, run_recorded
+from bisector.trace import PHASES, Trace, load
+
+# Fixes in order of preference: the smallest, most targeted change first.
+_PREFERENCE = (
+    "sdpa-math",
+    "eager-attention",
+    "cudnn",
+    "no-tf32",
+    "serial-dataloader",
+    "seed-everything",
+    "deterministic",
+    "single-thread",
+    "no-compile",
+)
+# Sources replayed at most (each replay runs the op N times).
+_MAX_REPLAYS = 3
+# A difference that grows or shrinks by more than this factor marks an amplifier.
+_AMPLIFIER_FACTOR = 10.0
+
+
+@dataclass(frozen=True)
+class ConfirmOptions:
+    """How a cause is confirmed.
+
+    Attributes:
+        replays: times each source op is re-run on its saved inputs.
+        forced: interventions to try even where they do not seem to apply.
+        only_forced: try only the forced interventions.
+        run: how each run is made (interpreter, timeout).
+    """
+
+    replays: int = 20
+    forced: tuple[str, ...] = ()
+    only_forced: bool = False
+    run: RunOptions = RunOptions()
+
+
+def confirm(
+    script: str | os.PathLike,
+    args: tuple[str, ...],
+    report: Report,
+    workdir: Path,
+    options: ConfirmOptions,
+) -> Report:
+    """Add replays, confirmations, growth and a verdict to the report of a plain pair."""
+    trace_a, trace_b = load(report.runs[0].trace), load(report.runs[1].trace)
+    report.growth = growth(trace_a, trace_b, report)
+    if report.reproducible or report.first_divergence is None:
+        return report
+    steps = report.first_divergence.step + 1
+    report.replay = [vars(r) for r in _replays(script, args, report, workdir, steps, options)]
+    situation = _situation(trace_a, report.sources)
+    if options.only_forced:
+        from bisector.confirm.interventions import get
+
+        chosen = [get(name) for name in options.forced]
+    else:
+        chosen = choose(situation, options.forced)
+    for intervention in chosen:
+        report.confirmations.append(
+            _pair(script, args, intervention, report, trace_a, workdir, steps, options)
+        )
+    report.cause, report.fix = _verdict(report)
+    return report
+
+
+def _situation(trace: Trace, sources: list[Source]) -> Situation:
+    ops = frozenset(trace.strings[i] for i in np.unique(trace.columns["op"]))
+    footer = trace.footer
+    return Situation(
+        sources=sources,
+        ops=ops,
+        gpus=tuple(trace.header.get("versions", {}).get("gpus", [])),
+        settings=footer.get("settings_at_end") or trace.header.get("settings", {}),
+        optimizers=frozenset(footer.get("optimizers", [])),
+        modules=frozenset(footer.get("modules", [])),
+    )
+
+
+def _replays(script, args, report: Report, workdir: Path, steps: int, options: ConfirmOptions):
+    """A capture run saving the inputs of the first kernel/rng sources, then their replays."""
+    wanted = [s for s in report.sources if s.kind in ("kernel", "rng")][:_MAX_REPLAYS]
+    if not wanted:
+        return []
+    folder = workdir / "replay"
+    capture = tuple(sorted(s.event for s in wanted))
+    run = RunOptions(
+        steps=steps,
+        python=options.run.python,
+        timeout=options.run.timeout,
+        capture=capture,
+        capture_dir=str(folder),
+    )
+    try:
+        run_recorded(script, args, workdir / "capture.trace", run, name="capture")
+    except Interrupted:
+        raise
+    except ScriptError:
+        pass  # whatever was captured before the failure is still replayed
+    results = []
+    for source in wanted:
+        inputs = folder / f"event-{source.event}.pt"
+        if not inputs.exists():
+            continue
+        result = replay(inputs, source.event, options.replays)
+        if result.op != source.op and result.error is None:
+            result.error = f"the capture run reached {result.op} where the source is {source.op}"
+        results.append(result)
+    return results
+
+
+def _pair(
+    script,
+    args,
+    intervention: Intervention,
+    report: Report,
+    trace_a: Trace,
+    workdir: Path,
+    steps: int,
+    options: ConfirmOptions,
+) -> dict:
+    """Run both runs with one intervention and say what it changed."""
+    folder = workdir / intervention.name
+    run = RunOptions(
+        steps=steps,
+        python=options.run.python,
+        timeout=options.run.timeout,
+        interventions=(intervention.name,),
+    )
+    entry = {
+        "intervention": intervention.name,
+        "outcome": "",
+        "reproducible": None,
+        "error": None,
+        "first_divergence": None,
+        "summary": intervention.summary,
+    }
+    try:
+        run_a = run_recorded(script, args, folder / "a.trace", run, name="A")
+        run_b = run_recorded(script, args, folder / "b.trace", run, name="B")
+    except ScriptError as exc:
+        entry.update(outcome="fails", error=_error_line(exc))
+        return entry
+    a, b = load(run_a.trace), load(run_b.trace)
+    paired = analysis.compare(a, b, runs=[run_a, run_b])
+    entry["reproducible"] = paired.reproducible
+    if paired.reproducible:
+        entry["outcome"] = "fixes"
+        return entry
+    first = paired.first_divergence
+    entry["first_divergence"] = None if first is None else f"{first.op} ({first.kind})"
+    base = _final_growth(report.growth, steps)
+    changed = _final_growth(growth(a, b, paired), steps)
+    ratio = (changed + 1e-300) / (base + 1e-300)
+    amplifies = ratio > _AMPLIFIER_FACTOR or ratio < 1 / _AMPLIFIER_FACTOR
+    entry["outcome"] = "amplifier" if amplifies and base and changed else "no-effect"
+    entry["growth_ratio"] = float(ratio)
+    return entry
+
+
+def _error_line(exc: ScriptError) -> str:
+    """The most telling line of a failed run: the exception line of its traceback."""
+    lines = [line.strip() for line in exc.output.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "Exception" in line]
+    return (errors or lines or [str(exc)])[-1][:500]
+
+
+def growth(a: Trace, b: Trace, report: Report) -> list[dict]:
+    """Per step: differing events, and lower bounds of the largest difference of gradients
+    (backward outputs) and of parameters and optimizer state (optimizer-phase writes)."""
+    paired = report.compared_events
+    if not paired:
+        return []
+    ca, cb = a.columns, b.columns
+    rows = int(a.out_start[paired])
+    event = np.repeat(np.arange(paired), ca["n_out"][:paired].astype(np.int64))
+    differs = ca["out_fp"][:rows] != cb["out_fp"][:rows]
+    numel = np.maximum(ca["out_numel"][:rows], 1).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        bound = np.fmax(
+            np.abs(ca["out_absmax"][:rows].astype(np.float64) - cb["out_absmax"][:rows]),
+            np.abs(ca["out_sum"][:rows] - cb["out_sum"][:rows]) / numel,
+        )
+    bound = np.where(differs, np.nan_to_num(bound), 0.0)
+    steps = ca["step"][:paired][event]
+    phases = ca["phase"][:paired][event]
+    result = []
+    for step in np.unique(ca["step"][:paired]):
+        in_step = steps == step
+        events = int(np.count_nonzero(np.bincount(event[in_step & differs], minlength=paired)))
+        grads = bound[in_step & (phases == PHASES.index("backward"))]
+        params = bound[in_step & (phases == PHASES.index("optimizer"))]
+        result.append(
+            {
+                "step": int(step),
+                "differing_events": events,
+                "max_grad_diff": float(grads.max()) if len(grads) else 0.0,
+                "max_param_diff": float(params.max()) if len(params) else 0.0,
+            }
+        )
+    return result
+
+
+def _final_growth(rows: list[dict], steps: int) -> float:
+    """The largest parameter/state difference bound up to ``steps`` steps."""
+    values = [r["max_param_diff"] for r in rows if r["step"] < steps]
+    return max(values, default=0.0)
+
+
+def _verdict(report: Report) -> tuple[str, str | None]:
+    first = report.first_divergence
+    where = f"{first.module or '(no module)'}, {first.phase}, step {first.step}"
+    cause = f"{first.op} in {where} ({first.kind})"
+    fixes = [c["intervention"] for c in report.confirmations if c["outcome"] == "fixes"]
+    if not fixes:
+        return cause, None
+    from bisector.confirm.interventions import get
+
+    best = min(fixes, key=lambda n: _PREFERENCE.index(n) if n in _PREFERENCE else len(_PREFERENCE))
+    line = f" (at {first.location})" if first.location else ""
+    return cause, f"{get(best).fix}{line}"

@@ -1,0 +1,192 @@
+"""Replay a suspect op in isolation: save its inputs, write a standalone repro, run it N times.
+
+The capture pass of ``find`` saves the inputs of each source op (and only those) with
+``save_inputs``. ``write_repro`` writes, next to them, a small Python script that imports only
+torch: it re-creates the inputs, calls the op N times on fresh copies, and counts distinct
+results (bitwise). ``replay`` runs that very script, so the evidence in the report is exactly
+what a user can attach to an upstream bug report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Python types torch.load(weights_only=True) reads back as they are.
+_PLAIN = (bool, int, float, str, type(None))
+
+
+@dataclass
+class Replay:
+    """What re-running one op on identical inputs gave.
+
+    Attributes:
+        op: the aten overload.
+        event: the event index of the source in run A.
+        runs: how many times the op ran.
+        distinct_results: how many bitwise-different results came out (1: deterministic).
+        repro: path of the standalone repro script.
+        error: why the replay could not run, if it could not.
+    """
+
+    op: str
+    event: int
+    runs: int
+    distinct_results: int | None
+    repro: str
+    error: str | None = None
+
+
+def encode(value: Any) -> Any:
+    """Arguments of an op call as plain data torch.load(weights_only=True) can read."""
+    if isinstance(value, torch.Tensor):
+        return {"__tensor__": value.detach().to("cpu", copy=True), "device": str(value.device)}
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [encode(v) for v in value]
+        return {"__tuple__": items} if isinstance(value, tuple) else items
+    if isinstance(value, dict):
+        return {"__dict__": {str(k): encode(v) for k, v in value.items()}}
+    if isinstance(value, torch.dtype):
+        return {"__dtype__": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.device):
+        return {"__device__": str(value)}
+    if isinstance(value, (torch.layout, torch.memory_format)):
+        return {"__torch__": str(value).removeprefix("torch.")}
+    raise TypeError(f"cannot save an argument of type {type(value).__name__}")
+
+
+def save_inputs(path: Path, op: str, args: tuple, kwargs: dict) -> None:
+    """Save the inputs of one op call (tensors copied to the CPU, devices remembered)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"op": op, "args": encode(tuple(args)), "kwargs": encode(dict(kwargs))}, path)
+
+
+_REPRO = '''"""Standalone repro, written by bisector: {op} on the saved inputs, run N times.
+
+    python {script} [--runs N] [--device DEVICE]
+
+Prints how many bitwise-different results N runs on identical inputs gave; exits 1 if more than
+one (the op is nondeterministic). Needs only torch; the inputs are in {inputs}.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+
+import torch
+
+OP = "{op}"
+INPUTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "{inputs}")
+
+
+def decode(value, device):
+    if isinstance(value, list):
+        return [decode(v, device) for v in value]
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            target = device or value["device"]
+            return value["__tensor__"].to(target, copy=True)
+        if "__tuple__" in value:
+            return tuple(decode(v, device) for v in value["__tuple__"])
+        if "__dict__" in value:
+            return {{k: decode(v, device) for k, v in value["__dict__"].items()}}
+        if "__dtype__" in value:
+            return getattr(torch, value["__dtype__"])
+        if "__device__" in value:
+            return torch.device(device or value["__device__"])
+        if "__torch__" in value:
+            return getattr(torch, value["__torch__"])
+    return value
+
+
+def resolve(name):
+    namespace, op, overload = name.split(".")
+    return getattr(getattr(getattr(torch.ops, namespace), op), overload)
+
+
+def tensors(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from tensors(v)
+
+
+def digest(op, args, kwargs, out):
+    """Bits of everything the call wrote: its results and the arguments it writes in place."""
+    written = list(tensors(out))
+    for i, arg in enumerate(op._schema.arguments):
+        if arg.alias_info is not None and arg.alias_info.is_write:
+            value = args[i] if i < len(args) else kwargs.get(arg.name)
+            written += list(tensors(value))
+    h = hashlib.sha256()
+    for t in written:
+        h.update(t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Re-run " + OP + " on identical inputs.")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--device", default=None, help="default: where the op ran")
+    parser.add_argument("--json", default=None, help="also write the result as JSON here")
+    options = parser.parse_args()
+    saved = torch.load(INPUTS, weights_only=True)
+    op = resolve(saved["op"])
+    results = []
+    for _ in range(options.runs):
+        args = decode(saved["args"], options.device)
+        kwargs = decode(saved["kwargs"], options.device)
+        results.append(digest(op, args, kwargs, op(*args, **kwargs)))
+    distinct = len(set(results))
+    print(f"{{OP}}: {{options.runs}} runs on identical inputs, {{distinct}} distinct result(s)")
+    if options.json:
+        with open(options.json, "w") as f:
+            json.dump({{"op": OP, "runs": options.runs, "distinct_results": distinct}}, f)
+    raise SystemExit(1 if distinct > 1 else 0)
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def write_repro(inputs: Path) -> Path:
+    """Write the standalone repro script next to saved inputs; returns its path."""
+    saved = torch.load(inputs, weights_only=True)
+    op = str(saved["op"])
+    script = inputs.with_suffix(".py")
+    script.write_text(_REPRO.format(op=op, script=script.name, inputs=inputs.name))
+    return script
+
+
+def replay(inputs: Path, event: int, runs: int = 20, timeout: float = 600) -> Replay:
+    """Run the op's standalone repro ``runs`` times and count distinct results."""
+    try:
+        op = str(torch.load(inputs, weights_only=True)["op"])
+        script = write_repro(inputs)
+    except (OSError, RuntimeError, KeyError) as exc:
+        return Replay("?", event, 0, None, "", f"cannot read the saved inputs: {exc}")
+    result_file = inputs.with_suffix(".json")
+    command = [sys.executable, str(script), "--runs", str(runs), "--json", str(result_file)]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
+        )
+    except subprocess.TimeoutExpired:
+        return Replay(op, event, runs, None, str(script), f"the replay took over {timeout:g} s")
+    if done.returncode not in (0, 1) or not result_file.exists():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return Replay(op, event, runs, None, str(script), f"the replay failed: {last}")
+    distinct = int(json.loads(result_file.read_text())["distinct_results"])
+    return Replay(op, event, runs, distinct, str(script))
