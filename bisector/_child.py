@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--capture", default="", help="event indices whose inputs to save")
     parser.add_argument("--capture-dir", default=None)
+    parser.add_argument("--snapshot-dir", default=None)
     parser.add_argument("--intervene", default="", help="interventions to apply, comma-separated")
     parser.add_argument("script")
     parser.add_argument("args", nargs=argparse.REMAINDER)
@@ -58,6 +59,7 @@ def main() -> None:
             argv=tuple(sys.argv),
             capture=capture,
             capture_dir=options.capture_dir,
+            snapshot_dir=options.snapshot_dir,
         )
         recorder = Recorder(options.trace, record_options)
         undo = apply_interventions([n for n in options.intervene.split(",") if n])

@@ -68,6 +68,7 @@ def find(
         python=options.run.python,
         timeout=options.run.timeout,
         echo=options.run.echo,
+        snapshots=options.confirm is not None,  # for the exact growth of the difference
     )
     args = tuple(args)
     run_a = run_recorded(script, args, workdir / "a.trace", run, name="A")

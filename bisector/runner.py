@@ -39,6 +39,7 @@ class RunOptions:
         echo: let the script's output through to our stdout/stderr as well as the log.
         capture: event indices whose op inputs the run saves (for a replay), in ``capture_dir``.
         interventions: names of interventions applied in the child (see confirm/).
+        snapshots: save the training state after each step next to the trace (``.steps/``).
     """
 
     steps: int | None = 2
@@ -48,6 +49,7 @@ class RunOptions:
     capture: tuple[int, ...] = ()
     capture_dir: str | None = None
     interventions: tuple[str, ...] = ()
+    snapshots: bool = False
 
 
 def check_script(script: str | os.PathLike) -> Path:
@@ -109,6 +111,8 @@ def run_recorded(
     if options.capture and options.capture_dir:
         command += ["--capture", ",".join(map(str, options.capture))]
         command += ["--capture-dir", options.capture_dir]
+    if options.snapshots:
+        command += ["--snapshot-dir", str(trace.with_suffix(".steps"))]
     env = None
     if options.interventions:
         from bisector.confirm.interventions import child_env

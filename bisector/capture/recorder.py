@@ -67,6 +67,8 @@ class RecordOptions:
         argv: argv to store in the header (default: sys.argv).
         capture: event indices whose inputs are saved (for a replay of the op).
         capture_dir: folder for those inputs (``event-<index>.pt``).
+        snapshot_dir: save parameters, gradients and optimizer state after each optimizer
+            step there (``step-<n>.pt``), for an exact growth of the difference.
     """
 
     steps: int | None = None
@@ -75,6 +77,7 @@ class RecordOptions:
     argv: tuple[str, ...] | None = None
     capture: frozenset[int] = frozenset()
     capture_dir: str | None = None
+    snapshot_dir: str | None = None
 
 
 class _OpMode(TorchDispatchMode):
@@ -132,6 +135,7 @@ class Recorder:
         self._started = 0.0
         self._captured: set[int] = set()
         self._optimizers: set[str] = set()
+        self._stepped: list = []
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -221,16 +225,36 @@ class Recorder:
     def _optimizer_pre(self, optimizer, args, kwargs) -> None:
         self._optimizer_depth += 1
         self._optimizers.add(type(optimizer).__name__)
+        self._stepped.append(optimizer)
 
     def _optimizer_post(self, optimizer, args, kwargs) -> None:
         self._optimizer_depth = max(0, self._optimizer_depth - 1)
         if self._optimizer_depth:
             return
         self._optimizer_steps += 1
+        if self.options.snapshot_dir and self.recording:
+            self._snapshot()
+        self._stepped.clear()
         self.step += 1
         self._forward_open = False
         self._node_info.clear()
         self._check_stop()
+
+    def _snapshot(self) -> None:
+        """Save the training state after this step (one host copy per step, not per op)."""
+        from bisector.capture import snapshots
+
+        def name_of(param):
+            named = self._modules.parameter_name(param)
+            return named[1] if named else None
+
+        tensors = snapshots.state_tensors(self._stepped, name_of)
+        self.recording = False  # the copies are ours, not the script's
+        try:
+            path = Path(self.options.snapshot_dir) / f"step-{self.step}.pt"
+            snapshots.save(path, tensors)
+        finally:
+            self.recording = True
 
     def _root_enter(self, module: torch.nn.Module) -> None:
         if self._main_root is None:

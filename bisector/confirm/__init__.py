@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bisector import analysis
+from bisector.capture import snapshots
 from bisector.confirm.interventions import Intervention, Situation, choose
 from bisector.confirm.replay import replay
 from bisector.errors import Interrupted, ScriptError
@@ -148,6 +149,7 @@ def _pair(
         python=options.run.python,
         timeout=options.run.timeout,
         interventions=(intervention.name,),
+        snapshots=True,
     )
     entry = {
         "intervention": intervention.name,
@@ -188,8 +190,9 @@ def _error_line(exc: ScriptError) -> str:
 
 
 def growth(a: Trace, b: Trace, report: Report) -> list[dict]:
-    """Per step: differing events, and lower bounds of the largest difference of gradients
-    (backward outputs) and of parameters and optimizer state (optimizer-phase writes)."""
+    """Per step: differing events, and the largest difference of gradients, parameters and
+    optimizer state after the step: exact from the runs' snapshots where they were taken
+    (``exact``: true), else lower bounds from the trace's stats."""
     paired = report.compared_events
     if not paired:
         return []
@@ -212,15 +215,28 @@ def growth(a: Trace, b: Trace, report: Report) -> list[dict]:
         events = int(np.count_nonzero(np.bincount(event[in_step & differs], minlength=paired)))
         grads = bound[in_step & (phases == PHASES.index("backward"))]
         params = bound[in_step & (phases == PHASES.index("optimizer"))]
-        result.append(
-            {
-                "step": int(step),
-                "differing_events": events,
-                "max_grad_diff": float(grads.max()) if len(grads) else 0.0,
-                "max_param_diff": float(params.max()) if len(params) else 0.0,
-            }
-        )
+        row = {
+            "step": int(step),
+            "differing_events": events,
+            "max_grad_diff": float(grads.max()) if len(grads) else 0.0,
+            "max_param_diff": float(params.max()) if len(params) else 0.0,
+            "max_state_diff": None,
+            "exact": False,
+        }
+        exact = snapshots.max_differences(_snapshot(a, step), _snapshot(b, step))
+        if exact is not None:
+            row.update(
+                max_grad_diff=exact["grad"],
+                max_param_diff=exact["param"],
+                max_state_diff=exact["state"],
+                exact=True,
+            )
+        result.append(row)
     return result
+
+
+def _snapshot(trace: Trace, step: int) -> Path:
+    return Path(trace.path).with_suffix(".steps") / f"step-{int(step)}.pt"
 
 
 def _final_growth(rows: list[dict], steps: int) -> float:
