@@ -93,3 +93,39 @@ def test_interventions_are_listed():
 def test_unknown_intervention_is_a_clear_error():
     line = _one_error_line(run_cli("find", str(SCRIPTS / "deterministic.py"), "--try", "magic"))
     assert "unknown intervention 'magic'" in line
+
+
+def test_an_intervention_the_script_refuses_is_reported_as_failing(tmp_path):
+    result, report = find_json(
+        tmp_path,
+        "refuses_deterministic.py",
+        "--only-tries",
+        "--try",
+        "deterministic",
+        "--try",
+        "single-thread",
+        confirm=True,
+    )
+    assert result.returncode == 1
+    outcomes = _by_name(report)
+    assert outcomes["deterministic"]["outcome"] == "fails"
+    assert "does not have a deterministic implementation" in outcomes["deterministic"]["error"]
+    assert outcomes["single-thread"]["outcome"] == "fixes"
+    assert "set_num_threads(1)" in report["fix"]
+
+
+def test_growth_is_exact_from_snapshots(tmp_path):
+    result, report = find_json(
+        tmp_path,
+        "forward_atomic.py",
+        "--only-tries",
+        "--try",
+        "single-thread",
+        "--replays",
+        "2",
+        confirm=True,
+    )
+    first = report["growth"][0]
+    assert first["exact"] is True and first["step"] == 0
+    assert first["max_grad_diff"] > 0 and first["max_param_diff"] > 0
+    assert first["max_state_diff"] > 0  # Adam's moments differ too

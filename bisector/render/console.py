@@ -127,6 +127,16 @@ def _verdict_panel(report: Report) -> Panel:
     for i, line in enumerate(evidence or ["no replay or intervention applied"]):
         table.add_row("Evidence" if i == 0 else "", line)
     table.add_row("Fix", report.fix or "no tried change made the runs identical")
+    for i, row in enumerate(report.growth[:6]):
+        kind = "" if row.get("exact") else ">= "
+        state = row.get("max_state_diff")
+        text = (
+            f"step {row['step']}: {row['differing_events']} events differ; max |A-B| "
+            f"grads {kind}{row['max_grad_diff']:.3g}, params {kind}{row['max_param_diff']:.3g}"
+        )
+        if state is not None:
+            text += f", optimizer state {state:.3g}"
+        table.add_row("Growth" if i == 0 else "", text)
     return Panel(table, title="Verdict", title_align="left", border_style="green", expand=False)
 
 
