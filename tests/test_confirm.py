@@ -129,3 +129,23 @@ def test_growth_is_exact_from_snapshots(tmp_path):
     assert first["exact"] is True and first["step"] == 0
     assert first["max_grad_diff"] > 0 and first["max_param_diff"] > 0
     assert first["max_state_diff"] > 0  # Adam's moments differ too
+
+
+def test_random_op_replays_identically_with_the_same_seed(tmp_path):
+    """A dropout whose seed came from the clock: deterministic given its generator state, and
+    seeding at the start cannot fix a script that reseeds itself later."""
+    result, report = find_json(
+        tmp_path,
+        "random_op.py",
+        "--only-tries",
+        "--try",
+        "seed-everything",
+        "--replays",
+        "4",
+        confirm=True,
+    )
+    (replayed,) = report["replay"]
+    assert replayed["op"] == "aten.bernoulli_.float"
+    assert replayed["seed"] == 0 and replayed["distinct_results"] == 1
+    assert _by_name(report)["seed-everything"]["outcome"] == "no-effect"
+    assert "that state differed" in result.stdout

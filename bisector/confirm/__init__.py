@@ -125,7 +125,8 @@ def _replays(script, args, report: Report, workdir: Path, steps: int, options: C
         inputs = folder / f"event-{source.event}.pt"
         if not inputs.exists():
             continue
-        result = replay(inputs, source.event, options.replays)
+        seed = 0 if source.kind == "rng" else None  # same generator state on every run
+        result = replay(inputs, source.event, options.replays, seed=seed)
         if result.op != source.op and result.error is None:
             result.error = f"the capture run reached {result.op} where the source is {source.op}"
         results.append(result)

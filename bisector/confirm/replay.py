@@ -34,6 +34,7 @@ class Replay:
         distinct_results: how many bitwise-different results came out (1: deterministic).
         repro: path of the standalone repro script.
         error: why the replay could not run, if it could not.
+        seed: the seed set before each run (random ops), or None.
     """
 
     op: str
@@ -42,6 +43,7 @@ class Replay:
     distinct_results: int | None
     repro: str
     error: str | None = None
+    seed: int | None = None
 
 
 def encode(value: Any) -> Any:
@@ -140,11 +142,15 @@ def main():
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--device", default=None, help="default: where the op ran")
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="reseed torch before each run (for random ops)")
     options = parser.parse_args()
     saved = torch.load(INPUTS, weights_only=True)
     op = resolve(saved["op"])
     results = []
     for _ in range(options.runs):
+        if options.seed is not None:
+            torch.manual_seed(options.seed)
         args = decode(saved["args"], options.device)
         kwargs = decode(saved["kwargs"], options.device)
         results.append(digest(op, args, kwargs, op(*args, **kwargs)))
@@ -170,8 +176,14 @@ def write_repro(inputs: Path) -> Path:
     return script
 
 
-def replay(inputs: Path, event: int, runs: int = 20, timeout: float = 600) -> Replay:
-    """Run the op's standalone repro ``runs`` times and count distinct results."""
+def replay(
+    inputs: Path, event: int, runs: int = 20, timeout: float = 600, seed: int | None = None
+) -> Replay:
+    """Run the op's standalone repro ``runs`` times and count distinct results.
+
+    ``seed``: reseed torch before each run. For a random op this asks whether it is
+    deterministic given its generator state (then the state is what differed between runs).
+    """
     try:
         op = str(torch.load(inputs, weights_only=True)["op"])
         script = write_repro(inputs)
@@ -179,6 +191,8 @@ def replay(inputs: Path, event: int, runs: int = 20, timeout: float = 600) -> Re
         return Replay("?", event, 0, None, "", f"cannot read the saved inputs: {exc}")
     result_file = inputs.with_suffix(".json")
     command = [sys.executable, str(script), "--runs", str(runs), "--json", str(result_file)]
+    if seed is not None:
+        command += ["--seed", str(seed)]
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
@@ -189,4 +203,4 @@ def replay(inputs: Path, event: int, runs: int = 20, timeout: float = 600) -> Re
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return Replay(op, event, runs, None, str(script), f"the replay failed: {last}")
     distinct = int(json.loads(result_file.read_text())["distinct_results"])
-    return Replay(op, event, runs, distinct, str(script))
+    return Replay(op, event, runs, distinct, str(script), seed=seed)

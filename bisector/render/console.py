@@ -104,11 +104,17 @@ def _verdict_panel(report: Report) -> Panel:
     evidence = []
     for r in report.replay:
         if r.get("distinct_results") is not None:
-            verdict = "nondeterministic by itself" if r["distinct_results"] > 1 else "deterministic"
+            seeded = r.get("seed") is not None
+            if r["distinct_results"] > 1:
+                verdict = "nondeterministic by itself"
+            elif seeded:
+                verdict = "deterministic given its generator state: that state differed"
+            else:
+                verdict = "deterministic by itself"
+            how = " and the same seed" if seeded else ""
             evidence.append(
-                f"replayed {r['op']} {r['runs']} times on identical inputs: "
-                f"{r['distinct_results']} distinct results ({verdict}); "
-                f"repro: {r['repro']}"
+                f"replayed {r['op']} {r['runs']} times on identical inputs{how}: "
+                f"{r['distinct_results']} distinct results ({verdict}); repro: {r['repro']}"
             )
         elif r.get("error"):
             evidence.append(f"replay of {r['op']}: {r['error']}")
