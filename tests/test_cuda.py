@@ -207,6 +207,7 @@ def test_cli_on_gpu_prints_the_source(tmp_path):
             "bisector",
             "find",
             str(SCRIPTS / "cuda_ops.py"),
+            "--no-confirm",
             "--workdir",
             str(tmp_path),
             "--",
@@ -219,3 +220,24 @@ def test_cli_on_gpu_prints_the_source(tmp_path):
     assert result.returncode in (0, 1), result.stderr
     if result.returncode == 1:
         assert "scatter_add_" in result.stdout and "probe" in result.stdout
+
+
+def test_seed_case_verdict(tmp_path):
+    """Issue 4 on a GPU: the verdict names SDPA; the math backend and deterministic algorithms
+    fix it; Adam -> SGD does not."""
+    from bisector.confirm import ConfirmOptions
+
+    example = REPO / "examples" / "qwen2_sdpa_adam.py"
+    confirm = ConfirmOptions(
+        replays=5, forced=("sdpa-math", "deterministic", "adam-to-sgd"), only_forced=True
+    )
+    report = bisector.find(
+        example, (), steps=2, options=FindOptions(workdir=str(tmp_path), confirm=confirm)
+    )
+    assert "attention_backward" in report.cause and "layers.0.self_attn" in report.cause
+    outcomes = {c["intervention"]: c["outcome"] for c in report.confirmations}
+    assert outcomes["sdpa-math"] == "fixes"
+    assert outcomes["deterministic"] == "fixes"
+    assert outcomes["adam-to-sgd"] != "fixes"
+    assert report.replay and report.replay[0]["distinct_results"] > 1
+    assert "SDPBackend.MATH" in report.fix
