@@ -80,6 +80,16 @@ def block_multiplier(block: int) -> int:
     return int(value.view(np.int64)[0])
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``, copied without waiting for the work queued there.
+
+    A blocking copy would wait for the user's kernels: a host sync we must never add.
+    """
+    if device.type == "cpu":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class _Weights:
     """Per-device cache of the position weights of one block."""
 
@@ -89,9 +99,7 @@ class _Weights:
     def get(self, device: torch.device) -> torch.Tensor:
         weights = self._by_device.get(device)
         if weights is None:
-            weights = torch.from_numpy(_weights(_BLOCK))
-            if device.type != "cpu":  # never a blocking copy: that would wait for the user's work
-                weights = weights.pin_memory().to(device, non_blocking=True)
+            weights = to_device(torch.from_numpy(_weights(_BLOCK)), device)
             self._by_device[device] = weights
         return weights
 
@@ -113,23 +121,31 @@ def hashable(tensor: torch.Tensor) -> bool:
     return tensor.element_size() in _WORD_DTYPE or tensor.is_complex()
 
 
+def _values(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's elements as flat numbers, one per word (complex: real and imaginary parts;
+    bool: bytes). Called where autograd is not recording (the dispatch handler, no_grad)."""
+    flat = tensor.reshape(-1)
+    if flat.is_complex():
+        return torch.view_as_real(flat).reshape(-1)
+    if flat.dtype == torch.bool:
+        return flat.view(torch.uint8)
+    return flat
+
+
+def _words(values: torch.Tensor) -> torch.Tensor | None:
+    """Flat numbers (from ``_values``) reinterpreted as integers of the same size."""
+    word = _WORD_DTYPE.get(values.element_size())
+    if word is None:
+        return None
+    return values.view(word) if values.dtype != word else values
+
+
 def word_view(tensor: torch.Tensor) -> torch.Tensor | None:
     """The tensor's bits as a flat, contiguous integer tensor, or None if it has no plain bits.
 
     Called where autograd is not recording (inside the dispatch handler, or under no_grad).
     """
-    if not hashable(tensor):
-        return None
-    flat = tensor.reshape(-1)
-    if flat.is_complex():
-        flat = torch.view_as_real(flat).reshape(-1)
-    if flat.dtype == torch.bool:
-        return flat.view(torch.uint8)
-    size = flat.element_size()
-    word = _WORD_DTYPE.get(size)
-    if word is None:
-        return None
-    return flat.view(word) if flat.dtype != word else flat
+    return _words(_values(tensor)) if hashable(tensor) else None
 
 
 def fingerprint_words(words: torch.Tensor) -> torch.Tensor:
@@ -148,9 +164,7 @@ def fingerprint_words(words: torch.Tensor) -> torch.Tensor:
 
 def magnitude(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Float64 sum and largest absolute value of a tensor, as 0-dim float64 device tensors."""
-    flat = tensor.reshape(-1)
-    if flat.is_complex():
-        flat = torch.view_as_real(flat).reshape(-1)
+    flat = _values(tensor)
     if not flat.is_floating_point():
         flat = flat.to(torch.float64)
     total = flat.sum(dtype=torch.float64)
@@ -235,9 +249,8 @@ class Collector:
                 rows = self._rows[tensor.device] = _ResultRows(tensor.device)
             weights = _WEIGHTS.get(tensor.device)
             row = rows.take(entry)
-            fused.fingerprint_into(
-                word_view(tensor), _values(tensor), weights, _BLOCK, rows.buffers, row
-            )
+            values = _values(tensor)
+            fused.fingerprint_into(_words(values), values, weights, _BLOCK, rows.buffers, row)
             return
         total, largest = magnitude(tensor)
         self._direct.append((entry, fingerprint_words(word_view(tensor)), total, largest))
@@ -324,16 +337,6 @@ class _ResultRows:
             out[entries[keep]] = buffer[:used].cpu().numpy()[keep]
 
 
-def _values(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor's elements as flat numbers, one per word (complex: real and imaginary parts)."""
-    flat = tensor.reshape(-1)
-    if flat.is_complex():
-        return torch.view_as_real(flat).reshape(-1)
-    if flat.dtype == torch.bool:
-        return flat.view(torch.uint8)
-    return flat
-
-
 _FUSED: list = []
 
 
@@ -359,12 +362,13 @@ def _batch(copies: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torc
     device = copies[0].device
     count = len(copies)
     flat = torch._utils._flatten_dense_tensors(copies)  # one op: all of them, in logical order
-    words = word_view(flat)
+    elements = _values(flat)  # one per word, so words and values share their segments
+    words = _words(elements)
     per_element = words.numel() // flat.numel() if flat.numel() else 1
     total = words.numel()
-    lengths = torch.tensor([c.numel() * per_element for c in copies], dtype=torch.int64)
-    if device.type != "cpu":  # never a blocking copy: that would wait for the user's work
-        lengths = lengths.pin_memory().to(device, non_blocking=True)
+    lengths = to_device(
+        torch.tensor([c.numel() * per_element for c in copies], dtype=torch.int64), device
+    )
     # output_size given: repeat_interleave need not read the lengths back to size its result
     segment = torch.repeat_interleave(
         torch.arange(count, device=device), lengths, output_size=total
@@ -376,9 +380,7 @@ def _batch(copies: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torc
     products = words.to(torch.int64) * _WEIGHTS.get(device)[position].to(torch.int64)
     fps = torch.zeros(count, dtype=torch.int64, device=device).index_add_(0, segment, products)
 
-    # One value per word (complex tensors: real and imaginary parts), so segments match.
-    values = torch.view_as_real(flat).reshape(-1) if flat.is_complex() else flat
-    values = values.to(torch.float64)
+    values = elements.to(torch.float64)
     sums = torch.zeros(count, dtype=torch.float64, device=device).index_add_(0, segment, values)
     maxes = torch.zeros(count, dtype=torch.float64, device=device).scatter_reduce_(
         0, segment, values.abs(), reduce="amax", include_self=True

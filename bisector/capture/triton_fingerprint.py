@@ -67,14 +67,13 @@ class _Multipliers:
         self._by_device: dict[torch.device, torch.Tensor] = {}
 
     def get(self, device: torch.device, blocks: int) -> torch.Tensor:
-        from bisector.capture.fingerprint import block_multiplier
+        from bisector.capture.fingerprint import block_multiplier, to_device
 
         table = self._by_device.get(device)
         if table is None or table.numel() < blocks:
             size = max(blocks, 64, 2 * (table.numel() if table is not None else 0))
             values = torch.tensor([block_multiplier(b) for b in range(size)], dtype=torch.int64)
-            # never a blocking copy: that would wait for the user's work
-            table = values.pin_memory().to(device, non_blocking=True)
+            table = to_device(values, device)
             self._by_device[device] = table
         return table
 
