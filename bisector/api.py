@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bisector import analysis
@@ -20,15 +20,12 @@ class FindOptions:
     """Options of ``find``.
 
     Attributes:
-        steps: optimizer steps to record in each run (top-level forward calls when the script
-            has no optimizer); None records the whole script.
         workdir: folder for the two traces and the runs' logs (default: a new folder under
             ``.bisector/`` in the working folder).
         run: how each run is made (interpreter, timeout, echo of the script's output).
         confirm: confirm the cause (replays, intervention pairs, verdict); None: do not.
     """
 
-    steps: int | None = 2
     workdir: str | None = None
     run: RunOptions = RunOptions()
     confirm: ConfirmOptions | None = None
@@ -45,7 +42,8 @@ def find(
     Args:
         script: path of the training script.
         args: its command-line arguments.
-        steps: optimizer steps to record per run (overrides ``options.steps``).
+        steps: optimizer steps to record per run (top-level forward calls when the script
+            has no optimizer); None records the whole script.
         options: see FindOptions.
 
     Returns:
@@ -63,19 +61,14 @@ def find(
     options = options or FindOptions()
     check_script(script)
     workdir = Path(options.workdir) if options.workdir else _new_workdir()
-    run = RunOptions(
-        steps=steps,
-        python=options.run.python,
-        timeout=options.run.timeout,
-        echo=options.run.echo,
-        snapshots=options.confirm is not None,  # for the exact growth of the difference
-    )
+    # snapshots: for the exact growth of the difference when the cause is confirmed
+    run = replace(options.run, steps=steps, snapshots=options.confirm is not None)
     args = tuple(args)
-    run_a = run_recorded(script, args, workdir / "a.trace", run, name="A")
-    run_b = run_recorded(script, args, workdir / "b.trace", run, name="B")
-    report = analysis.compare(load(run_a.trace), load(run_b.trace), runs=[run_a, run_b])
+    run_a, trace_a = run_recorded(script, args, workdir / "a.trace", run, name="A")
+    run_b, trace_b = run_recorded(script, args, workdir / "b.trace", run, name="B")
+    report = analysis.compare(trace_a, trace_b, runs=[run_a, run_b])
     if options.confirm is not None:
-        report = confirm(script, args, report, workdir, options.confirm)
+        report = confirm(script, args, report, (trace_a, trace_b), workdir, options.confirm)
     return report
 
 

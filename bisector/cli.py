@@ -114,9 +114,7 @@ def find(
         confirm = ConfirmOptions(
             replays=replays, forced=tuple(tries or ()), only_forced=only_tries, run=run
         )
-    options = api.FindOptions(
-        steps=steps, workdir=str(workdir) if workdir else None, run=run, confirm=confirm
-    )
+    options = api.FindOptions(workdir=str(workdir) if workdir else None, run=run, confirm=confirm)
     report = api.find(script, tuple(args or ()), steps=steps, options=options)
     _finish(report, json_path, next_hint=True)
 
@@ -147,7 +145,7 @@ def record(
 ) -> None:
     """Run SCRIPT once and save its trace, to compare later with `bisector diff`."""
     run = RunOptions(steps=None if all_steps else steps, timeout=timeout, echo=show_output)
-    info = run_recorded(script, tuple(args or ()), output, run, name="A")
+    info, _ = run_recorded(script, tuple(args or ()), output, run, name="A")
     out = _console()
     out.print(f"Recorded {info.events} events over {info.steps} optimizer steps into {output}")
     out.print(f"Next: record another run, then `bisector diff {output} OTHER.trace`")

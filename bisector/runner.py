@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bisector.errors import Interrupted, ScriptError, TraceError
 from bisector.report import RunInfo
-from bisector.trace import load
+from bisector.trace import Trace, load
 
 # Exit status the child uses when the user's script raised (its traceback is on stderr).
 EXIT_SCRIPT_RAISED = 97
@@ -84,14 +84,15 @@ def run_recorded(
     trace: Path,
     options: RunOptions,
     name: str = "A",
-) -> RunInfo:
+) -> tuple[RunInfo, Trace]:
     """Run the script once in a fresh process, recording into ``trace``.
 
     The child gets the script's own argv, the script's folder on sys.path, our working folder
     and our environment unchanged (no seeds, no PYTHONHASHSEED).
 
     Returns:
-        What the run did (trace, events, how it ended).
+        What the run did (trace file, events, how it ended), and the trace, loaded (callers
+        analyse it without reading the file again).
 
     Raises:
         ScriptError: the script raised, exited non-zero, or recorded no op.
@@ -173,7 +174,7 @@ def run_recorded(
             "training scripts",
             output=output,
         )
-    return RunInfo(
+    info = RunInfo(
         name=name,
         trace=str(trace),
         events=len(loaded),
@@ -184,6 +185,7 @@ def run_recorded(
         seconds=round(seconds, 3),
         log=str(log),
     )
+    return info, loaded
 
 
 def _package_root() -> str:

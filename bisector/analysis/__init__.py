@@ -121,24 +121,28 @@ def location(trace: Trace, event: int) -> str:
     return f"{path}:{line}" if path else text
 
 
-def _magnitude(a: Trace, b: Trace, eq, event: int) -> float | None:
-    """A lower bound of the largest absolute difference over the event's differing outputs.
+def difference_bounds(a: Trace, b: Trace, rows) -> np.ndarray:
+    """Per output row, a lower bound of max|a - b| from the recorded stats (NaN if unknown).
 
-    For each output, |max|a| - max|b|| and |sum(a) - sum(b)| / numel are both lower bounds of
-    max|a - b|; we keep the larger.
+    |max|a| - max|b|| and |sum(a) - sum(b)| / numel are both lower bounds of max|a - b|; we
+    keep the larger.
     """
-    start, end = int(a.out_start[event]), int(a.out_start[event + 1])
-    rows = np.arange(start, end)[eq.row_differs[start:end]]
-    if not len(rows):
-        return None
     ca, cb = a.columns, b.columns
     by_max = np.abs(ca["out_absmax"][rows].astype(np.float64) - cb["out_absmax"][rows])
     numel = np.maximum(ca["out_numel"][rows], 1).astype(np.float64)
     by_sum = np.abs(ca["out_sum"][rows] - cb["out_sum"][rows]) / numel
     with np.errstate(invalid="ignore"):
-        bound = np.fmax(by_max, by_sum)
-    value = float(np.nanmax(bound)) if not np.all(np.isnan(bound)) else float("nan")
-    return value
+        return np.fmax(by_max, by_sum)
+
+
+def _magnitude(a: Trace, b: Trace, eq, event: int) -> float | None:
+    """A lower bound of the largest absolute difference over the event's differing outputs."""
+    start, end = int(a.out_start[event]), int(a.out_start[event + 1])
+    rows = np.arange(start, end)[eq.row_differs[start:end]]
+    if not len(rows):
+        return None
+    bound = difference_bounds(a, b, rows)
+    return float(np.nanmax(bound)) if not np.all(np.isnan(bound)) else float("nan")
 
 
 def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:

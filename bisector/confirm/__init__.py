@@ -8,8 +8,9 @@ difference per step, and a verdict: the cause, the evidence, and the smallest fi
 
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,10 @@ from bisector import analysis
 from bisector.capture import snapshots
 from bisector.confirm.interventions import Intervention, Situation, choose
 from bisector.confirm.replay import replay
-from bisector.errors import Interrupted, ScriptError
+from bisector.errors import ScriptError
 from bisector.report import Report, Source
 from bisector.runner import RunOptions, run_recorded
-from bisector.trace import PHASES, Trace, load
+from bisector.trace import PHASES, Trace
 
 # Fixes in order of preference: the smallest, most targeted change first.
 _PREFERENCE = (
@@ -63,11 +64,15 @@ def confirm(
     script: str | os.PathLike,
     args: tuple[str, ...],
     report: Report,
+    traces: tuple[Trace, Trace],
     workdir: Path,
     options: ConfirmOptions,
 ) -> Report:
-    """Add replays, confirmations, growth and a verdict to the report of a plain pair."""
-    trace_a, trace_b = load(report.runs[0].trace), load(report.runs[1].trace)
+    """Add replays, confirmations, growth and a verdict to the report of a plain pair.
+
+    ``traces``: the pair's two traces, as loaded for ``report``.
+    """
+    trace_a, trace_b = traces
     report.growth = growth(trace_a, trace_b, report)
     if report.reproducible or report.first_divergence is None:
         return report
@@ -82,7 +87,7 @@ def confirm(
         chosen = choose(situation, options.forced)
     for intervention in chosen:
         report.confirmations.append(
-            _pair(script, args, intervention, report, trace_a, workdir, steps, options)
+            _pair(script, args, intervention, report, workdir, steps, options)
         )
     report.cause, report.fix = _verdict(report)
     return report
@@ -108,19 +113,10 @@ def _replays(script, args, report: Report, workdir: Path, steps: int, options: C
         return []
     folder = workdir / "replay"
     capture = tuple(sorted(s.event for s in wanted))
-    run = RunOptions(
-        steps=steps,
-        python=options.run.python,
-        timeout=options.run.timeout,
-        capture=capture,
-        capture_dir=str(folder),
-    )
-    try:
+    run = replace(options.run, steps=steps, echo=False, capture=capture, capture_dir=str(folder))
+    # If the script fails, whatever was captured before the failure is still replayed.
+    with contextlib.suppress(ScriptError):
         run_recorded(script, args, workdir / "capture.trace", run, name="capture")
-    except Interrupted:
-        raise
-    except ScriptError:
-        pass  # whatever was captured before the failure is still replayed
     results = []
     for source in wanted:
         inputs = folder / f"event-{source.event}.pt"
@@ -139,19 +135,14 @@ def _pair(
     args,
     intervention: Intervention,
     report: Report,
-    trace_a: Trace,
     workdir: Path,
     steps: int,
     options: ConfirmOptions,
 ) -> dict:
     """Run both runs with one intervention and say what it changed."""
     folder = workdir / intervention.name
-    run = RunOptions(
-        steps=steps,
-        python=options.run.python,
-        timeout=options.run.timeout,
-        interventions=(intervention.name,),
-        snapshots=True,
+    run = replace(
+        options.run, steps=steps, echo=False, interventions=(intervention.name,), snapshots=True
     )
     entry = {
         "intervention": intervention.name,
@@ -162,12 +153,11 @@ def _pair(
         "summary": intervention.summary,
     }
     try:
-        run_a = run_recorded(script, args, folder / "a.trace", run, name="A")
-        run_b = run_recorded(script, args, folder / "b.trace", run, name="B")
+        run_a, a = run_recorded(script, args, folder / "a.trace", run, name="A")
+        run_b, b = run_recorded(script, args, folder / "b.trace", run, name="B")
     except ScriptError as exc:
         entry.update(outcome="fails", error=_error_line(exc))
         return entry
-    a, b = load(run_a.trace), load(run_b.trace)
     paired = analysis.compare(a, b, runs=[run_a, run_b])
     entry["reproducible"] = paired.reproducible
     if paired.reproducible:
@@ -202,12 +192,7 @@ def growth(a: Trace, b: Trace, report: Report) -> list[dict]:
     rows = int(a.out_start[paired])
     event = np.repeat(np.arange(paired), ca["n_out"][:paired].astype(np.int64))
     differs = ca["out_fp"][:rows] != cb["out_fp"][:rows]
-    numel = np.maximum(ca["out_numel"][:rows], 1).astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        bound = np.fmax(
-            np.abs(ca["out_absmax"][:rows].astype(np.float64) - cb["out_absmax"][:rows]),
-            np.abs(ca["out_sum"][:rows] - cb["out_sum"][:rows]) / numel,
-        )
+    bound = analysis.difference_bounds(a, b, slice(0, rows))
     bound = np.where(differs, np.nan_to_num(bound), 0.0)
     steps = ca["step"][:paired][event]
     phases = ca["phase"][:paired][event]
