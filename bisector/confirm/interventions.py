@@ -78,7 +78,11 @@ class Intervention:
 
 def apply_interventions(names: list[str]) -> Undo:
     """Apply interventions by name in this process; returns one function undoing them all."""
-    undos = [get(name).apply() for name in names]
+    return _chain([get(name).apply() for name in names])
+
+
+def _chain(undos: list[Undo]) -> Undo:
+    """One undo for several changes, undoing them in reverse order."""
 
     def undo() -> None:
         for fn in reversed(undos):
@@ -188,13 +192,7 @@ class Cudnn(Intervention):
         import torch
 
         cudnn = torch.backends.cudnn
-        before = (cudnn.deterministic, cudnn.benchmark)
-        cudnn.deterministic, cudnn.benchmark = True, False
-
-        def undo() -> None:
-            cudnn.deterministic, cudnn.benchmark = before
-
-        return undo
+        return _chain([_patch(cudnn, "deterministic", True), _patch(cudnn, "benchmark", False)])
 
 
 @register
@@ -216,20 +214,13 @@ class NoTf32(Intervention):
     def apply(self) -> Undo:
         import torch
 
-        before = (
-            torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32,
-            torch.get_float32_matmul_precision(),
-        )
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        precision = torch.get_float32_matmul_precision()
+        undos = [
+            _patch(torch.backends.cuda.matmul, "allow_tf32", False),
+            _patch(torch.backends.cudnn, "allow_tf32", False),
+        ]
         torch.set_float32_matmul_precision("highest")
-
-        def undo() -> None:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[:2]
-            torch.set_float32_matmul_precision(before[2])
-
-        return undo
+        return _chain([*undos, lambda: torch.set_float32_matmul_precision(precision)])
 
 
 @register
@@ -261,15 +252,11 @@ class AdamToSgd(Intervention):
 
     def apply(self) -> Undo:
         import torch
-        import torch.optim
 
         def sgd(params, lr=1e-3, *args, **kwargs):
             return torch.optim.SGD(params, lr=lr)
 
-        undos = []
-        for name in ("Adam", "AdamW"):
-            undos.append(_patch(torch.optim, name, sgd))
-        return lambda: [u() for u in reversed(undos)]
+        return _chain([_patch(torch.optim, name, sgd) for name in ("Adam", "AdamW")])
 
 
 @register
