@@ -150,3 +150,34 @@ def test_random_op_replays_identically_with_the_same_seed(tmp_path):
     assert replayed["seed"] == 0 and replayed["distinct_results"] == 1
     assert _by_name(report)["seed-everything"]["outcome"] == "no-effect"
     assert "that state differed" in result.stdout
+
+
+def test_eager_attention_intervention_on_transformers_models(tmp_path):
+    """Models loaded directly, through the Auto classes, or from a config get eager attention;
+    undoing restores the classmethods (subclasses keep their own cls)."""
+    transformers = __import__("pytest").importorskip("transformers")
+    from bisector.confirm.interventions import get
+
+    config = transformers.Qwen2Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+    )
+    transformers.Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+    original = transformers.PreTrainedModel.__dict__["from_pretrained"]
+    undo = get("eager-attention").apply()
+    try:
+        loaded = [
+            transformers.Qwen2ForCausalLM.from_pretrained(tmp_path),
+            transformers.AutoModelForCausalLM.from_pretrained(tmp_path),
+            transformers.AutoModelForCausalLM.from_config(config),
+        ]
+    finally:
+        undo()
+    for model in loaded:
+        assert type(model).__name__ == "Qwen2ForCausalLM"
+        assert model.config._attn_implementation == "eager"
+    assert transformers.PreTrainedModel.__dict__["from_pretrained"] is original

@@ -97,6 +97,23 @@ def _patch(owner, attribute: str, value) -> Undo:
     return lambda: setattr(owner, attribute, original)
 
 
+def _wrap_classmethod(owner, name: str, change_kwargs) -> Undo:
+    """Make the classmethod ``owner.name`` pass ``change_kwargs(kwargs)`` instead of kwargs.
+
+    The wrapper stays a classmethod, so a subclass calling it still gets itself as ``cls``;
+    undoing puts the original descriptor back.
+    """
+    original = owner.__dict__[name]
+    function = original.__func__
+
+    @functools.wraps(function)
+    def wrapper(cls, *args, **kwargs):
+        return function(cls, *args, **change_kwargs(kwargs))
+
+    setattr(owner, name, classmethod(wrapper))
+    return lambda: setattr(owner, name, original)
+
+
 def _attention(situation: Situation) -> bool:
     return any("attention" in op for op in situation.ops)
 
@@ -138,23 +155,14 @@ class EagerAttention(Intervention):
             import transformers
         except ImportError:
             return lambda: None
-        undos = []
-        for owner in (
-            transformers.PreTrainedModel,
-            transformers.AutoModel,
-            transformers.AutoModelForCausalLM,
-        ):
-            for method in ("from_pretrained", "from_config"):
-                original = getattr(owner, method, None)
-                if original is None:
-                    continue
 
-                def eager(*args, _original=original, **kwargs):
-                    kwargs["attn_implementation"] = "eager"
-                    return _original(*args, **kwargs)
+        def eager(kwargs: dict) -> dict:
+            return {**kwargs, "attn_implementation": "eager"}
 
-                undos.append(_patch(owner, method, eager))
-        return lambda: [u() for u in reversed(undos)]
+        # The Auto classes load through these two, so patching the base class covers them.
+        owner = transformers.PreTrainedModel
+        names = [n for n in ("from_pretrained", "_from_config") if n in owner.__dict__]
+        return _chain([_wrap_classmethod(owner, name, eager) for name in names])
 
 
 @register
