@@ -20,16 +20,10 @@ class ModuleTracker:
 
     Args:
         on_root_enter: called with the root module each time a root module's forward starts.
-        on_root_exit: called with the root module each time a root module's forward returns.
     """
 
-    def __init__(
-        self,
-        on_root_enter: Callable[[torch.nn.Module], None],
-        on_root_exit: Callable[[torch.nn.Module], None],
-    ):
+    def __init__(self, on_root_enter: Callable[[torch.nn.Module], None]):
         self._on_root_enter = on_root_enter
-        self._on_root_exit = on_root_exit
         self._names: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
         self._param_names: dict[int, tuple[weakref.ref, str, str]] = {}
         self._stack: list[str] = []
@@ -85,8 +79,6 @@ class ModuleTracker:
     def _post(self, module: torch.nn.Module, args: tuple, output: object) -> None:
         if self._stack:
             self._stack.pop()
-        if not self._stack:
-            self._on_root_exit(module)
 
     def _register_root(self, root: torch.nn.Module) -> None:
         root_name = type(root).__name__

@@ -116,7 +116,7 @@ class Recorder:
         self._writer: TraceWriter | None = None
         self._mode: _OpMode | None = None
         self._hooks: list = []
-        self._modules = ModuleTracker(self._root_enter, self._root_exit)
+        self._modules = ModuleTracker(self._root_enter)
         self._locator = Locator()
         self._buffer = EventBuffer(self.options.chunk_events)
         self._op_infos: dict[Any, OpInfo] = {}
@@ -267,9 +267,6 @@ class Recorder:
                 self._check_stop()
         self._forward_open = True
 
-    def _root_exit(self, module: torch.nn.Module) -> None:
-        pass
-
     def _no_optimizer(self) -> bool:
         if self._optimizer_present is None:
             self._optimizer_present = any(
@@ -418,9 +415,8 @@ class Recorder:
         self, t: torch.Tensor, phase: int, module_id: int, location_id: int
     ) -> tuple[int, int]:
         """(event index, slot) of the event that produced the tensor's current value."""
-        try:
-            storage = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):
+        storage = _storage(t)
+        if storage is None:
             return _UNTRACKED
         version = _version(t)
         entry = self._states.get(storage._cdata)
@@ -441,9 +437,8 @@ class Recorder:
         ``bump``: the op wrote the tensor in place, so autograd's ADInplaceOrView layer will
         bump its version counter by one once our handler has returned.
         """
-        try:
-            storage = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):
+        storage = _storage(t)
+        if storage is None:
             return
         key = storage._cdata
         entry = self._states.get(key)
@@ -491,8 +486,16 @@ def _version(t: torch.Tensor) -> int:
 
 def _covers_storage(t: torch.Tensor) -> bool:
     """True if the tensor's elements are exactly its whole storage."""
-    try:
-        nbytes = t.untyped_storage().nbytes()
-    except (RuntimeError, NotImplementedError):
+    storage = _storage(t)
+    if storage is None:
         return True
-    return t.storage_offset() == 0 and t.is_contiguous() and t.numel() * t.element_size() == nbytes
+    covered = t.numel() * t.element_size() == storage.nbytes()
+    return t.storage_offset() == 0 and t.is_contiguous() and covered
+
+
+def _storage(t: torch.Tensor):
+    """The tensor's untyped storage, or None for tensors without one (sparse, some subclasses)."""
+    try:
+        return t.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return None

@@ -74,7 +74,7 @@ def _first(report: Report, source: Source) -> Panel:
     table.add_row("module", source.module or "(no module)")
     table.add_row("when", f"{source.phase}, step {source.step}, rank {source.rank}")
     table.add_row("line", source.location or "(unknown)")
-    code = _code_line(source.location, report)
+    code = _code_line(source.location)
     if code:
         table.add_row("", Text(code, style="dim"))
     if source.kind == "structure":
@@ -180,7 +180,7 @@ def _runs(runs: list[RunInfo]) -> Group:
     return Group(*lines)
 
 
-def _code_line(location: str, report: Report) -> str:
+def _code_line(location: str) -> str:
     path, _, line = location.rpartition(":")
     if not path or not line.isdigit():
         return ""
