@@ -89,10 +89,12 @@ class Report:
         cause: one line naming the first source (set by confirmation).
         fix: the smallest change that made the runs identical, with the user's line, or None.
         confirmations: one entry per intervention pair: intervention, outcome ("fixes",
-            "amplifier", "no-effect", "fails"), reproducible, error.
+            "amplifier", "no-effect", "fails"), reproducible, error, first_divergence, and
+            for a pair that still differs growth_ratio, param_diff, baseline_param_diff (the
+            largest parameter difference with and without the intervention).
         replay: one entry per replayed source op: op, event, runs, distinct_results, repro.
-        growth: per step, differing events and lower bounds of the largest gradient and
-            parameter/optimizer-state differences.
+        growth: per step, differing events and the largest gradient, parameter and
+            optimizer-state differences (exact from snapshots, else lower bounds).
     """
 
     reproducible: bool

@@ -181,3 +181,13 @@ def test_eager_attention_intervention_on_transformers_models(tmp_path):
         assert type(model).__name__ == "Qwen2ForCausalLM"
         assert model.config._attn_implementation == "eager"
     assert transformers.PreTrainedModel.__dict__["from_pretrained"] is original
+
+
+def test_amplifier_includes_differences_that_vanish_or_appear():
+    from bisector.confirm import _amplification
+
+    assert _amplification(3.7e-9, 0.0)[0] == "amplifier"  # SGD leaves the weights equal
+    assert _amplification(0.0, 1e-7)[0] == "amplifier"
+    assert _amplification(1e-6, 1e-3)[0] == "amplifier"
+    assert _amplification(1e-6, 3e-6)[0] == "no-effect"
+    assert _amplification(0.0, 0.0)[0] == "no-effect"

@@ -167,11 +167,20 @@ def _pair(
     entry["first_divergence"] = None if first is None else f"{first.op} ({first.kind})"
     base = _final_growth(report.growth, steps)
     changed = _final_growth(growth(a, b, paired), steps)
+    entry["outcome"], entry["growth_ratio"] = _amplification(base, changed)
+    entry["param_diff"], entry["baseline_param_diff"] = changed, base
+    return entry
+
+
+def _amplification(base: float, changed: float) -> tuple[str, float]:
+    """Outcome of a pair that still differs, from the largest parameter difference without
+    (``base``) and with (``changed``) the intervention. A change of more than
+    ``_AMPLIFIER_FACTOR`` either way, including to or from exactly zero (SGD with a small
+    learning rate can leave the weights bitwise equal while the gradients differ), marks an
+    amplifier; no parameter difference either way is no effect."""
     ratio = (changed + 1e-300) / (base + 1e-300)
     amplifies = ratio > _AMPLIFIER_FACTOR or ratio < 1 / _AMPLIFIER_FACTOR
-    entry["outcome"] = "amplifier" if amplifies and base and changed else "no-effect"
-    entry["growth_ratio"] = float(ratio)
-    return entry
+    return ("amplifier" if amplifies else "no-effect"), float(ratio)
 
 
 def _error_line(exc: ScriptError) -> str:

@@ -127,6 +127,14 @@ def _verdict_panel(report: Report) -> Panel:
     }
     for c in report.confirmations:
         text = f"with {c['intervention']}: {meaning.get(c['outcome'], c['outcome'])}"
+        if c["outcome"] == "amplifier" and c.get("param_diff") is not None:
+            text += (
+                f" (max parameter |A-B| {c['param_diff']:.3g} with it, "
+                f"{c['baseline_param_diff']:.3g} without"
+            )
+            if c.get("first_divergence"):
+                text += f"; still first differs at {c['first_divergence']}"
+            text += ")"
         if c.get("error"):
             text += f" ({c['error']})"
         evidence.append(text)
