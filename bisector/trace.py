@@ -25,11 +25,12 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from bisector.errors import TraceError
+from bisector.records import RecordWriter, read, records
 
 MAGIC = b"BISECTR\x00"
 FORMAT_VERSION = 1
@@ -71,11 +72,6 @@ OUT_HASHED = 1  # out_fp and stats are valid
 OUT_NODATA = 2  # uninitialised memory (empty*): carries no data, equal by definition
 OUT_UNHASHABLE = 4  # no plain bits (sparse, quantized, subclass): cannot be compared
 OUT_PARTIAL = 8  # an in-place write into a view that does not cover its whole storage
-
-_RECORD = struct.Struct("<cII")
-# A chunk or string record larger than this is refused on load: a corrupt length must never make
-# us allocate without bound.
-_MAX_RECORD = 1 << 31
 
 
 @dataclass
@@ -154,18 +150,19 @@ class TraceWriter:
     """
 
     def __init__(self, path: str | os.PathLike, header: dict[str, Any]):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-        self._file.write(MAGIC + struct.pack("<I", FORMAT_VERSION))
-        self._record(b"H", json.dumps(header, default=str).encode())
+        self._records = RecordWriter(path, MAGIC, FORMAT_VERSION)
+        self.path = self._records.path
+        self._records.write(b"H", json.dumps(header, default=str).encode())
         self.events_written = 0
-        self.bytes_written = 0
+
+    @property
+    def bytes_written(self) -> int:
+        return self._records.bytes_written
 
     def add_strings(self, strings: list[str]) -> None:
         """Append strings to the table; their ids continue from the last ones written."""
         if strings:
-            self._record(b"S", json.dumps(strings).encode())
+            self._records.write(b"S", json.dumps(strings).encode())
 
     def add_chunk(self, columns: dict[str, np.ndarray]) -> None:
         """Append a run of events; ``columns`` must hold every column of ``ALL_COLUMNS``."""
@@ -177,28 +174,19 @@ class TraceWriter:
             buffer.write(array.tobytes())
         body = json.dumps(meta).encode()
         payload = struct.pack("<I", len(body)) + body + buffer.getvalue()
-        self._record(b"C", zlib.compress(payload, 1))
+        self._records.write(b"C", zlib.compress(payload, 1))
         self.events_written += len(columns["op"])
 
     def close(self, footer: dict[str, Any]) -> None:
         """Write the footer and close the file. Safe to call twice."""
-        if self._file is None:
+        if self._records.closed:
             return
-        self._record(b"F", json.dumps(footer, default=str).encode())
-        self._file.close()
-        self._file = None
+        self._records.write(b"F", json.dumps(footer, default=str).encode())
+        self._records.close()
 
     def abandon(self) -> None:
         """Close without a footer (the file then loads as incomplete)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def _record(self, kind: bytes, payload: bytes) -> None:
-        assert self._file is not None, "trace already closed"
-        self._file.write(_RECORD.pack(kind, len(payload), zlib.crc32(payload)) + payload)
-        self._file.flush()
-        self.bytes_written = self._file.tell()
+        self._records.close()
 
 
 def load(path: str | os.PathLike) -> Trace:
@@ -216,24 +204,7 @@ def load(path: str | os.PathLike) -> Trace:
             corrupt.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise TraceError(f"trace file not found: {path}") from None
-    except IsADirectoryError:
-        raise TraceError(f"{path} is a folder, not a trace file") from None
-    except OSError as exc:
-        raise TraceError(f"cannot read trace file {path}: {exc.strerror}") from None
-    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
-        raise TraceError(f"{path} is not a bisector trace (record one with `bisector record`)")
-    (version,) = struct.unpack_from("<I", data, len(MAGIC))
-    if version > FORMAT_VERSION:
-        raise TraceError(
-            f"{path} has trace format version {version}, newer than this bisector reads "
-            f"({FORMAT_VERSION}); upgrade bisector"
-        )
-    if version < 1:
-        raise TraceError(f"{path} has an unknown trace format version {version}")
+    _, data = read(path, MAGIC, FORMAT_VERSION, "trace", "record one with `bisector record`")
     return _parse(path, data, len(MAGIC) + 4)
 
 
@@ -243,19 +214,7 @@ def _parse(path: Path, data: bytes, pos: int) -> Trace:
     strings: list[str] = []
     chunks: list[dict[str, np.ndarray]] = []
     complete = False
-    while pos < len(data):
-        if pos + _RECORD.size > len(data):
-            break  # cut short inside a record header: a killed run
-        kind, length, crc = _RECORD.unpack_from(data, pos)
-        start = pos + _RECORD.size
-        if length > _MAX_RECORD:
-            raise TraceError(f"{path} is corrupt (record at byte {pos} claims {length} bytes)")
-        if start + length > len(data):
-            break  # cut short inside a payload: a killed run
-        payload = data[start : start + length]
-        if zlib.crc32(payload) != crc:
-            raise TraceError(f"{path} is corrupt (checksum mismatch in the record at byte {pos})")
-        pos = start + length
+    for kind, payload, offset in records(path, data, pos):
         try:
             if kind == b"H":
                 header = json.loads(payload)
@@ -267,7 +226,9 @@ def _parse(path: Path, data: bytes, pos: int) -> Trace:
                 footer = json.loads(payload)
                 complete = True
             else:
-                raise TraceError(f"{path} is corrupt (unknown record kind {kind!r} at byte {pos})")
+                raise TraceError(
+                    f"{path} is corrupt (unknown record kind {kind!r} at byte {offset})"
+                )
         except (ValueError, zlib.error, struct.error) as exc:
             raise TraceError(f"{path} is corrupt ({type(exc).__name__} in a record)") from None
     if header is None:

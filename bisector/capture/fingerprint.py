@@ -276,26 +276,28 @@ class Collector:
 
     def drain(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Read back everything queued: (fingerprints int64, sums float64, abs-max float32)."""
+        return self.drain_async().result()
+
+    def drain_async(self) -> PendingResults:
+        """Start reading back everything queued, without waiting for the device: the copies go
+        to pinned host memory behind the work already queued. The collector is empty after."""
         self._settle()
-        fps = np.zeros(self._count, dtype=np.int64)
-        sums = np.zeros(self._count, dtype=np.float64)
-        maxes = np.zeros(self._count, dtype=np.float64)
+        parts = list(self._batches)
         by_device: dict[torch.device, list] = {}
         for item in self._direct:
             by_device.setdefault(item[1].device, []).append(item)
         for items in by_device.values():
             entries = np.array([item[0] for item in items], dtype=np.int64)
-            for column, out in ((1, fps), (2, sums), (3, maxes)):
-                out[entries] = torch.stack([item[column] for item in items]).cpu().numpy()
-        for entries, batch_fps, batch_sums, batch_maxes in self._batches:
-            fps[entries] = batch_fps.cpu().numpy()
-            sums[entries] = batch_sums.cpu().numpy()
-            maxes[entries] = batch_maxes.cpu().numpy()
+            columns = (torch.stack([item[column] for item in items]) for column in (1, 2, 3))
+            parts.append((entries, *columns))
         for rows in [*self._full_rows, *self._rows.values()]:
-            rows.read_into(fps, sums, maxes)
+            used = len(rows.entries)
+            entries = np.array(rows.entries, dtype=np.int64)  # -1: an entry truncated away
+            parts.append((entries, *(buffer[:used] for buffer in rows.buffers)))
+        pending = PendingResults(self._count, parts)
         self._count, self._direct, self._batches = 0, [], []
         self._rows, self._full_rows = {}, []
-        return fps, sums, maxes.astype(np.float32)
+        return pending
 
     def _settle(self) -> None:
         """Fingerprint every staged copy, one batch per (device, dtype)."""
@@ -304,6 +306,43 @@ class Collector:
             if items:
                 entries = np.array([entry for entry, _ in items], dtype=np.int64)
                 self._batches.append((entries, *_batch([copy for _, copy in items])))
+
+
+class PendingResults:
+    """Fingerprints and stats on their way to the host (see ``Collector.drain_async``)."""
+
+    def __init__(self, count: int, parts: list) -> None:
+        self._count = count
+        self._parts = []
+        self._events = []
+        for entries, *columns in parts:
+            device = columns[0].device
+            if device.type == "cuda":
+                hosts = [torch.empty(c.shape, dtype=c.dtype, pin_memory=True) for c in columns]
+                for host, column in zip(hosts, columns, strict=True):
+                    host.copy_(column, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(torch.cuda.current_stream(device))
+                self._events.append(event)
+                columns = hosts
+            self._parts.append((entries, columns))
+
+    def ready(self) -> bool:
+        """True once the results are on the host (never waits)."""
+        return all(event.query() for event in self._events)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fingerprints int64, sums float64, abs-max float32), waiting for the copies."""
+        for event in self._events:
+            event.synchronize()
+        fps = np.zeros(self._count, dtype=np.int64)
+        sums = np.zeros(self._count, dtype=np.float64)
+        maxes = np.zeros(self._count, dtype=np.float64)
+        for entries, columns in self._parts:
+            keep = entries >= 0
+            for column, out in zip(columns, (fps, sums, maxes), strict=True):
+                out[entries[keep]] = column.numpy()[keep]
+        return fps, sums, maxes.astype(np.float32)
 
 
 class _ResultRows:
@@ -327,14 +366,6 @@ class _ResultRows:
         """The row for collector entry ``entry``."""
         self.entries.append(entry)
         return len(self.entries) - 1
-
-    def read_into(self, fps: np.ndarray, sums: np.ndarray, maxes: np.ndarray) -> None:
-        """Copy the used rows to the host, at their entries (rows of dropped entries: -1)."""
-        used = len(self.entries)
-        entries = np.array(self.entries, dtype=np.int64)
-        keep = entries >= 0
-        for buffer, out in zip(self.buffers, (fps, sums, maxes), strict=True):
-            out[entries[keep]] = buffer[:used].cpu().numpy()[keep]
 
 
 _FUSED: list = []

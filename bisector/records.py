@@ -1,0 +1,114 @@
+"""Record framing shared by trace and digest files: append-only, checksummed, crash-safe.
+
+A file is a magic string, a format version (u32), then records, each
+``[kind: 1 byte][payload length: u32][crc32 of payload: u32][payload]``, flushed as written.
+A writer that is killed leaves a file that reads up to its last complete record.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from bisector.errors import TraceError
+
+_RECORD = struct.Struct("<cII")
+# A record larger than this is corruption, not data.
+_MAX_RECORD = 1 << 31
+
+
+class RecordWriter:
+    """Appends records to a new file.
+
+    Args:
+        path: the file to create (its folder is created too).
+        magic: the file kind's magic bytes.
+        version: its format version.
+    """
+
+    def __init__(self, path: str | os.PathLike, magic: bytes, version: int):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        self._file.write(magic + struct.pack("<I", version))
+        self.bytes_written = self._file.tell()
+
+    @property
+    def closed(self) -> bool:
+        return self._file is None
+
+    def write(self, kind: bytes, payload: bytes) -> None:
+        """Append one record and flush it to the operating system."""
+        assert self._file is not None, f"{self.path} already closed"
+        self._file.write(_RECORD.pack(kind, len(payload), zlib.crc32(payload)) + payload)
+        self._file.flush()
+        self.bytes_written = self._file.tell()
+
+    def close(self) -> None:
+        """Close the file; safe to call twice."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read(path: Path, magic: bytes, newest: int, what: str, hint: str) -> tuple[int, bytes]:
+    """Read a whole record file and check its magic and version.
+
+    Args:
+        path: the file.
+        magic: the expected magic bytes.
+        newest: the newest format version this bisector reads.
+        what: the kind of file, for messages ("trace", "digest file").
+        hint: how to make one, for the message when the file is of another kind.
+
+    Returns:
+        (format version, the file's bytes); records start at ``len(magic) + 4``.
+
+    Raises:
+        TraceError: missing, unreadable, of another kind, or of an unknown version.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TraceError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise TraceError(f"{path} is a folder, not a {what}") from None
+    except OSError as exc:
+        raise TraceError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if not data.startswith(magic) or len(data) < len(magic) + 4:
+        raise TraceError(f"{path} is not a bisector {what} ({hint})")
+    (version,) = struct.unpack_from("<I", data, len(magic))
+    if version > newest:
+        raise TraceError(
+            f"{path} has {what} format version {version}, newer than this bisector reads "
+            f"({newest}); upgrade bisector"
+        )
+    if version < 1:
+        raise TraceError(f"{path} has an unknown {what} format version {version}")
+    return version, data
+
+
+def records(path: Path, data: bytes, pos: int) -> Iterator[tuple[bytes, bytes, int]]:
+    """The complete records of ``data`` from ``pos``: (kind, payload, offset of the record).
+
+    A record cut short at the end (a killed writer) ends the iteration quietly.
+
+    Raises:
+        TraceError: a checksum mismatch or an impossible length (corruption, not a cut).
+    """
+    while pos + _RECORD.size <= len(data):
+        kind, length, crc = _RECORD.unpack_from(data, pos)
+        start = pos + _RECORD.size
+        if length > _MAX_RECORD:
+            raise TraceError(f"{path} is corrupt (record at byte {pos} claims {length} bytes)")
+        if start + length > len(data):
+            return
+        payload = data[start : start + length]
+        if zlib.crc32(payload) != crc:
+            raise TraceError(f"{path} is corrupt (checksum mismatch in the record at byte {pos})")
+        yield kind, payload, pos
+        pos = start + length
