@@ -1,6 +1,7 @@
 """The child process of a recorded run: runs the user's script as __main__ under a Recorder.
 
-Started by runner.py as ``python -c <boot> --trace PATH [--steps N] -- SCRIPT ARGS...``.
+Started by runner.py as ``python -c <boot> --trace PATH [--steps N] -- SCRIPT ARGS...``, or
+with ``--digests PATH`` instead of ``--trace`` for a run that writes step digests only.
 Exit status: the script's own (0 when stopped after the requested steps), 130 on Ctrl-C,
 runner.EXIT_SCRIPT_RAISED when the script raised (its traceback, without our frames, is printed
 on stderr as Python would print it).
@@ -15,6 +16,7 @@ import sys
 import traceback
 
 import bisector
+from bisector.capture.digester import GlobalDigests
 from bisector.capture.recorder import Recorder, RecordOptions, StopRun
 from bisector.confirm.interventions import apply_interventions
 from bisector.runner import EXIT_SCRIPT_RAISED, EXIT_SETUP_FAILED
@@ -22,7 +24,9 @@ from bisector.runner import EXIT_SCRIPT_RAISED, EXIT_SETUP_FAILED
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bisector-child")
-    parser.add_argument("--trace", required=True)
+    parser.add_argument("--trace", default=None)
+    parser.add_argument("--digests", default=None, help="digest-only run: the digest file")
+    parser.add_argument("--start-step", type=int, default=0, help="record ops from this step")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--capture", default="", help="event indices whose inputs to save")
     parser.add_argument("--capture-dir", default=None)
@@ -52,16 +56,20 @@ def main() -> None:
     sys.argv = [script, *script_args]
 
     try:
-        capture = frozenset(int(i) for i in options.capture.split(",") if i)
-        record_options = RecordOptions(
-            steps=options.steps,
-            exit_on_stop=True,
-            argv=tuple(sys.argv),
-            capture=capture,
-            capture_dir=options.capture_dir,
-            snapshot_dir=options.snapshot_dir,
-        )
-        recorder = Recorder(options.trace, record_options)
+        if options.digests:
+            recorder = _DigestRun(options.digests, options.steps)
+        else:
+            capture = frozenset(int(i) for i in options.capture.split(",") if i)
+            record_options = RecordOptions(
+                steps=options.steps,
+                exit_on_stop=True,
+                argv=tuple(sys.argv),
+                capture=capture,
+                capture_dir=options.capture_dir,
+                snapshot_dir=options.snapshot_dir,
+                start_step=options.start_step,
+            )
+            recorder = Recorder(options.trace, record_options)
         undo = apply_interventions([n for n in options.intervene.split(",") if n])
     except Exception as exc:  # pragma: no cover - our own failure, not the user's
         print(f"bisector: cannot start recording: {exc}", file=sys.stderr)
@@ -87,6 +95,33 @@ def main() -> None:
     # The trace is complete on disk; skip interpreter teardown, which can hang on threads the
     # script left running (DataLoader workers, progress bars).
     os._exit(code)
+
+
+class _DigestRun:
+    """A digest-only run (the first level of ``find``): step digests, no op recording."""
+
+    def __init__(self, path: str, steps: int | None):
+        self._digests = GlobalDigests(path, steps, self._stop, argv=list(sys.argv))
+
+    @staticmethod
+    def _stop() -> None:
+        raise StopRun("digested the steps asked for")
+
+    def __enter__(self) -> _DigestRun:
+        self._digests.install()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None or issubclass(exc_type, StopRun):
+            status, error = "complete" if exc_type is None else "stopped", None
+        elif issubclass(exc_type, KeyboardInterrupt):
+            status, error = "interrupted", "KeyboardInterrupt"
+        elif issubclass(exc_type, SystemExit) and exc is not None and exc.code in (None, 0):
+            status, error = "complete", None
+        else:
+            status, error = "failed", f"{exc_type.__name__}: {exc}"
+        self._digests.close(status, error)
+        return False
 
 
 def _exit_code(exc: SystemExit) -> int:

@@ -3,7 +3,8 @@
 The JSON shape is a contract: ``schema`` is an integer and keys are only ever added.
 Schema versions (keys are only added; ``schema`` changes only if a meaning changes):
     1: first version: reproducible, first_divergence, sources, runs, and the added keys below;
-       later additions within 1: cause, fix, confirmations, replay, growth.
+       later additions within 1: cause, fix, confirmations, replay, growth, environment,
+       levels.
 """
 
 from __future__ import annotations
@@ -95,6 +96,11 @@ class Report:
         replay: one entry per replayed source op: op, event, runs, distinct_results, repro.
         growth: per step, differing events and the largest gradient, parameter and
             optimizer-state differences (exact from snapshots, else lower bounds).
+        environment: what differs between the two processes: ``{"what", "a", "b"}`` for
+            versions, devices, determinism settings and environment variables.
+        levels: how ``find`` got here when it bisected over steps: one entry per level
+            (``"digests"``: every step, values only; ``"ops"``: every op of the chosen steps)
+            with what it found and what it cost.
     """
 
     reproducible: bool
@@ -112,6 +118,8 @@ class Report:
     confirmations: list[dict[str, Any]] = field(default_factory=list)
     replay: list[dict[str, Any]] = field(default_factory=list)
     growth: list[dict[str, Any]] = field(default_factory=list)
+    environment: list[dict[str, Any]] = field(default_factory=list)
+    levels: list[dict[str, Any]] = field(default_factory=list)
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bisector.digests import Digests
+from bisector.digests import load as load_digests
 from bisector.errors import Interrupted, ScriptError, TraceError
 from bisector.report import RunInfo
 from bisector.trace import Trace, load
@@ -40,6 +42,7 @@ class RunOptions:
         capture: event indices whose op inputs the run saves (for a replay), in ``capture_dir``.
         interventions: names of interventions applied in the child (see confirm/).
         snapshots: save the training state after each step next to the trace (``.steps/``).
+        start_step: record ops only from this optimizer step on (earlier steps run unrecorded).
     """
 
     steps: int | None = 2
@@ -50,6 +53,7 @@ class RunOptions:
     capture_dir: str | None = None
     interventions: tuple[str, ...] = ()
     snapshots: bool = False
+    start_step: int = 0
 
 
 def check_script(script: str | os.PathLike) -> Path:
@@ -98,22 +102,102 @@ def run_recorded(
         ScriptError: the script raised, exited non-zero, or recorded no op.
         Interrupted: Ctrl-C; the trace written so far is kept.
     """
+    extra = ["--trace", str(trace)]
+    if options.capture and options.capture_dir:
+        extra += ["--capture", ",".join(map(str, options.capture))]
+        extra += ["--capture-dir", options.capture_dir]
+    if options.snapshots:
+        extra += ["--snapshot-dir", str(trace.with_suffix(".steps"))]
+    if options.start_step:
+        extra += ["--start-step", str(options.start_step)]
+    path, output, code, seconds = _run_child(script, args, trace, extra, options, name)
+    try:
+        loaded = load(trace)
+    except TraceError as exc:
+        raise ScriptError(f"run {name} left no readable trace: {exc}", output=output) from None
+    if len(loaded) == 0:
+        raise ScriptError(
+            f"{path.name} ran without calling any torch operator: bisector records PyTorch "
+            "training scripts",
+            output=output,
+        )
+    info = RunInfo(
+        name=name,
+        trace=str(trace),
+        events=len(loaded),
+        steps=int(loaded.footer.get("steps", 0)),
+        status=str(loaded.footer.get("status", "incomplete")),
+        complete=loaded.complete,
+        exit_code=code,
+        seconds=round(seconds, 3),
+        log=str(trace.with_suffix(".log")),
+    )
+    return info, loaded
+
+
+def run_digests(
+    script: str | os.PathLike,
+    args: tuple[str, ...],
+    path: Path,
+    options: RunOptions,
+    name: str = "A",
+) -> tuple[RunInfo, Digests]:
+    """Run the script once in a fresh process, writing step digests only (no op recording).
+
+    Returns:
+        What the run did, and its digests.
+
+    Raises:
+        ScriptError: the script raised or exited non-zero.
+        Interrupted: Ctrl-C; the digests written so far are kept.
+    """
+    _, output, code, seconds = _run_child(
+        script, args, path, ["--digests", str(path)], options, name
+    )
+    try:
+        loaded = load_digests(path)
+    except TraceError as exc:
+        raise ScriptError(
+            f"run {name} left no readable digest file: {exc}", output=output
+        ) from None
+    info = RunInfo(
+        name=name,
+        trace=str(path),
+        events=0,
+        steps=int(loaded.footer.get("steps", len(loaded.steps))),
+        status=str(loaded.footer.get("status", "incomplete")),
+        complete=loaded.complete,
+        exit_code=code,
+        seconds=round(seconds, 3),
+        log=str(path.with_suffix(".log")),
+    )
+    return info, loaded
+
+
+def _run_child(
+    script: str | os.PathLike,
+    args: tuple[str, ...],
+    output_file: Path,
+    extra: list[str],
+    options: RunOptions,
+    name: str,
+) -> tuple[Path, str, int, float]:
+    """Start the child on the script, wait for it, and turn a failed run into an exception.
+
+    Returns:
+        (the script's path, its output, exit code (0), seconds).
+    """
     path = check_script(script)
-    trace.parent.mkdir(parents=True, exist_ok=True)
-    log = trace.with_suffix(".log")
+    output_file.parent.mkdir(parents=True, exist_ok=True)
+    log = output_file.with_suffix(".log")
     # Import bisector from where this one lives without touching the child's environment.
     boot = (
         f"import sys; sys.path.insert(0, {_package_root()!r}); "
         "import bisector._child as child; child.main()"
     )
-    command = [options.python, "-c", boot, "--trace", str(trace)]
+    command = [options.python, "-c", boot, *extra]
     if options.steps is not None:
         command += ["--steps", str(options.steps)]
-    if options.capture and options.capture_dir:
-        command += ["--capture", ",".join(map(str, options.capture))]
-        command += ["--capture-dir", options.capture_dir]
-    if options.snapshots:
-        command += ["--snapshot-dir", str(trace.with_suffix(".steps"))]
     env = None
     if options.interventions:
         from bisector.confirm.interventions import child_env
@@ -134,14 +218,14 @@ def run_recorded(
         except KeyboardInterrupt:
             _interrupt(process)
             raise Interrupted(
-                f"interrupted during run {name}; what was recorded is kept in {trace}"
+                f"interrupted during run {name}; what was recorded is kept in {output_file}"
             ) from None
     seconds = time.perf_counter() - started
     output = log.read_text(errors="replace")
+    recorded = f"recorded so far: {output_file}"
     if code == EXIT_SCRIPT_RAISED:
         raise ScriptError(
-            f"{path.name} raised an exception in run {name} (its traceback is above; "
-            f"recorded so far: {trace})",
+            f"{path.name} raised an exception in run {name} (its traceback is above; {recorded})",
             output=output,
             exit_code=code,
         )
@@ -151,41 +235,19 @@ def run_recorded(
         )
     if code is None:
         raise ScriptError(
-            f"run {name} took longer than {options.timeout:g} s and was stopped; "
-            f"recorded so far: {trace}",
+            f"run {name} took longer than {options.timeout:g} s and was stopped; {recorded}",
             output=output,
         )
     if code in (130, -signal.SIGINT):
-        raise Interrupted(f"run {name} was interrupted; what was recorded is kept in {trace}")
+        raise Interrupted(f"run {name} was interrupted; what was recorded is kept in {output_file}")
     if code != 0:
         raise ScriptError(
-            f"{path.name} exited with status {code} in run {name} (its output is "
-            f"above; recorded so far: {trace})",
+            f"{path.name} exited with status {code} in run {name} (its output is above; "
+            f"{recorded})",
             output=output,
             exit_code=code,
         )
-    try:
-        loaded = load(trace)
-    except TraceError as exc:
-        raise ScriptError(f"run {name} left no readable trace: {exc}", output=output) from None
-    if len(loaded) == 0:
-        raise ScriptError(
-            f"{path.name} ran without calling any torch operator: bisector records PyTorch "
-            "training scripts",
-            output=output,
-        )
-    info = RunInfo(
-        name=name,
-        trace=str(trace),
-        events=len(loaded),
-        steps=int(loaded.footer.get("steps", 0)),
-        status=str(loaded.footer.get("status", "incomplete")),
-        complete=loaded.complete,
-        exit_code=code,
-        seconds=round(seconds, 3),
-        log=str(log),
-    )
-    return info, loaded
+    return path, output, code, seconds
 
 
 def _package_root() -> str:

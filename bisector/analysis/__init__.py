@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from bisector.analysis.align import align
+from bisector.analysis.environment import differences
 from bisector.analysis.graph import (
     classify,
     compare_events,
@@ -91,6 +92,7 @@ def compare(a: Trace, b: Trace, runs: list[RunInfo] | None = None) -> Report:
         structure=structure,
         notes=notes,
         sources_total=total,
+        environment=differences(a.header, b.header, a.footer, b.footer),
     )
 
 
@@ -216,25 +218,4 @@ def _notes(a: Trace, b: Trace) -> list[str]:
         if end_a is not None and end_b is not None and end_a != end_b and start_a != end_a:
             library = "Python's random" if key == "python_random" else "numpy.random"
             notes.append(f"{library} ends in different states in the two runs (unseeded?)")
-    settings_a = a.footer.get("settings_at_end") or a.header.get("settings", {})
-    settings_b = b.footer.get("settings_at_end") or b.header.get("settings", {})
-    changed = sorted(
-        k for k in set(settings_a) | set(settings_b) if settings_a.get(k) != settings_b.get(k)
-    )
-    if changed:
-        notes.append(
-            "settings differ between the runs: "
-            + ", ".join(f"{k} ({settings_a.get(k)!r} vs {settings_b.get(k)!r})" for k in changed)
-        )
-    versions_a, versions_b = a.header.get("versions", {}), b.header.get("versions", {})
-    changed = sorted(
-        k
-        for k in ("torch", "cuda", "cudnn", "gpus", "python")
-        if versions_a.get(k) != versions_b.get(k)
-    )
-    if changed:
-        notes.append(
-            "versions or devices differ: "
-            + ", ".join(f"{k} ({versions_a.get(k)} vs {versions_b.get(k)})" for k in changed)
-        )
     return notes

@@ -69,6 +69,8 @@ class RecordOptions:
         capture_dir: folder for those inputs (``event-<index>.pt``).
         snapshot_dir: save parameters, gradients and optimizer state after each optimizer
             step there (``step-<n>.pt``), for an exact growth of the difference.
+        start_step: record ops only from this optimizer step on (the steps before run
+            unrecorded, at full speed); the trace's events keep their true step numbers.
     """
 
     steps: int | None = None
@@ -78,6 +80,7 @@ class RecordOptions:
     capture: frozenset[int] = frozenset()
     capture_dir: str | None = None
     snapshot_dir: str | None = None
+    start_step: int = 0
 
 
 class _OpMode(TorchDispatchMode):
@@ -140,10 +143,9 @@ class Recorder:
     # ----- lifecycle -------------------------------------------------------------------------
 
     def __enter__(self) -> Recorder:
-        self._writer = TraceWriter(
-            self.path,
-            settings.header(list(self.options.argv) if self.options.argv is not None else None),
-        )
+        header = settings.header(list(self.options.argv) if self.options.argv is not None else None)
+        header["start_step"] = self.options.start_step
+        self._writer = TraceWriter(self.path, header)
         self._buffer.writer = self._writer
         self._started = time.perf_counter()
         self._modules.install()
@@ -151,15 +153,21 @@ class Recorder:
             register_optimizer_step_pre_hook(self._optimizer_pre),
             register_optimizer_step_post_hook(self._optimizer_post),
         ]
-        self._mode = _OpMode(self)
-        self._mode.__enter__()
-        self.recording = True
-        self.status = "recording"
+        self.status = "waiting"
+        self._maybe_start()
         return self
+
+    def _maybe_start(self) -> None:
+        """Start recording ops once the start step is reached."""
+        if self.status == "waiting" and self.step >= self.options.start_step:
+            self._mode = _OpMode(self)
+            self._mode.__enter__()
+            self.recording = True
+            self.status = "recording"
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
-            if self.status == "recording":
+            if self.status in ("recording", "waiting"):
                 if exc_type is None:
                     self._finish("complete")
                 elif issubclass(exc_type, StopRun):
@@ -186,7 +194,7 @@ class Recorder:
 
     def stop(self) -> None:
         """Stop recording now and finish the trace; the code being recorded goes on."""
-        if self.status == "recording":
+        if self.status in ("recording", "waiting"):
             self._finish("stopped")
             self._uninstall()
 
@@ -238,6 +246,7 @@ class Recorder:
         self.step += 1
         self._forward_open = False
         self._node_info.clear()
+        self._maybe_start()
         self._check_stop()
 
     def _snapshot(self) -> None:
@@ -264,6 +273,7 @@ class Recorder:
             if self._main_root_calls > 1 and self._optimizer_steps == 0 and self._no_optimizer():
                 # A script without an optimizer counts top-level forward calls as steps.
                 self.step += 1
+                self._maybe_start()
                 self._check_stop()
         self._forward_open = True
 

@@ -27,8 +27,12 @@ _MAX_GROUPS = 8
 def render(report: Report, console: Console) -> None:
     """Print the report."""
     console.print(_verdict(report))
+    if report.levels:
+        console.print(levels_table(report.levels))
     if report.first_divergence is not None:
         console.print(_first(report, report.first_divergence))
+    if report.environment:
+        console.print(environment_table(report.environment))
     others = report.sources[1:]
     if others:
         console.print(_others(others, report.sources_total - 1))
@@ -39,6 +43,37 @@ def render(report: Report, console: Console) -> None:
         for note in report.notes:
             console.print(Text("  - ") + Text(note))
     console.print(_runs(report.runs))
+
+
+def environment_table(differences: list[dict]) -> Panel:
+    """What differs between the two processes: itself a possible cause."""
+    table = Table(box=None, padding=(0, 1), show_edge=False)
+    for column in ("", "run A", "run B"):
+        table.add_column(column, overflow="fold")
+    for row in differences:
+        table.add_row(str(row["what"]), str(row["a"]), str(row["b"]))
+    return Panel(
+        table,
+        title="The runs' environments differ (a different GPU, library or flag is a cause too)",
+        title_align="left",
+        border_style="yellow",
+        expand=False,
+    )
+
+
+def levels_table(levels: list[dict]) -> Table:
+    """How find bisected over steps: what each level ran, found and cost."""
+    table = Table(title="Levels", title_justify="left", box=None, padding=(0, 1))
+    for column in ("level", "steps recorded", "found", "time"):
+        table.add_column(column, overflow="fold")
+    for level in levels:
+        table.add_row(
+            level["level"],
+            level["steps"],
+            level["found"],
+            f"{level['seconds']:.1f} s",
+        )
+    return table
 
 
 def describe_magnitude(source: Source) -> str:

@@ -1,0 +1,355 @@
+"""Step digests from a running script: per optimizer step, fingerprints of the RNG states, the
+batch, the loss, every gradient, parameter, optimizer-state tensor and buffer.
+
+Values are fingerprinted on their device (fingerprint.Collector, as for ops) and read back
+without waiting: a step is written once its results have reached the host, so a digest never
+makes the host wait for the device in the middle of training. Two ways in:
+
+- ``Watch``: inside a training script, for one model and optimizer (``bisector.watch``);
+- ``GlobalDigests``: for a whole script run by ``find`` (every optimizer, every root module).
+
+Both own what they install (hooks, the wrapper of ``torch.autograd.backward`` that sees the loss)
+and remove it on close, also when the script fails.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.modules import module as nn_module
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+from torch.utils._pytree import tree_leaves
+
+from bisector.capture import settings
+from bisector.capture.fingerprint import Collector, PendingResults, hashable
+from bisector.digests import DigestWriter
+
+# Tensors of the batch, and losses, digested per step at most (a loop over micro-batches).
+_MAX_BATCH_TENSORS = 16
+_MAX_LOSSES = 16
+
+
+class StepDigester:
+    """Takes the values of each step and writes them to a digest file, in step order.
+
+    Args:
+        path: the digest file to write.
+        every: digest one step in ``every`` (the others cost nothing).
+        argv: argv to store in the header (default: sys.argv).
+    """
+
+    def __init__(self, path: str | os.PathLike, every: int = 1, argv: list[str] | None = None):
+        if every < 1:
+            raise ValueError("every must be at least 1")
+        header = settings.header(argv)
+        header["every"] = every
+        self._writer = DigestWriter(path, header)
+        self.path = Path(path)
+        self.every = every
+        self.step = 0
+        self._collector = Collector()
+        self._names: list[tuple[str, str, int, str]] = []
+        self._pending: deque[tuple[int, list, PendingResults]] = deque()
+        self._batches = 0
+        self._losses = 0
+        self._started = time.perf_counter()
+        self.closed = False
+        self._rng_states()
+
+    @property
+    def active(self) -> bool:
+        """True if the current step is digested."""
+        return not self.closed and self.step % self.every == 0
+
+    @property
+    def bytes_written(self) -> int:
+        return self._writer.bytes_written
+
+    def add(self, kind: str, name: str, tensor: Any) -> None:
+        """Take one value of the current step (ignored unless a plain tensor)."""
+        if not self.active or not isinstance(tensor, torch.Tensor) or not hashable(tensor):
+            return
+        with torch.no_grad():
+            self._collector.add(tensor.detach())
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        self._names.append((kind, name, tensor.numel(), dtype))
+
+    def batch(self, values: Iterable[Any]) -> None:
+        """Take the tensors among the arguments of a top-level forward call."""
+        for tensor in values:
+            if self._batches >= _MAX_BATCH_TENSORS:
+                return
+            if isinstance(tensor, torch.Tensor):
+                self.add("batch", str(self._batches), tensor)
+                self._batches += 1
+
+    def loss(self, tensor: torch.Tensor) -> None:
+        """Take a tensor that backward() is called on."""
+        if self._losses < _MAX_LOSSES:
+            self.add("loss", str(self._losses), tensor)
+            self._losses += 1
+
+    def gradients(self, named: list[tuple[str, torch.Tensor]]) -> None:
+        """Take the gradients the optimizer is about to use."""
+        for name, param in named:
+            if param.grad is not None:
+                self.add("grad", name, param.grad)
+
+    def end_step(
+        self,
+        named: list[tuple[str, torch.Tensor]],
+        states: list[tuple[str, dict]],
+        buffers: list[tuple[str, torch.Tensor]],
+    ) -> None:
+        """Take the parameters, optimizer state and buffers after the step, and close it."""
+        if self.active:
+            for name, param in named:
+                self.add("param", name, param)
+            for name, state in states:
+                for key, value in state.items():
+                    self.add("state", f"{name}.{key}", value)
+            for name, buffer in buffers:
+                self.add("buffer", name, buffer)
+            self._pending.append((self.step, self._names, self._collector.drain_async()))
+            self._names = []
+        self.step += 1
+        self._batches = self._losses = 0
+        self._write(wait=False)
+        self._rng_states()
+
+    def close(self, status: str = "complete", error: str | None = None) -> None:
+        """Write every step taken and the footer; safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._write(wait=True)
+        finally:
+            self._writer.close(
+                {
+                    "status": status,
+                    "error": error,
+                    "steps": self.step,
+                    "steps_written": self._writer.steps_written,
+                    "seconds": time.perf_counter() - self._started,
+                    "settings_at_end": settings.determinism(),
+                }
+            )
+
+    def _write(self, wait: bool) -> None:
+        """Write the steps whose results are on the host, oldest first."""
+        while self._pending and (wait or self._pending[0][2].ready()):
+            step, names, pending = self._pending.popleft()
+            self._writer.add_step(step, names, *pending.result())
+
+    def _rng_states(self) -> None:
+        """The generator states at the start of the step: they decide dropout, shuffling..."""
+        if not self.active:
+            return
+        state = random.getstate()[1]
+        self.add("rng", "python", torch.tensor(np.asarray(state, dtype=np.uint32).view(np.int32)))
+        numpy_state = np.random.get_state(legacy=True)[1]
+        self.add("rng", "numpy", torch.from_numpy(np.ascontiguousarray(numpy_state).view(np.int32)))
+        self.add("rng", "torch", torch.get_rng_state())
+        if torch.cuda.is_initialized():
+            for device in range(torch.cuda.device_count()):
+                self.add("rng", f"cuda:{device}", torch.cuda.get_rng_state(device))
+
+
+class _LossTap:
+    """Wraps ``torch.autograd.backward`` (which ``Tensor.backward`` calls) to see the losses."""
+
+    def __init__(self, on_loss) -> None:
+        self._on_loss = on_loss
+        self._original = None
+
+    def install(self) -> None:
+        original = self._original = torch.autograd.backward
+        on_loss = self._on_loss
+
+        def backward(tensors, *args, **kwargs):
+            for tensor in tensors if isinstance(tensors, (list, tuple)) else (tensors,):
+                on_loss(tensor)
+            return original(tensors, *args, **kwargs)
+
+        torch.autograd.backward = backward
+
+    def remove(self) -> None:
+        if self._original is not None:
+            torch.autograd.backward = self._original
+            self._original = None
+
+
+def _optimizer_state(optimizer, named) -> list[tuple[str, dict]]:
+    return [(name, optimizer.state[p]) for name, p in named if p in optimizer.state]
+
+
+class Watch:
+    """Step digests of one model and optimizer, from inside a training script.
+
+    Use ``bisector.watch(model, optimizer, path)``; see there.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        path: str | os.PathLike,
+        every: int = 1,
+    ):
+        self.digester = StepDigester(path, every)
+        self._model = model
+        self._optimizer = optimizer
+        names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+        if optimizer is None:
+            self._named = list(model.named_parameters())
+        else:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            self._named = [(names.get(id(p), f"param{i}"), p) for i, p in enumerate(params)]
+        self._loss = _LossTap(self.digester.loss)
+        self._handles = [model.register_forward_pre_hook(self._forward, with_kwargs=True)]
+        if optimizer is not None:
+            self._handles += [
+                optimizer.register_step_pre_hook(self._before_step),
+                optimizer.register_step_post_hook(self._after_step),
+            ]
+        else:  # no optimizer: a step is one forward call of the model
+            self._handles.append(model.register_forward_hook(self._after_forward))
+        self._loss.install()
+
+    @property
+    def path(self) -> Path:
+        return self.digester.path
+
+    def close(self, status: str = "complete", error: str | None = None) -> None:
+        """Stop watching: remove the hooks and finish the file. Safe to call twice."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._loss.remove()
+        self.digester.close(status, error)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.close()
+        else:
+            self.close("failed", f"{exc_type.__name__}: {exc}")
+        return False
+
+    def _forward(self, module, args, kwargs) -> None:
+        self.digester.batch(tree_leaves((args, kwargs)))
+
+    def _before_step(self, optimizer, args, kwargs) -> None:
+        self.digester.gradients(self._named)
+
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        self.digester.end_step(
+            self._named,
+            _optimizer_state(optimizer, self._named),
+            list(self._model.named_buffers()),
+        )
+
+    def _after_forward(self, module, args, output) -> None:
+        self.digester.add("loss", "output", output if isinstance(output, torch.Tensor) else None)
+        self.digester.end_step(self._named, [], list(self._model.named_buffers()))
+
+
+class GlobalDigests:
+    """Step digests of a whole script: every optimizer that steps and every root module (a
+    module called while no other runs), found through global hooks. Used by ``find``'s first
+    level, in the child process.
+
+    Args:
+        path: the digest file.
+        steps: end the run (``on_stop``) after this many optimizer steps; None: never.
+        on_stop: called once ``steps`` are digested and the file is complete.
+    """
+
+    def __init__(self, path: str | os.PathLike, steps: int | None, on_stop, argv=None):
+        self.digester = StepDigester(path, 1, argv)
+        self._steps = steps
+        self._on_stop = on_stop
+        self._depth = 0
+        self._roots: weakref.WeakKeyDictionary[torch.nn.Module, None] = weakref.WeakKeyDictionary()
+        self._names: dict[int, tuple[weakref.ref, str]] = {}
+        self._optimizer_depth = 0
+        self._stepped: list = []
+        self._loss = _LossTap(self.digester.loss)
+        self._handles: list = []
+
+    def install(self) -> None:
+        self._handles = [
+            nn_module.register_module_forward_pre_hook(self._pre),
+            nn_module.register_module_forward_hook(self._post, with_kwargs=True, always_call=True),
+            register_optimizer_step_pre_hook(self._before_step),
+            register_optimizer_step_post_hook(self._after_step),
+        ]
+        self._loss.install()
+
+    def close(self, status: str = "complete", error: str | None = None) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._loss.remove()
+        self.digester.close(status, error)
+
+    def _pre(self, module, args) -> None:
+        self._depth += 1
+        if self._depth == 1 and module not in self._roots:
+            self._roots[module] = None
+            for name, param in module.named_parameters(remove_duplicate=False):
+                self._names.setdefault(id(param), (weakref.ref(param), name))
+
+    def _post(self, module, args, kwargs, output) -> None:
+        if self._depth == 1:
+            self.digester.batch(tree_leaves((args, kwargs)))
+        self._depth = max(0, self._depth - 1)
+
+    def _named(self, optimizer) -> list[tuple[str, torch.Tensor]]:
+        named = []
+        for g, group in enumerate(optimizer.param_groups):
+            for i, param in enumerate(group["params"]):
+                entry = self._names.get(id(param))
+                known = entry is not None and entry[0]() is param
+                named.append((entry[1] if known else f"group{g}.{i}", param))
+        return named
+
+    def _before_step(self, optimizer, args, kwargs) -> None:
+        self._optimizer_depth += 1
+        if self._optimizer_depth == 1:
+            self._stepped = []
+        self._stepped.append(optimizer)
+        self.digester.gradients(self._named(optimizer))
+
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        self._optimizer_depth = max(0, self._optimizer_depth - 1)
+        if self._optimizer_depth:
+            return
+        named, states = [], []
+        for k, stepped in enumerate(self._stepped):
+            prefix = f"optimizer{k}." if len(self._stepped) > 1 else ""
+            pairs = [(prefix + name, p) for name, p in self._named(stepped)]
+            named += pairs
+            states += _optimizer_state(stepped, pairs)
+        buffers = [
+            (name, buffer) for root in list(self._roots) for name, buffer in root.named_buffers()
+        ]
+        self.digester.end_step(named, states, buffers)
+        if self._steps is not None and self.digester.step >= self._steps:
+            self.close("stopped")
+            self._on_stop()
