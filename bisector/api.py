@@ -1,4 +1,4 @@
-"""The public API: find, record and diff. Returns objects and never prints."""
+"""The public API: find, record, watch and diff. Returns objects and never prints."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bisector import analysis
+import torch
+
+from bisector import analysis, digests
+from bisector.capture.digester import Watch
 from bisector.capture.recorder import Recorder, RecordOptions
 from bisector.confirm import ConfirmOptions, confirm
+from bisector.errors import MismatchError, TraceError
 from bisector.report import Report
-from bisector.runner import RunOptions, check_script, run_recorded
+from bisector.runner import RunOptions, check_script, run_digests, run_recorded
 from bisector.trace import load
 
 
@@ -24,11 +28,19 @@ class FindOptions:
             ``.bisector/`` in the working folder).
         run: how each run is made (interpreter, timeout, echo of the script's output).
         confirm: confirm the cause (replays, intervention pairs, verdict); None: do not.
+        ladder: bisect over steps first: a pair of runs with step digests only finds the first
+            step that differs, then only that step's ops are recorded. None: when more than
+            ``LADDER_FROM`` steps are asked for (or all of them).
     """
 
     workdir: str | None = None
     run: RunOptions = RunOptions()
     confirm: ConfirmOptions | None = None
+    ladder: bool | None = None
+
+
+# ``find`` over more steps than this first looks for the first differing step with digests.
+LADDER_FROM = 4
 
 
 def find(
@@ -61,25 +73,184 @@ def find(
     options = options or FindOptions()
     check_script(script)
     workdir = Path(options.workdir) if options.workdir else _new_workdir()
-    # snapshots: for the exact growth of the difference when the cause is confirmed
-    run = replace(options.run, steps=steps, snapshots=options.confirm is not None)
     args = tuple(args)
+    ladder = options.ladder
+    if ladder is None:
+        ladder = steps is None or steps > LADDER_FROM
+    if ladder:
+        return _find_by_ladder(script, args, steps, options, workdir)
+    return _find_ops(script, args, replace(options.run, steps=steps), options, workdir)
+
+
+def _find_ops(script, args, run: RunOptions, options: FindOptions, workdir: Path) -> Report:
+    """Record every op of both runs (from ``run.start_step``), compare, confirm if asked."""
+    # snapshots: for the exact growth of the difference when the cause is confirmed
+    run = replace(run, snapshots=options.confirm is not None)
     run_a, trace_a = run_recorded(script, args, workdir / "a.trace", run, name="A")
     run_b, trace_b = run_recorded(script, args, workdir / "b.trace", run, name="B")
     report = analysis.compare(trace_a, trace_b, runs=[run_a, run_b])
     if options.confirm is not None:
-        report = confirm(script, args, report, (trace_a, trace_b), workdir, options.confirm)
+        confirm_run = replace(options.confirm.run, start_step=run.start_step)
+        confirm_options = replace(options.confirm, run=confirm_run)
+        report = confirm(script, args, report, (trace_a, trace_b), workdir, confirm_options)
     return report
 
 
-def diff(trace_a: str | os.PathLike, trace_b: str | os.PathLike) -> Report:
-    """Compare two saved traces (for example from two machines).
+def _find_by_ladder(script, args, steps: int | None, options: FindOptions, workdir: Path):
+    """Digests of every step first; then every op of the first step that differs only."""
+    run = replace(options.run, steps=steps)
+    started = time.perf_counter()
+    run_a, a = run_digests(script, args, workdir / "a.digests", run, name="A")
+    run_b, b = run_digests(script, args, workdir / "b.digests", run, name="B")
+    if not a.steps and not b.steps:  # no optimizer stepped: there are no steps to bisect
+        report = _find_ops(script, args, run, options, workdir)
+        report.notes.append("no optimizer step was seen, so every op was recorded at once")
+        return report
+    compared = digests.compare(a, b)
+    level = {
+        "level": "digests",
+        "steps": f"0-{max(a.steps)} (values only)" if a.steps else "none",
+        "found": _digest_finding(compared),
+        "seconds": round(time.perf_counter() - started, 2),
+        "first_step": compared.first_step,
+        "first_values": compared.first[:20],
+    }
+    if compared.reproducible:
+        report = Report(reproducible=True, first_divergence=None, sources=[], runs=[run_a, run_b])
+        report.environment, report.notes = compared.environment, compared.notes
+        report.growth, report.levels = compared.growth, [level]
+        return report
+    step = compared.first_step
+    levels = [level]
+    for start in (step, 0) if step else (0,):
+        started = time.perf_counter()
+        report = _find_ops(
+            script, args, replace(run, steps=step + 1, start_step=start), options, workdir
+        )
+        recorded = f"{start}-{step}" if start < step else str(step)
+        levels.append(
+            {
+                "level": "ops",
+                "steps": f"{recorded} (every op)",
+                "found": _op_finding(report),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+        )
+        if not report.reproducible:
+            break
+    report.levels = levels
+    report.notes = compared.notes + report.notes
+    return report
+
+
+def _digest_finding(compared: digests.DigestReport) -> str:
+    if compared.reproducible:
+        return f"all {compared.steps_compared} steps bitwise identical"
+    values = [v for v in compared.first if v["kind"] != "rng"]
+    first = values[0]
+    kinds: dict[str, int] = {}
+    for value in values:
+        kinds[value["kind"]] = kinds.get(value["kind"], 0) + 1
+    spread = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+    found = f"step {compared.first_step}: {first['kind']} {first['name']} differs first ({spread})"
+    generators = [v["name"] for v in compared.first if v["kind"] == "rng"]
+    if generators:
+        found += f"; generator states differ: {', '.join(generators)}"
+    return found
+
+
+def _op_finding(report: Report) -> str:
+    first = report.first_divergence
+    if first is None:
+        return "these ops are bitwise identical"
+    return f"{first.op} in {first.module or '(no module)'}, {first.phase}, step {first.step}"
+
+
+def diff(path_a: str | os.PathLike, path_b: str | os.PathLike):
+    """Compare two finished runs from what they left: traces, digest files or checkpoints.
+
+    The kind of each file is read from its content, not its name.
+
+    Returns:
+        A Report (two traces), a DigestReport (two digest files, from ``watch`` or ``find``)
+        or a CheckpointReport (two ``torch.save``'d state dicts or safetensors files).
 
     Raises:
-        TraceError: a file is missing, corrupt or of an unknown format version.
-        MismatchError: the traces cannot be compared.
+        TraceError: a file is missing, corrupt, of an unknown format version, or of no known kind.
+        MismatchError: the files are of different kinds, or cannot be compared.
     """
-    return analysis.compare(load(trace_a), load(trace_b))
+    kinds = [_kind_of(Path(path_a)), _kind_of(Path(path_b))]
+    if kinds[0] != kinds[1]:
+        raise MismatchError(
+            f"{path_a} is {_KIND_NAMES[kinds[0]]} and {path_b} is {_KIND_NAMES[kinds[1]]}: "
+            "compare two files of the same kind"
+        )
+    if kinds[0] == "trace":
+        return analysis.compare(load(path_a), load(path_b))
+    if kinds[0] == "digests":
+        return digests.compare(digests.load(path_a), digests.load(path_b))
+    from bisector.checkpoint import diff_checkpoints
+
+    return diff_checkpoints(path_a, path_b)
+
+
+_KIND_NAMES = {"trace": "a trace", "digests": "a digest file", "checkpoint": "a checkpoint"}
+
+
+def _kind_of(path: Path) -> str:
+    """ "trace", "digests" or "checkpoint", from the first bytes of the file."""
+    from bisector.checkpoint import sniff_checkpoint
+    from bisector.trace import MAGIC as TRACE_MAGIC
+
+    try:
+        with open(path, "rb") as file:
+            first = file.read(len(TRACE_MAGIC))
+    except FileNotFoundError:
+        raise TraceError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise TraceError(f"{path} is a folder, not a file to compare") from None
+    except OSError as exc:
+        raise TraceError(f"cannot read {path}: {exc.strerror}") from None
+    if first == TRACE_MAGIC:
+        return "trace"
+    if first == digests.MAGIC:
+        return "digests"
+    if sniff_checkpoint(path) is not None:
+        return "checkpoint"
+    raise TraceError(
+        f"{path} is neither a bisector trace, a digest file nor a checkpoint "
+        "(torch.save'd state dict or .safetensors)"
+    )
+
+
+def watch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    path: str | os.PathLike,
+    every: int = 1,
+) -> Watch:
+    """Write step digests of a training loop: per optimizer step, fingerprints of the batch,
+    loss, parameters, gradients, optimizer state, buffers and generator states.
+
+    Cheap enough to leave on (see docs/postmortem.md for the measured cost and bytes per
+    step), and crash-safe: the file is append-only and reads up to the last complete step.
+    Compare two runs' files with ``bisector diff A B``.
+
+    Args:
+        model: the model whose forward calls give the batch and whose parameters are named.
+        optimizer: the optimizer whose steps are the steps; None: each forward call of the
+            model is a step (inference).
+        path: the digest file to write.
+        every: digest one step in ``every``.
+
+    Returns:
+        The Watch; use it as a context manager, or call ``close()`` when training ends.
+
+    Example:
+        >>> with bisector.watch(model, optimizer, "run-a.digests"):
+        ...     train()
+    """
+    return Watch(model, optimizer, path, every)
 
 
 def record(path: str | os.PathLike, steps: int | None = None) -> Recorder:

@@ -96,6 +96,12 @@ def find(
     replays: int = typer.Option(
         20, "--replays", min=1, help="Times each source op is re-run on its saved inputs."
     ),
+    ladder: bool | None = typer.Option(
+        None,
+        "--ladder/--no-ladder",
+        help="First find the first differing step with cheap per-step digests, then record "
+        f"every op of that step only (default: when --steps is over {api.LADDER_FROM}).",
+    ),
 ) -> None:
     """Run SCRIPT twice in fresh processes, record every operator, name the first one whose
     outputs differ while its inputs were identical, and confirm the cause."""
@@ -114,7 +120,9 @@ def find(
         confirm = ConfirmOptions(
             replays=replays, forced=tuple(tries or ()), only_forced=only_tries, run=run
         )
-    options = api.FindOptions(workdir=str(workdir) if workdir else None, run=run, confirm=confirm)
+    options = api.FindOptions(
+        workdir=str(workdir) if workdir else None, run=run, confirm=confirm, ladder=ladder
+    )
     report = api.find(script, tuple(args or ()), steps=steps, options=options)
     _finish(report, json_path, next_hint=True)
 
@@ -163,29 +171,48 @@ def interventions() -> None:
 
 @app.command()
 def diff(
-    trace_a: Path = typer.Argument(..., help="Trace of the first run."),
-    trace_b: Path = typer.Argument(..., help="Trace of the second run."),
+    file_a: Path = typer.Argument(..., help="Trace, digest file or checkpoint of the first run."),
+    file_b: Path = typer.Argument(..., help="The same kind of file from the second run."),
     json_path: Path | None = typer.Option(
         None, "--json", help="Also write the report as JSON to this file."
     ),
 ) -> None:
-    """Compare two saved traces and name the first operator that diverged."""
-    report = api.diff(trace_a, trace_b)
-    _finish(report, json_path, next_hint=False)
+    """Compare two finished runs from what they left behind: two traces (the first divergent
+    op), two digest files from bisector.watch (the first divergent step and values), or two
+    checkpoints (every tensor that differs). The kind is read from the files' content."""
+    report = api.diff(file_a, file_b)
+    if isinstance(report, Report):
+        _finish(report, json_path, next_hint=False)
+    from bisector.checkpoint import CheckpointReport
+    from bisector.render import checkpoint as checkpoint_render
+    from bisector.render import digests as digests_render
+
+    out = _console()
+    if isinstance(report, CheckpointReport):
+        checkpoint_render.render(report, out)
+    else:
+        digests_render.render(report, out)
+    _write_json(report.to_json(), json_path, out)
+    raise typer.Exit(EXIT_REPRODUCIBLE if report.reproducible else EXIT_DIVERGED)
+
+
+def _write_json(text: str, json_path: Path | None, out: Console) -> None:
+    if json_path is None:
+        return
+    try:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(text)
+    except OSError as exc:
+        raise BisectorError(
+            f"cannot write the JSON report to {json_path}: {exc.strerror}"
+        ) from None
+    out.print(f"JSON report written to {json_path}")
 
 
 def _finish(report: Report, json_path: Path | None, next_hint: bool) -> None:
     out = _console()
     console_render.render(report, out)
-    if json_path is not None:
-        try:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(report.to_json())
-        except OSError as exc:
-            raise BisectorError(
-                f"cannot write the JSON report to {json_path}: {exc.strerror}"
-            ) from None
-        out.print(f"JSON report written to {json_path}")
+    _write_json(report.to_json(), json_path, out)
     if next_hint and len(report.runs) == 2 and not report.reproducible:
         a, b = report.runs
         out.print(f"Re-read these runs any time: bisector diff {a.trace} {b.trace}")

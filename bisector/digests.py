@@ -222,7 +222,8 @@ def compare(a: Digests, b: Digests) -> DigestReport:
             f"{a.path} and {b.path} have no step in common (steps {_span(a)} and {_span(b)})"
         )
     report = DigestReport(True, None, [], [], len(common), [a.path, b.path])
-    report.environment = differences(a.header, b.header)
+    report.environment = differences(a.header, b.header, a.footer, b.footer)
+    rng_differs: set[str] = set()
     for step in common:
         left, right = _keyed(a, step), _keyed(b, step)
         if list(left) != list(right):
@@ -241,12 +242,24 @@ def compare(a: Digests, b: Digests) -> DigestReport:
             break
         differing = [_difference(key, left[key], right[key]) for key in left]
         differing = [d for d in differing if d is not None]
-        report.growth.append(_growth_row(step, differing))
-        if differing and report.first_step is None:
+        # A generator state that differs (Python's and numpy's are unseeded in every process)
+        # matters only where a value differs too: then it is a suspect, listed first.
+        values = [d for d in differing if d["kind"] != "rng"]
+        report.growth.append(_growth_row(step, values))
+        if values and report.first_step is None:
             report.reproducible = False
             report.first_step = step
             report.first = differing
+        rng_differs.update(d["name"] for d in differing if d["kind"] == "rng")
     report.notes = _notes(a, b, common)
+    unused = _unused_generators(a) & _unused_generators(b)
+    report.first = [d for d in report.first if not (d["kind"] == "rng" and d["name"] in unused)]
+    rng_differs -= unused
+    if rng_differs and report.reproducible:
+        report.notes.append(
+            f"generator states differ between the runs ({', '.join(sorted(rng_differs))}) but "
+            "no value depended on them in the steps compared"
+        )
     return report
 
 
@@ -262,6 +275,17 @@ def _keyed(digests: Digests, step: int) -> dict[tuple[str, str], tuple[int, floa
             numel,
         )
     return keyed
+
+
+def _unused_generators(digests: Digests) -> set[str]:
+    """Generators whose state never changed from step to step: nothing drew from them."""
+    seen: dict[str, set[int]] = {}
+    for values in digests.steps.values():
+        for i, name_id in enumerate(values.ids):
+            kind, name, _, _ = digests.names[int(name_id)]
+            if kind == "rng":
+                seen.setdefault(name, set()).add(int(values.fps[i]))
+    return {name for name, states in seen.items() if len(states) == 1}
 
 
 def _first_unshared(left: dict, right: dict) -> str:

@@ -66,7 +66,8 @@ class StepDigester:
         self._losses = 0
         self._started = time.perf_counter()
         self.closed = False
-        self._rng_states()
+        # Step 0's generator states are taken at its first value, after the script seeded.
+        self._rng_taken = False
 
     @property
     def active(self) -> bool:
@@ -81,6 +82,8 @@ class StepDigester:
         """Take one value of the current step (ignored unless a plain tensor)."""
         if not self.active or not isinstance(tensor, torch.Tensor) or not hashable(tensor):
             return
+        if not self._rng_taken:
+            self._rng_states()
         with torch.no_grad():
             self._collector.add(tensor.detach())
         dtype = str(tensor.dtype).removeprefix("torch.")
@@ -122,11 +125,14 @@ class StepDigester:
                     self.add("state", f"{name}.{key}", value)
             for name, buffer in buffers:
                 self.add("buffer", name, buffer)
+            if not self._rng_taken:
+                self._rng_states()
             self._pending.append((self.step, self._names, self._collector.drain_async()))
             self._names = []
         self.step += 1
         self._batches = self._losses = 0
         self._write(wait=False)
+        self._rng_taken = False
         self._rng_states()
 
     def close(self, status: str = "complete", error: str | None = None) -> None:
@@ -158,6 +164,7 @@ class StepDigester:
         """The generator states at the start of the step: they decide dropout, shuffling..."""
         if not self.active:
             return
+        self._rng_taken = True
         state = random.getstate()[1]
         self.add("rng", "python", torch.tensor(np.asarray(state, dtype=np.uint32).view(np.int32)))
         numpy_state = np.random.get_state(legacy=True)[1]

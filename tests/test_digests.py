@@ -1,0 +1,232 @@
+"""Step digests: the ladder of find, bisector.watch, digest-file diffs, environment differences."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from conftest import SCRIPTS, source_line
+from test_cli import _one_error_line, find_json, run_cli
+from torch import nn
+
+import bisector
+from bisector import digests
+from bisector.errors import TraceError
+from bisector.trace import load
+
+
+def test_ladder_finds_a_source_of_step_7_recording_ops_of_that_step_only(tmp_path):
+    result, report = find_json(tmp_path, "late_source.py", "--steps", "10")
+    assert result.returncode == 1, result.stdout
+    first = report["first_divergence"]
+    assert (first["op"], first["module"], first["phase"], first["step"]) == (
+        "aten.index_put_.default",
+        "pool",
+        "forward",
+        7,
+    )
+    assert first["location"].endswith(f"late_source.py:{source_line(SCRIPTS / 'late_source.py')}")
+    digest_level, op_level = report["levels"]
+    assert digest_level["level"] == "digests" and digest_level["first_step"] == 7
+    assert digest_level["steps"].startswith("0-9")
+    # the first differing values of step 7 come from its forward/backward, not from the data
+    kinds = [v["kind"] for v in digest_level["first_values"]]
+    assert "batch" not in kinds and kinds[0] in ("loss", "grad"), kinds
+    assert op_level["level"] == "ops" and op_level["steps"].startswith("7 ")
+    trace = load(tmp_path / "runs" / "a.trace")
+    steps = set(trace.columns["step"].tolist())
+    assert steps == {7}, "only step 7 is recorded op by op"
+    assert "Levels" in result.stdout and "digests" in result.stdout
+
+
+def test_ladder_on_a_deterministic_script_stops_at_the_digests(tmp_path):
+    result, report = find_json(tmp_path, "deterministic.py", "--steps", "6")
+    assert result.returncode == 0, result.stdout
+    assert report["reproducible"] and [lv["level"] for lv in report["levels"]] == ["digests"]
+    assert not (tmp_path / "runs" / "a.trace").exists(), "no op-level run was needed"
+
+
+def test_ladder_without_an_optimizer_records_every_op(tmp_path):
+    result, report = find_json(tmp_path, "inference.py", "--ladder")
+    assert result.returncode == 0
+    assert any("no optimizer step" in note for note in report["notes"])
+
+
+# ----- bisector.watch -------------------------------------------------------------------------
+
+
+def _train(path, steps=8, perturb=None, every=1, watch=True):
+    """A small model with a buffer (BatchNorm), AdamW; ``perturb(step, x, model)`` plants a
+    difference. Returns the final weights."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    data = torch.Generator().manual_seed(1)
+
+    def loop():
+        for step in range(steps):
+            x = torch.randn(32, 8, generator=data)
+            if perturb is not None:
+                perturb(step, x, model)
+            loss = model(x).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    if watch:
+        with bisector.watch(model, optimizer, path, every=every):
+            loop()
+    else:
+        loop()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_watch_files_diff_to_the_step_and_tensor_of_a_planted_change(tmp_path):
+    def batch(step, x, model):
+        if step == 5:
+            x[3, 2] += 1e-3
+
+    def weight(step, x, model):
+        if step == 3:
+            with torch.no_grad():
+                model[3].weight[0, 0] += 1e-6  # between steps: the parameter itself
+
+    _train(tmp_path / "a.digests")
+    _train(tmp_path / "b.digests", perturb=batch)
+    _train(tmp_path / "c.digests", perturb=weight)
+    same = digests.compare(
+        digests.load(tmp_path / "a.digests"), digests.load(tmp_path / "a.digests")
+    )
+    assert same.reproducible and same.steps_compared == 8
+
+    by_batch = bisector.diff(tmp_path / "a.digests", tmp_path / "b.digests")
+    assert not by_batch.reproducible and by_batch.first_step == 5
+    assert (by_batch.first[0]["kind"], by_batch.first[0]["name"]) == ("batch", "0")
+    assert [g["step"] for g in by_batch.growth if g["differing"]] == [5, 6, 7]
+
+    by_weight = bisector.diff(tmp_path / "a.digests", tmp_path / "c.digests")
+    assert by_weight.first_step == 3
+    first = [v for v in by_weight.first if v["kind"] != "rng"][0]
+    # the changed weight makes the loss differ: the forward is where it shows first
+    assert first["kind"] == "loss", by_weight.first
+    assert any(v["kind"] == "param" and v["name"] == "3.weight" for v in by_weight.first)
+
+
+def test_watch_changes_no_numerics_and_leaves_nothing_installed(tmp_path):
+    backward = torch.autograd.backward
+    watched = _train(tmp_path / "a.digests")
+    plain = _train(None, watch=False)
+    assert all(torch.equal(a, b) for a, b in zip(watched, plain, strict=True))
+    assert torch.autograd.backward is backward
+
+
+def test_watch_records_each_kind_and_every_nth_step(tmp_path):
+    _train(tmp_path / "a.digests", steps=6, every=2)
+    loaded = digests.load(tmp_path / "a.digests")
+    assert sorted(loaded.steps) == [0, 2, 4] and loaded.complete
+    kinds = {loaded.names[int(i)][0] for i in loaded.steps[2].ids}
+    assert kinds == {"rng", "batch", "loss", "grad", "param", "state", "buffer"}
+    names = {loaded.names[int(i)][1] for i in loaded.steps[2].ids}
+    assert {"1.running_mean", "3.weight", "3.weight.exp_avg_sq", "python", "torch"} <= names
+
+
+def test_a_digest_file_cut_short_loads_up_to_its_last_complete_step(tmp_path):
+    _train(tmp_path / "a.digests")
+    data = (tmp_path / "a.digests").read_bytes()
+    cut = tmp_path / "cut.digests"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    loaded = digests.load(cut)
+    assert not loaded.complete and 2 <= len(loaded.steps) < 8
+    assert sorted(loaded.steps) == list(range(len(loaded.steps)))
+    report = digests.compare(digests.load(tmp_path / "a.digests"), loaded)
+    assert report.reproducible and report.steps_compared == len(loaded.steps)
+    assert any("cut short" in note for note in report.notes)
+
+    corrupt = tmp_path / "corrupt.digests"
+    corrupt.write_bytes(data[:200] + bytes([data[200] ^ 0xFF]) + data[201:])
+    with pytest.raises(TraceError, match="corrupt"):
+        digests.load(corrupt)
+
+
+def test_environment_differences_are_reported(tmp_path):
+    threads = torch.get_num_threads()
+    _train(tmp_path / "a.digests")
+    torch.set_num_threads(1)
+    _train(tmp_path / "b.digests")
+    torch.set_num_threads(threads)
+    report = bisector.diff(tmp_path / "a.digests", tmp_path / "b.digests")
+    changed = {row["what"]: (row["a"], row["b"]) for row in report.environment}
+    if threads != 1:
+        assert changed["num_threads"] == (threads, 1)
+
+
+# ----- the CLI ---------------------------------------------------------------------------------
+
+
+def test_cli_diff_of_digest_files_and_bad_inputs(tmp_path):
+    def batch(step, x, model):
+        if step == 4:
+            x[0, 0] += 1.0
+
+    _train(tmp_path / "a.digests")
+    _train(tmp_path / "b.digests", perturb=batch)
+    result = run_cli(
+        "diff",
+        str(tmp_path / "a.digests"),
+        str(tmp_path / "b.digests"),
+        "--json",
+        str(tmp_path / "r.json"),
+    )
+    assert result.returncode == 1, result.stderr
+    assert "step 4" in result.stdout and "batch" in result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["schema"] == 1 and report["first_step"] == 4 and not report["reproducible"]
+
+    # kinds are read from the content: a digest file named .pt is still a digest file
+    renamed = tmp_path / "a.pt"
+    renamed.write_bytes((tmp_path / "a.digests").read_bytes())
+    assert run_cli("diff", str(renamed), str(tmp_path / "a.digests")).returncode == 0
+
+    torch.save({"w": torch.ones(2)}, tmp_path / "model.pt")
+    line = _one_error_line(run_cli("diff", str(tmp_path / "a.digests"), str(tmp_path / "model.pt")))
+    assert "a digest file" in line and "a checkpoint" in line
+    (tmp_path / "notes.txt").write_text("hello")
+    line = _one_error_line(
+        run_cli("diff", str(tmp_path / "notes.txt"), str(tmp_path / "notes.txt"))
+    )
+    assert "neither a bisector trace, a digest file nor a checkpoint" in line
+    line = _one_error_line(run_cli("diff", str(tmp_path / "missing"), str(tmp_path / "a.digests")))
+    assert "not found" in line
+
+
+def test_watch_inside_a_script_run_by_python(tmp_path):
+    """The always-on use: a script that watches itself, run twice as plain python."""
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import sys, torch, bisector\n"
+        "torch.manual_seed(0)\n"
+        "model = torch.nn.Linear(4, 1)\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "watch = bisector.watch(model, opt, sys.argv[1])\n"
+        "for step in range(5):\n"
+        "    loss = model(torch.randn(8, 4)).pow(2).mean()\n"
+        "    opt.zero_grad(); loss.backward(); opt.step()\n"
+        "watch.close()\n"
+        "print(watch.digester.bytes_written)\n"
+    )
+    import subprocess
+
+    from conftest import subprocess_env
+
+    for name in ("a", "b"):
+        done = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / f"{name}.digests")],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+        )
+        assert done.returncode == 0, done.stderr
+    result = run_cli("diff", str(tmp_path / "a.digests"), str(tmp_path / "b.digests"))
+    assert result.returncode == 0, result.stdout
