@@ -92,6 +92,23 @@ def test_seed_case_is_found_at_the_attention_backward(tmp_path):
     )
 
 
+def test_seed_case_through_the_ladder(tmp_path):
+    """Issue 5 on a GPU: 50 steps, digests first, then the ops of the first differing step."""
+    example = REPO / "examples" / "qwen2_sdpa_adam.py"
+    report = bisector.find(
+        example, ("--steps", "50"), steps=50, options=FindOptions(workdir=str(tmp_path))
+    )
+    digest_level, op_level = report.levels
+    assert digest_level["level"] == "digests" and digest_level["first_step"] == 0
+    assert digest_level["steps"].startswith("0-49")
+    kinds = [v["kind"] for v in digest_level["first_values"] if v["kind"] != "rng"]
+    assert kinds[0] == "grad", digest_level["first_values"]
+    first = report.first_divergence
+    assert (first.module, first.phase, first.step) == ("layers.0.self_attn", "backward", 0)
+    assert "attention_backward" in first.op
+    assert op_level["steps"].startswith("0 ")
+
+
 @pytest.mark.parametrize("attn", ["math", "eager"])
 def test_seed_case_without_fused_attention_is_reproducible(tmp_path, attn):
     example = REPO / "examples" / "qwen2_sdpa_adam.py"
