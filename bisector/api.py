@@ -215,7 +215,8 @@ def _kind_of(path: Path) -> str:
         return "trace"
     if first == digests.MAGIC:
         return "digests"
-    if sniff_checkpoint(path) is not None:
+    # A zip archive that is not readable still goes to the checkpoint loader: it says why.
+    if first.startswith(b"PK\x03\x04") or sniff_checkpoint(path) is not None:
         return "checkpoint"
     raise TraceError(
         f"{path} is neither a bisector trace, a digest file nor a checkpoint "
