@@ -10,16 +10,19 @@ on stderr as Python would print it).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import runpy
+import signal
 import sys
+import time
 import traceback
 
 import bisector
 from bisector.capture.digester import GlobalDigests
 from bisector.capture.recorder import Recorder, RecordOptions, StopRun
 from bisector.confirm.interventions import apply_interventions
-from bisector.runner import EXIT_SCRIPT_RAISED, EXIT_SETUP_FAILED
+from bisector.runner import EXIT_SCRIPT_RAISED, EXIT_SETUP_FAILED, LAUNCH_PYTHONPATH
 
 
 def main() -> None:
@@ -48,6 +51,18 @@ def main() -> None:
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(bisector.__file__)))
     if sys.path and sys.path[0] == package_root:
         sys.path.pop(0)
+    launched = os.environ.pop(LAUNCH_PYTHONPATH, None)
+    if launched is not None:  # started by torchrun with our folder put on PYTHONPATH
+        _restore_pythonpath(launched, package_root)
+    rank = os.environ.get("RANK", "0")
+    if options.trace:
+        options.trace = options.trace.replace("{rank}", rank)
+    if options.digests:
+        options.digests = options.digests.replace("{rank}", rank)
+    status_file = (options.trace or options.digests or "") + ".status"
+    if launched is not None:
+        # torchrun stops the other ranks with SIGTERM when one fails: finish their traces.
+        signal.signal(signal.SIGTERM, _terminated)
     script_dir = os.path.dirname(os.path.abspath(script))
     if sys.path and sys.path[0] in ("", os.getcwd()):
         sys.path[0] = script_dir
@@ -68,6 +83,7 @@ def main() -> None:
                 capture_dir=options.capture_dir,
                 snapshot_dir=options.snapshot_dir,
                 start_step=options.start_step,
+                progress_file=options.trace + ".progress" if launched is not None else None,
             )
             recorder = Recorder(options.trace, record_options)
         undo = apply_interventions([n for n in options.intervene.split(",") if n])
@@ -76,6 +92,7 @@ def main() -> None:
         sys.exit(EXIT_SETUP_FAILED)
 
     code: int = 0
+    error: str | None = None
     try:
         with recorder:
             runpy.run_path(script, run_name="__main__")
@@ -88,13 +105,43 @@ def main() -> None:
     except BaseException as exc:  # the user's script failed: show its traceback as its own
         _print_user_traceback(exc)
         code = EXIT_SCRIPT_RAISED
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     finally:
         undo()
+    if launched is not None:
+        _write_status(status_file, rank, code, error)
     sys.stdout.flush()
     sys.stderr.flush()
     # The trace is complete on disk; skip interpreter teardown, which can hang on threads the
     # script left running (DataLoader workers, progress bars).
     os._exit(code)
+
+
+def _restore_pythonpath(original: str, package_root: str) -> None:
+    """Give the script the environment and sys.path it would have had without us."""
+    if original:
+        os.environ["PYTHONPATH"] = original
+    else:
+        os.environ.pop("PYTHONPATH", None)
+    for i, entry in enumerate(sys.path[1:], start=1):
+        if entry and os.path.abspath(entry) == package_root:
+            del sys.path[i]
+            break
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt("terminated by the launcher")
+
+
+def _write_status(path: str, rank: str, code: int, error: str | None) -> None:
+    """One line per rank for the parent: how and when this rank ended (a rank killed leaves
+    none); the first rank to fail is the one to name."""
+    status = {"rank": int(rank), "exit_code": code, "time": time.time(), "error": error}
+    try:
+        with open(path, "w") as file:
+            json.dump(status, file)
+    except OSError:
+        pass
 
 
 class _DigestRun:
@@ -134,15 +181,18 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def _print_user_traceback(exc: BaseException) -> None:
-    """Print the traceback as `python script.py` would, without runpy's or bisector's frames."""
-    ours = (os.path.dirname(os.path.abspath(bisector.__file__)), os.path.dirname(runpy.__file__))
+    """Print the traceback as `python script.py` would: without runpy's frames, and without
+    bisector's (the dispatch handler sits between the user's line and torch's op)."""
+    ours = os.path.dirname(os.path.abspath(bisector.__file__))
+    boot = (os.path.dirname(runpy.__file__), "<frozen")
     tb = exc.__traceback__
-    while tb is not None and (
-        tb.tb_frame.f_code.co_filename.startswith("<frozen")
-        or os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(ours)
-    ):
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(boot + (ours,)):
         tb = tb.tb_next
-    traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+    shown = traceback.TracebackException(type(exc), exc, tb)
+    shown.stack = traceback.StackSummary.from_list(
+        [frame for frame in shown.stack if not os.path.abspath(frame.filename).startswith(ours)]
+    )
+    sys.stderr.write("".join(shown.format()))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from bisector.capture.recorder import Recorder, RecordOptions
 from bisector.confirm import ConfirmOptions, confirm
 from bisector.errors import MismatchError, TraceError
 from bisector.report import Report
-from bisector.runner import RunOptions, check_script, run_digests, run_recorded
+from bisector.runner import RunOptions, check_script, run_digests, run_ranks, run_recorded
 from bisector.trace import load
 
 
@@ -74,6 +74,8 @@ def find(
     check_script(script)
     workdir = Path(options.workdir) if options.workdir else _new_workdir()
     args = tuple(args)
+    if options.run.launch is not None:
+        return _find_ranks(script, args, replace(options.run, steps=steps), options, workdir)
     ladder = options.ladder
     if ladder is None:
         ladder = steps is None or steps > LADDER_FROM
@@ -93,6 +95,33 @@ def _find_ops(script, args, run: RunOptions, options: FindOptions, workdir: Path
         confirm_run = replace(options.confirm.run, start_step=run.start_step)
         confirm_options = replace(options.confirm, run=confirm_run)
         report = confirm(script, args, report, (trace_a, trace_b), workdir, confirm_options)
+    return report
+
+
+def _find_ranks(script, args, run: RunOptions, options: FindOptions, workdir: Path) -> Report:
+    """Both runs through torchrun, compared rank by rank (see analysis/ranks.py)."""
+    from bisector.analysis.ranks import compare_ranks
+
+    ranks_a = run_ranks(script, args, workdir / "a.trace", run, name="A")
+    ranks_b = run_ranks(script, args, workdir / "b.trace", run, name="B")
+    traces_b = {rank: (info, trace) for rank, info, trace in ranks_b}
+    if set(traces_b) != {rank for rank, _, _ in ranks_a}:
+        raise MismatchError(
+            f"run A recorded ranks {[r for r, _, _ in ranks_a]} and run B ranks "
+            f"{sorted(traces_b)}: the two runs did not start the same processes"
+        )
+    pairs, runs = [], []
+    for rank, info, trace in ranks_a:
+        pairs.append((rank, trace, traces_b[rank][1]))
+        runs += [info, traces_b[rank][0]]
+    report = compare_ranks(pairs, runs)
+    if options.ladder:
+        report.notes.append("--ladder is not applied to torchrun jobs yet: every op was recorded")
+    if options.confirm is not None and not report.reproducible:
+        report.notes.append(
+            "the cause is not confirmed for torchrun jobs yet (replay, interventions): "
+            "try a suspect by hand, e.g. torch.use_deterministic_algorithms(True)"
+        )
     return report
 
 

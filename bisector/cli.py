@@ -16,7 +16,7 @@ from bisector import __version__, api
 from bisector.errors import BisectorError, ScriptError
 from bisector.render import console as console_render
 from bisector.report import Report
-from bisector.runner import RunOptions, run_recorded
+from bisector.runner import Launch, RunOptions, run_ranks, run_recorded
 
 EXIT_REPRODUCIBLE, EXIT_DIVERGED, EXIT_ERROR = 0, 1, 2
 # Lines of a failed script's output shown (the end, where its traceback is).
@@ -48,6 +48,37 @@ def _main(
     ),
 ) -> None:
     """Find why two runs of the same PyTorch training stop being bitwise identical."""
+
+
+# torchrun options, shared by find and record.
+_NPROC = typer.Option(
+    None,
+    "--nproc-per-node",
+    min=1,
+    help="Launch each run through torchrun with this many processes (ranks) on this node; "
+    "one trace per rank, compared rank by rank.",
+)
+_NNODES = typer.Option(1, "--nnodes", min=1, help="Nodes in the torchrun job.")
+_NODE_RANK = typer.Option(
+    0, "--node-rank", min=0, help="This node's rank (run the same command on every node)."
+)
+_MASTER_ADDR = typer.Option(None, "--master-addr", help="Address of the node of rank 0.")
+_MASTER_PORT = typer.Option(None, "--master-port", help="A free port on the node of rank 0.")
+_RANK_TIMEOUT = typer.Option(
+    300.0,
+    "--rank-timeout",
+    min=1,
+    help="With --nproc-per-node: seconds without progress on any rank (no op recorded, no rank "
+    "ending) before the job is taken as hung, stopped, and the hanging rank named.",
+)
+
+
+def _launch(nproc, nnodes, node_rank, master_addr, master_port, rank_timeout) -> Launch | None:
+    if nproc is None:
+        if nnodes > 1:
+            raise BisectorError("--nnodes needs --nproc-per-node")
+        return None
+    return Launch(nproc, nnodes, node_rank, master_addr, master_port, rank_timeout)
 
 
 @app.command(context_settings={"ignore_unknown_options": False})
@@ -102,10 +133,17 @@ def find(
         help="First find the first differing step with cheap per-step digests, then record "
         f"every op of that step only (default: when --steps is over {api.LADDER_FROM}).",
     ),
+    nproc_per_node: int | None = _NPROC,
+    nnodes: int = _NNODES,
+    node_rank: int = _NODE_RANK,
+    master_addr: str | None = _MASTER_ADDR,
+    master_port: int | None = _MASTER_PORT,
+    rank_timeout: float = _RANK_TIMEOUT,
 ) -> None:
     """Run SCRIPT twice in fresh processes, record every operator, name the first one whose
     outputs differ while its inputs were identical, and confirm the cause."""
-    run = RunOptions(steps=steps, timeout=timeout, echo=show_output)
+    launch = _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port, rank_timeout)
+    run = RunOptions(steps=steps, timeout=timeout, echo=show_output, launch=launch)
     confirm = None
     if not no_confirm:
         from bisector.confirm import ConfirmOptions
@@ -150,11 +188,28 @@ def record(
     show_output: bool = typer.Option(
         False, "--show-output", help="Show the script's own output while it runs."
     ),
+    nproc_per_node: int | None = _NPROC,
+    nnodes: int = _NNODES,
+    node_rank: int = _NODE_RANK,
+    master_addr: str | None = _MASTER_ADDR,
+    master_port: int | None = _MASTER_PORT,
+    rank_timeout: float = _RANK_TIMEOUT,
 ) -> None:
     """Run SCRIPT once and save its trace, to compare later with `bisector diff`."""
-    run = RunOptions(steps=None if all_steps else steps, timeout=timeout, echo=show_output)
-    info, _ = run_recorded(script, tuple(args or ()), output, run, name="A")
+    launch = _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port, rank_timeout)
+    run = RunOptions(
+        steps=None if all_steps else steps, timeout=timeout, echo=show_output, launch=launch
+    )
     out = _console()
+    if launch is not None:
+        for rank, info, _ in run_ranks(script, tuple(args or ()), output, run, name="A"):
+            out.print(
+                f"Rank {rank}: recorded {info.events} events over {info.steps} optimizer steps "
+                f"into {info.trace}"
+            )
+        out.print("Next: record another run, then `bisector diff` the traces of one rank")
+        return
+    info, _ = run_recorded(script, tuple(args or ()), output, run, name="A")
     out.print(f"Recorded {info.events} events over {info.steps} optimizer steps into {output}")
     out.print(f"Next: record another run, then `bisector diff {output} OTHER.trace`")
 

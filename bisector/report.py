@@ -4,7 +4,7 @@ The JSON shape is a contract: ``schema`` is an integer and keys are only ever ad
 Schema versions (keys are only added; ``schema`` changes only if a meaning changes):
     1: first version: reproducible, first_divergence, sources, runs, and the added keys below;
        later additions within 1: cause, fix, confirmations, replay, growth, environment,
-       levels.
+       levels, spreaders.
 """
 
 from __future__ import annotations
@@ -101,6 +101,9 @@ class Report:
         levels: how ``find`` got here when it bisected over steps: one entry per level
             (``"digests"``: every step, values only; ``"ops"``: every op of the chosen steps)
             with what it found and what it cost.
+        spreaders: in a multi-process job, collectives that carried a difference from one rank
+            to others: op, module, phase, step, location, ranks (where it arrived), from_ranks,
+            origin (the op it came from).
     """
 
     reproducible: bool
@@ -120,6 +123,7 @@ class Report:
     growth: list[dict[str, Any]] = field(default_factory=list)
     environment: list[dict[str, Any]] = field(default_factory=list)
     levels: list[dict[str, Any]] = field(default_factory=list)
+    spreaders: list[dict[str, Any]] = field(default_factory=list)
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:

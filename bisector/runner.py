@@ -12,13 +12,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bisector.digests import Digests
 from bisector.digests import load as load_digests
-from bisector.errors import Interrupted, ScriptError, TraceError
+from bisector.errors import BisectorError, Interrupted, ScriptError, TraceError
 from bisector.report import RunInfo
 from bisector.trace import Trace, load
 
@@ -28,6 +29,45 @@ EXIT_SCRIPT_RAISED = 97
 EXIT_SETUP_FAILED = 98
 # Seconds we give a child to write its trace after Ctrl-C before we stop it harder.
 _GRACE = 20.0
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a run starts through torchrun (torch.distributed.run): one process per rank.
+
+    Attributes:
+        nproc_per_node: processes (ranks) on this node.
+        nnodes: nodes in the job; run the same command on each with its ``node_rank``.
+        node_rank: this node's rank.
+        master_addr: address of the node of rank 0 (several nodes).
+        master_port: a free port on it.
+        rank_timeout: seconds without progress on any rank (no op recorded, no rank ending)
+            after which the job is taken as hung and stopped.
+    """
+
+    nproc_per_node: int
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+    rank_timeout: float = 300.0
+
+    def ranks(self) -> range:
+        """The ranks that run on this node."""
+        first = self.node_rank * self.nproc_per_node
+        return range(first, first + self.nproc_per_node)
+
+    def torchrun_args(self) -> list[str]:
+        args = [f"--nproc-per-node={self.nproc_per_node}", f"--nnodes={self.nnodes}"]
+        if self.nnodes > 1:
+            args.append(f"--node-rank={self.node_rank}")
+        if self.master_addr:
+            args.append(f"--master-addr={self.master_addr}")
+        if self.master_port:
+            args.append(f"--master-port={self.master_port}")
+        if self.nnodes == 1 and not self.master_port:
+            args.append("--standalone")  # a free port of its own: runs A and B never collide
+        return args
 
 
 @dataclass(frozen=True)
@@ -43,6 +83,8 @@ class RunOptions:
         interventions: names of interventions applied in the child (see confirm/).
         snapshots: save the training state after each step next to the trace (``.steps/``).
         start_step: record ops only from this optimizer step on (earlier steps run unrecorded).
+        launch: start the run through torchrun, one process per rank (see Launch); None: one
+            plain process.
     """
 
     steps: int | None = 2
@@ -54,6 +96,11 @@ class RunOptions:
     interventions: tuple[str, ...] = ()
     snapshots: bool = False
     start_step: int = 0
+    launch: Launch | None = None
+
+
+# Set in a child started through torchrun: the PYTHONPATH the script must see.
+LAUNCH_PYTHONPATH = "BISECTOR_ORIGINAL_PYTHONPATH"
 
 
 def check_script(script: str | os.PathLike) -> Path:
@@ -174,6 +221,66 @@ def run_digests(
     return info, loaded
 
 
+def run_ranks(
+    script: str | os.PathLike,
+    args: tuple[str, ...],
+    trace: Path,
+    options: RunOptions,
+    name: str = "A",
+) -> list[tuple[int, RunInfo, Trace]]:
+    """Run the script once through torchrun (``options.launch``), one trace per rank.
+
+    The traces are ``trace`` with ``.rank<R>`` before the suffix (``a.rank1.trace``).
+
+    Returns:
+        (rank, RunInfo, Trace) of each rank of this node, by rank.
+
+    Raises:
+        ScriptError: a rank raised, exited non-zero, hung or recorded nothing (named).
+        Interrupted: Ctrl-C; the traces recorded so far are kept.
+    """
+    template = trace.with_name(f"{trace.stem}.rank{{rank}}{trace.suffix}")
+    for stale in trace.parent.glob(f"{trace.stem}.rank*"):
+        stale.unlink()
+    extra = ["--trace", str(template)]
+    if options.start_step:
+        extra += ["--start-step", str(options.start_step)]
+    path, output, code, seconds = _run_child(script, args, template, extra, options, name)
+    results = []
+    for rank, file in _rank_files(trace):
+        try:
+            loaded = load(file)
+        except TraceError as exc:
+            raise ScriptError(f"rank {rank} of run {name} left no readable trace: {exc}") from None
+        info = RunInfo(
+            name=f"{name} rank {rank}",
+            trace=str(file),
+            events=len(loaded),
+            steps=int(loaded.footer.get("steps", 0)),
+            status=str(loaded.footer.get("status", "incomplete")),
+            complete=loaded.complete,
+            exit_code=code,
+            seconds=round(seconds, 3),
+            log=str(_log_of(template)),
+        )
+        results.append((rank, info, loaded))
+    if not results or all(len(t) == 0 for _, _, t in results):
+        raise ScriptError(
+            f"{path.name} ran without calling any torch operator on any rank", output=output
+        )
+    return results
+
+
+def _rank_files(output: Path) -> list[tuple[int, Path]]:
+    """The per-rank files of ``output`` (``a.rank0.trace``, ...), by rank."""
+    found = []
+    for file in output.parent.glob(f"{output.stem}.rank*{output.suffix}"):
+        rank = file.name[len(output.stem) + 5 : len(file.name) - len(output.suffix)]
+        if rank.isdigit():
+            found.append((int(rank), file))
+    return sorted(found)
+
+
 def _run_child(
     script: str | os.PathLike,
     args: tuple[str, ...],
@@ -182,28 +289,37 @@ def _run_child(
     options: RunOptions,
     name: str,
 ) -> tuple[Path, str, int, float]:
-    """Start the child on the script, wait for it, and turn a failed run into an exception.
+    """Start the child on the script (through torchrun if ``options.launch``), wait for it,
+    and turn a failed run into an exception that names the failing rank.
 
     Returns:
         (the script's path, its output, exit code (0), seconds).
     """
     path = check_script(script)
     output_file.parent.mkdir(parents=True, exist_ok=True)
-    log = output_file.with_suffix(".log")
-    # Import bisector from where this one lives without touching the child's environment.
-    boot = (
-        f"import sys; sys.path.insert(0, {_package_root()!r}); "
-        "import bisector._child as child; child.main()"
-    )
-    command = [options.python, "-c", boot, *extra]
+    log = _log_of(output_file)
+    env = dict(os.environ)
+    launch = options.launch
+    if launch is None:
+        # Import bisector from where this one lives without touching the child's environment.
+        boot = (
+            f"import sys; sys.path.insert(0, {_package_root()!r}); "
+            "import bisector._child as child; child.main()"
+        )
+        command = [options.python, "-c", boot, *extra]
+    else:
+        # torchrun starts a module: put our folder on PYTHONPATH; the child restores it.
+        env[LAUNCH_PYTHONPATH] = env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), env.get("PYTHONPATH")]))
+        command = [options.python, "-m", "torch.distributed.run", *launch.torchrun_args()]
+        command += ["-m", "bisector._child", *extra]
     if options.steps is not None:
         command += ["--steps", str(options.steps)]
-    env = None
     if options.interventions:
         from bisector.confirm.interventions import child_env
 
         command += ["--intervene", ",".join(options.interventions)]
-        env = {**os.environ, **child_env(list(options.interventions))}
+        env.update(child_env(list(options.interventions)))
     command += ["--", str(script), *args]
     started = time.perf_counter()
     with open(log, "wb") as log_file:
@@ -214,14 +330,16 @@ def _run_child(
             env=env,
         )
         try:
-            code = _wait(process, log_file, options)
+            code, hung = _wait(process, log_file, options, output_file)
         except KeyboardInterrupt:
             _interrupt(process)
             raise Interrupted(
-                f"interrupted during run {name}; what was recorded is kept in {output_file}"
+                f"interrupted during run {name}; what was recorded is kept in {_shown(output_file)}"
             ) from None
     seconds = time.perf_counter() - started
     output = log.read_text(errors="replace")
+    if launch is not None and (code != 0 or hung is not None):
+        raise _rank_failure(path, name, output_file, output, code, hung, options)
     recorded = f"recorded so far: {output_file}"
     if code == EXIT_SCRIPT_RAISED:
         raise ScriptError(
@@ -250,22 +368,178 @@ def _run_child(
     return path, output, code, seconds
 
 
+def _log_of(output_file: Path) -> Path:
+    """The log of a run: its output file (for every rank) with the suffix .log."""
+    return Path(str(output_file).replace(".rank{rank}", "")).with_suffix(".log")
+
+
+def _shown(output_file: Path) -> str:
+    return str(output_file).replace("{rank}", "*")
+
+
+def _per_rank(output_file: Path, suffix: str) -> list[tuple[int, Path]]:
+    """The files ``<output_file with its rank><suffix>`` of the ranks that wrote one."""
+    head, _, tail = output_file.name.partition("{rank}")
+    found = []
+    for file in output_file.parent.glob(f"{head}*{tail}{suffix}"):
+        rank = file.name[len(head) : len(file.name) - len(tail) - len(suffix)]
+        if rank.isdigit():
+            found.append((int(rank), file))
+    return sorted(found)
+
+
+def _statuses(output_file: Path) -> dict[int, dict]:
+    """How the ranks that ended ended (exit_code, time, error), from their status files."""
+    import json
+
+    found = {}
+    for rank, file in _per_rank(output_file, ".status"):
+        try:
+            status = json.loads(file.read_text())
+            found[rank] = {
+                "exit_code": int(status["exit_code"]),
+                "time": float(status.get("time", 0.0)),
+                "error": status.get("error"),
+            }
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def _progress(output_file: Path) -> dict[int, dict]:
+    """The progress of each rank that has started recording (see capture/progress.py)."""
+    from bisector.capture import progress
+
+    found = {}
+    for rank, file in _per_rank(output_file, ".progress"):
+        state = progress.read(file)
+        if state is not None:
+            found[rank] = state
+    return found
+
+
+def _hang(output_file: Path, statuses: dict[int, dict], ranks) -> str:
+    """Which ranks hang, from their last progress: a rank waiting in a collective waits for
+    the ranks that are not in one."""
+    progress = _progress(output_file)
+    waiting = {r: p for r, p in progress.items() if p["collective"] and r not in statuses}
+    stuck = [r for r in ranks if r not in statuses and r not in waiting]
+    if stuck:
+        where = "; ".join(
+            f"rank {r} at step {progress[r]['step']}, event {progress[r]['events']}"
+            if r in progress
+            else f"rank {r} before recording anything"
+            for r in stuck
+        )
+        others = ", ".join(
+            f"rank {r} waits in {p['collective']} (step {p['step']})" for r, p in waiting.items()
+        )
+        return f"{where} stopped making progress outside any collective" + (
+            f"; {others}" if others else ""
+        )
+    if waiting:
+        return (
+            "every rank still running waits in a collective ("
+            + ", ".join(
+                f"rank {r}: {p['collective']} at step {p['step']}" for r, p in waiting.items()
+            )
+            + "): the ranks do not call the same collectives (another count or order?)"
+        )
+    return "no rank made progress"
+
+
+def _rank_failure(path, name, output_file, output, code, hung, options) -> BisectorError:
+    """The error of a torchrun run that failed: which rank raised, exited or hung."""
+    statuses = _statuses(output_file)
+    launch = options.launch
+    kept = f"traces of every rank so far: {_shown(output_file)}"
+    if hung is not None:
+        return ScriptError(
+            f"run {name} hangs: no rank made progress for {launch.rank_timeout:g} s: {hung}; "
+            f"the job was stopped (its output: {_log_of(output_file)}); {kept}"
+        )
+    raised = sorted((s["time"], r, s) for r, s in statuses.items() if s["exit_code"] != 0)
+    if code is None:
+        missing = [r for r in launch.ranks() if r not in statuses]
+        return ScriptError(
+            f"run {name} took longer than {options.timeout:g} s and was stopped (ranks still "
+            f"running: {', '.join(map(str, missing)) or 'none'}); {kept}",
+            output=output,
+        )
+    if code in (130, -signal.SIGINT) and all(s["exit_code"] == 130 for s in statuses.values()):
+        return Interrupted(f"run {name} was interrupted; {kept}")
+    if raised:
+        _, rank, status = raised[0]
+        after = [str(r) for _, r, _ in raised[1:]]
+        then = f"; rank {', '.join(after)} failed after it" if after else ""
+        error = f": {status['error']}" if status.get("error") else ""
+        if status["exit_code"] == EXIT_SCRIPT_RAISED:
+            what = f"raised an exception on rank {rank}{error}"
+        else:
+            what = f"exited with status {status['exit_code']} on rank {rank}"
+        return ScriptError(
+            f"{path.name} {what} in run {name}{then} (its output is above; {kept})",
+            output=output,
+            exit_code=status["exit_code"],
+        )
+    missing = [r for r in launch.ranks() if r not in statuses]
+    return ScriptError(
+        f"torchrun failed in run {name} (exit status {code}) before rank "
+        f"{', '.join(map(str, missing)) or '?'} ended (its output is above; {kept})",
+        output=output,
+        exit_code=code,
+    )
+
+
 def _package_root() -> str:
     """The folder holding the bisector package, so the child imports this very bisector."""
     return str(Path(__file__).resolve().parent.parent)
 
 
-def _wait(process: subprocess.Popen, log_file, options: RunOptions) -> int | None:
+def _wait(
+    process: subprocess.Popen, log_file, options: RunOptions, output_file: Path
+) -> tuple[int | None, str | None]:
+    """Wait for the child: (exit code, or None if stopped at the timeout; under torchrun, if
+    no rank made progress for ``rank_timeout`` s, which ranks hang)."""
+    pump = None
     if options.echo and process.stdout is not None:
-        for chunk in iter(lambda: process.stdout.read1(65536), b""):
-            log_file.write(chunk)
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
-    try:
-        return process.wait(timeout=options.timeout)
-    except subprocess.TimeoutExpired:
-        _interrupt(process)
-        return None
+
+        def copy_output() -> None:
+            for chunk in iter(lambda: process.stdout.read1(65536), b""):
+                log_file.write(chunk)
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+
+        pump = threading.Thread(target=copy_output, daemon=True)
+        pump.start()
+    started = time.monotonic()
+    seen, changed = None, started
+    code, hung = None, None
+    while True:
+        try:
+            code = process.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if options.timeout is not None and now - started > options.timeout:
+            _interrupt(process)
+            code = None
+            break
+        if options.launch is not None:
+            # The watchdog: once ranks record, some rank must make progress (or end).
+            state = (_progress(output_file), _statuses(output_file))
+            if state != seen:
+                seen, changed = state, now
+            elif state[0] and now - changed > options.launch.rank_timeout:
+                ranks = options.launch.ranks()
+                hung = _hang(output_file, state[1], ranks)  # before the stop changes it
+                _interrupt(process)
+                code = process.returncode
+                break
+    if pump is not None:
+        pump.join(timeout=5)
+    return code, hung
 
 
 def _interrupt(process: subprocess.Popen) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 from bisector.analysis.align import align
 from bisector.analysis.environment import differences
 from bisector.analysis.graph import (
+    Equality,
     classify,
     compare_events,
     dataflow_graph,
@@ -27,6 +28,8 @@ MAX_SOURCES = 1000
 def compare(a: Trace, b: Trace, runs: list[RunInfo] | None = None) -> Report:
     """Compare two traces of the same program.
 
+    (See ``compare_traces`` for the per-event comparison as well.)
+
     Args:
         a: trace of run A.
         b: trace of run B.
@@ -38,6 +41,17 @@ def compare(a: Trace, b: Trace, runs: list[RunInfo] | None = None) -> Report:
     Raises:
         MismatchError: the traces cannot be compared at all (nothing recorded, or they come
             from different scripts and share no event).
+    """
+    return compare_traces(a, b, runs)[0]
+
+
+def compare_traces(
+    a: Trace, b: Trace, runs: list[RunInfo] | None = None
+) -> tuple[Report, Equality]:
+    """``compare``, also returning the per-event comparison (for the attribution across ranks).
+
+    Raises:
+        MismatchError: as ``compare``.
     """
     if len(a) == 0 and len(b) == 0:
         raise MismatchError(
@@ -81,7 +95,7 @@ def compare(a: Trace, b: Trace, runs: list[RunInfo] | None = None) -> Report:
             "events after it are not compared"
         )
     total = len(found) + (structure is not None)
-    return Report(
+    report = Report(
         reproducible=not sources and not len(differing),
         first_divergence=sources[0] if sources else None,
         sources=sources,
@@ -94,6 +108,7 @@ def compare(a: Trace, b: Trace, runs: list[RunInfo] | None = None) -> Report:
         sources_total=total,
         environment=differences(a.header, b.header, a.footer, b.footer),
     )
+    return report, eq
 
 
 def _script(trace: Trace) -> str:

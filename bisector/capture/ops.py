@@ -35,6 +35,10 @@ _RNG_STATE_RETURNS = {"philox_seed", "philox_offset", "rng_state", "unused", "de
 
 # Namespaces of ops that do bookkeeping, not computation.
 _IGNORED_NAMESPACES = ("profiler.",)
+# Collectives (torch.distributed calls and DDP's gradient all-reduce go through c10d; functional
+# collectives through _c10d_functional): their results arrive asynchronously.
+_COLLECTIVE_NAMESPACES = ("c10d.", "_c10d_functional.")
+_NOT_COLLECTIVES = ("_c10d_functional.wait_tensor.", "_c10d_functional._wrap_tensor_autograd.")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class OpInfo:
         rng_returns: indices of results that only carry random-generator state (attention's
             ``philox_seed``/``philox_offset``/``rng_state``) or a debug mask: with no dropout
             they are uninitialised memory that nobody reads.
+        collective: a collective (all_reduce, broadcast, ...): its results are only complete
+            once its work is waited for.
     """
 
     name: str
@@ -67,6 +73,7 @@ class OpInfo:
     out_names: frozenset[str] = frozenset()
     dropout: tuple[int, str] | None = None
     rng_returns: frozenset[int] = frozenset()
+    collective: bool = False
 
     def draws_random(self, args: tuple, kwargs: dict) -> bool:
         """True if this call draws random numbers (a tagged op, and not with dropout_p=0)."""
@@ -116,6 +123,8 @@ class OpInfo:
             out_names=out_names,
             dropout=dropout,
             rng_returns=rng_returns,
+            collective=name.startswith(_COLLECTIVE_NAMESPACES)
+            and not name.startswith(_NOT_COLLECTIVES),
         )
 
 
@@ -129,6 +138,24 @@ _PRINTABLE = (
     torch.SymFloat,
     torch.SymBool,
 )
+
+
+def complete_collective(name: str, out: object) -> None:
+    """Wait for a collective's results, so that they can be fingerprinted.
+
+    For NCCL the wait makes the current stream wait for the communication stream (no host
+    sync); for gloo it blocks until the data has arrived. The caller's own wait later finds
+    the work done. Called inside the dispatch handler, so these calls are not recorded.
+    """
+    functional = name.startswith("_c10d_functional.")
+    for item in out if isinstance(out, (list, tuple)) else (out,):
+        if isinstance(item, (list, tuple)):
+            complete_collective(name, item)
+        elif isinstance(item, torch.Tensor):
+            if functional:
+                torch.ops._c10d_functional.wait_tensor(item)
+        elif hasattr(item, "wait"):  # a c10d Work
+            item.wait()
 
 
 def canonical_args(flat: list[object]) -> str:

@@ -33,7 +33,13 @@ from torch.utils._pytree import arg_tree_leaves
 from bisector.capture import settings
 from bisector.capture.events import EventBuffer
 from bisector.capture.modules import ModuleTracker
-from bisector.capture.ops import Locator, OpInfo, canonical_args, in_custom_backward
+from bisector.capture.ops import (
+    Locator,
+    OpInfo,
+    canonical_args,
+    complete_collective,
+    in_custom_backward,
+)
 from bisector.trace import (
     FLAG_RANDOM,
     PHASES,
@@ -71,6 +77,8 @@ class RecordOptions:
             step there (``step-<n>.pt``), for an exact growth of the difference.
         start_step: record ops only from this optimizer step on (the steps before run
             unrecorded, at full speed); the trace's events keep their true step numbers.
+        progress_file: keep this rank's progress there (see capture/progress.py), for the
+            watchdog of a torchrun job.
     """
 
     steps: int | None = None
@@ -81,6 +89,7 @@ class RecordOptions:
     capture_dir: str | None = None
     snapshot_dir: str | None = None
     start_step: int = 0
+    progress_file: str | None = None
 
 
 class _OpMode(TorchDispatchMode):
@@ -139,6 +148,7 @@ class Recorder:
         self._captured: set[int] = set()
         self._optimizers: set[str] = set()
         self._stepped: list = []
+        self._progress = None
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -153,6 +163,10 @@ class Recorder:
             register_optimizer_step_pre_hook(self._optimizer_pre),
             register_optimizer_step_post_hook(self._optimizer_post),
         ]
+        if self.options.progress_file:
+            from bisector.capture.progress import Progress
+
+            self._progress = Progress(self.options.progress_file)
         self.status = "waiting"
         self._maybe_start()
         return self
@@ -185,6 +199,8 @@ class Recorder:
             if self._mode is not None:
                 self._mode.__exit__(None, None, None)
                 self._mode = None
+            if self._progress is not None:
+                self._progress.close()
         return False
 
     @property
@@ -246,6 +262,8 @@ class Recorder:
         self.step += 1
         self._forward_open = False
         self._node_info.clear()
+        if self._progress is not None:
+            self._progress.update(self._buffer.count, self.step)
         self._maybe_start()
         self._check_stop()
 
@@ -326,7 +344,13 @@ class Recorder:
                     )
 
         captured = self._capture(info.name, args, kwargs) if self.options.capture else False
+        if info.collective and self._progress is not None:
+            self._progress.waiting(info.name)
         out = func(*args, **kwargs)
+        if info.collective:
+            complete_collective(info.name, out)
+            if self._progress is not None:
+                self._progress.waiting(None)
 
         no_data = [info.no_data] * len(written)
         n_written = len(written)
@@ -350,6 +374,8 @@ class Recorder:
         self._buffer.add_event(
             info.name, module_id, location_id, args_id, phase, self.step, refs, len(written), flags
         )
+        if self._progress is not None:
+            self._progress.update(self._buffer.count, self.step)
         if captured and self._captured >= self.options.capture and self.options.exit_on_stop:
             self.stop()  # everything asked for is saved: no need to run further
             raise StopRun("captured the inputs asked for")

@@ -33,6 +33,8 @@ def render(report: Report, console: Console) -> None:
         console.print(_first(report, report.first_divergence))
     if report.environment:
         console.print(environment_table(report.environment))
+    if report.spreaders:
+        console.print(_spreaders(report.spreaders))
     others = report.sources[1:]
     if others:
         console.print(_others(others, report.sources_total - 1))
@@ -43,6 +45,18 @@ def render(report: Report, console: Console) -> None:
         for note in report.notes:
             console.print(Text("  - ") + Text(note))
     console.print(_runs(report.runs))
+
+
+def _spreaders(spreaders: list[dict]) -> Text:
+    text = Text("Spread across ranks by collectives\n", style="bold")
+    for s in spreaders:
+        ranks = ", ".join(map(str, s["ranks"]))
+        text.append(
+            f"  {s['op']} ({s['phase']}, step {s['step']}"
+            f"{', ' + s['module'] if s['module'] else ''}) carried {s['origin']} to rank "
+            f"{ranks}\n"
+        )
+    return text
 
 
 def environment_table(differences: list[dict]) -> Panel:

@@ -1,0 +1,91 @@
+"""Multi-process jobs on the CPU: torchrun with 2 processes and the gloo backend."""
+
+from __future__ import annotations
+
+import pytest
+import torch.distributed as dist
+from conftest import SCRIPTS, source_line
+from test_cli import _one_error_line, find_json, run_cli
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed+gloo"
+)
+SCRIPT = "ddp_rank1_atomic.py"
+LAUNCH = ("--nproc-per-node", "2")
+
+
+def test_source_on_rank_1_is_found_and_the_allreduce_named_as_spreader(tmp_path):
+    result, report = find_json(tmp_path, SCRIPT, *LAUNCH)
+    assert result.returncode == 1, result.stdout
+    first = report["first_divergence"]
+    assert (first["rank"], first["op"], first["module"], first["phase"], first["step"]) == (
+        1,
+        "aten.index_put_.default",
+        "module.pool",
+        "forward",
+        0,
+    )
+    assert first["location"].endswith(f"{SCRIPT}:{source_line(SCRIPTS / SCRIPT)}")
+    # rank 0 computed nothing nondeterministic: what differs there came through the all-reduce
+    assert all(s["rank"] == 1 for s in report["sources"]), report["sources"]
+    spreader = report["spreaders"][0]
+    assert spreader["op"] == "c10d.allreduce_.default" and spreader["phase"] == "backward"
+    assert spreader["ranks"] == [0] and spreader["from_ranks"] == [1]
+    assert "index_put_" in spreader["origin"] and "rank 1" in spreader["origin"]
+    assert {r["name"] for r in report["runs"]} == {"A rank 0", "A rank 1", "B rank 0", "B rank 1"}
+    assert "Spread across ranks" in result.stdout
+
+
+def test_deterministic_ddp_twin_is_reproducible(tmp_path):
+    result, report = find_json(tmp_path, SCRIPT, *LAUNCH, "--", "--deterministic")
+    assert result.returncode == 0, result.stdout
+    assert report["reproducible"] and report["compared_events"] > 400
+
+
+def test_a_rank_that_raises_is_named_and_the_other_traces_kept(tmp_path):
+    result = run_cli(
+        "find",
+        str(SCRIPTS / SCRIPT),
+        *LAUNCH,
+        "--no-confirm",
+        "--workdir",
+        str(tmp_path),
+        "--",
+        "--raise-on-rank",
+        "1",
+    )
+    line = _one_error_line(result)
+    assert "raised an exception on rank 1" in line and "planted failure on rank 1" in line
+    assert "planted failure" in result.stderr  # the script's own traceback is shown
+    assert (tmp_path / "a.rank0.trace").exists() and (tmp_path / "a.rank1.trace").exists()
+
+
+def test_a_hanging_rank_is_named_within_the_timeout(tmp_path):
+    result = run_cli(
+        "find",
+        str(SCRIPTS / SCRIPT),
+        *LAUNCH,
+        "--rank-timeout",
+        "5",
+        "--no-confirm",
+        "--workdir",
+        str(tmp_path),
+        "--",
+        "--hang-on-rank",
+        "1",
+        timeout=120,
+    )
+    line = _one_error_line(result)
+    assert "hangs" in line and "rank 1 at step 1" in line and "outside any collective" in line
+    assert "rank 0 waits in c10d." in line
+
+
+def test_record_per_rank_then_diff_one_rank(tmp_path):
+    for name in ("a", "b"):
+        result = run_cli(
+            "record", str(SCRIPTS / SCRIPT), *LAUNCH, "-o", str(tmp_path / f"{name}.trace")
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Rank 1:" in result.stdout
+    result = run_cli("diff", str(tmp_path / "a.rank1.trace"), str(tmp_path / "b.rank1.trace"))
+    assert result.returncode == 1 and "index_put_" in result.stdout
