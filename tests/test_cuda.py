@@ -258,3 +258,45 @@ def test_seed_case_verdict(tmp_path):
     assert outcomes["adam-to-sgd"] == "amplifier", "SGD hides the noise without removing it"
     assert report.replay and report.replay[0]["distinct_results"] > 1
     assert "SDPBackend.MATH" in report.fix
+
+
+# NVLink multicast off in every launch on the GPU machines (see the device notes).
+_NO_MULTICAST = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}
+
+
+def _find_ddp(tmp_path, monkeypatch, *args):
+    from bisector.runner import Launch, RunOptions
+
+    for name, value in _NO_MULTICAST.items():
+        monkeypatch.setenv(name, value)
+    options = FindOptions(workdir=str(tmp_path), run=RunOptions(launch=Launch(2)))
+    return bisector.find(SCRIPTS / "ddp_sdpa.py", args, steps=2, options=options)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_ddp_sdpa_is_found_on_both_ranks(tmp_path, monkeypatch):
+    """Issue 6 on 2 GPUs (NCCL): each rank has its own SDPA backward source."""
+    report = _find_ddp(tmp_path, monkeypatch)
+    assert not report.reproducible
+    first = {}
+    for source in report.sources:
+        first.setdefault(source.rank, source)
+    assert set(first) == {0, 1}, report.sources
+    for source in first.values():
+        assert "attention_backward" in source.op, source
+        assert (source.kind, source.module, source.phase, source.step) == (
+            "kernel",
+            "module.attn",
+            "backward",
+            0,
+        )
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_ddp_with_math_attention_is_reproducible(tmp_path, monkeypatch):
+    report = _find_ddp(tmp_path, monkeypatch, "--attn", "math")
+    assert report.reproducible, report.first_divergence
