@@ -207,21 +207,27 @@ def _others(sources: list[Source], total: int) -> Group:
     groups: OrderedDict[tuple, list[Source]] = OrderedDict()
     for s in sources:
         groups.setdefault((s.kind, s.op, s.module, s.phase, s.location), []).append(s)
+    ranked = any(s.rank for s in sources)  # a multi-process job: say which rank
     table = Table(box=None, padding=(0, 1), show_edge=False)
-    for column in ("kind", "op", "module", "phase", "steps", "line", "max |A-B|"):
+    columns = ("kind", "op", "module", "phase", "steps", *(("ranks",) if ranked else ()))
+    for column in (*columns, "line", "max |A-B|"):
         table.add_column(column, overflow="fold")
     for (kind, op, module, phase, location), members in list(groups.items())[:_MAX_GROUPS]:
-        steps = sorted({m.step for m in members})
-        shown = ",".join(str(s) for s in steps[:6]) + ("..." if len(steps) > 6 else "")
         count = f" x{len(members)}" if len(members) > 1 else ""
-        table.add_row(
-            kind + count, op, module or "-", phase, shown, location, describe_magnitude(members[0])
-        )
+        row = [kind + count, op, module or "-", phase, _listed({m.step for m in members})]
+        if ranked:
+            row.append(_listed({m.rank for m in members}))
+        table.add_row(*row, location, describe_magnitude(members[0]))
     rest = len(groups) - _MAX_GROUPS
     parts: list = [Text(f"Other sources ({total})", style="bold"), table]
     if rest > 0:
         parts.append(Text(f"  ... and {rest} more groups (see --json)"))
     return Group(*parts)
+
+
+def _listed(values: set[int]) -> str:
+    ordered = sorted(values)
+    return ",".join(str(v) for v in ordered[:6]) + ("..." if len(ordered) > 6 else "")
 
 
 def _runs(runs: list[RunInfo]) -> Group:
