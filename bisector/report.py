@@ -4,7 +4,7 @@ The JSON shape is a contract: ``schema`` is an integer and keys are only ever ad
 Schema versions (keys are only added; ``schema`` changes only if a meaning changes):
     1: first version: reproducible, first_divergence, sources, runs, and the added keys below;
        later additions within 1: cause, fix, confirmations, replay, growth, environment,
-       levels, spreaders.
+       levels, spreaders, curve, modules.
 """
 
 from __future__ import annotations
@@ -104,6 +104,9 @@ class Report:
         spreaders: in a multi-process job, collectives that carried a difference from one rank
             to others: op, module, phase, step, location, ranks (where it arrived), from_ranks,
             origin (the op it came from).
+        curve: the difference over the run: ``[event, step, max_abs_diff lower bound]`` per
+            differing event (at most 2000: the largest of each bucket), for plots.
+        modules: per module path, ``{"module", "events", "differing"}`` (the module tree).
     """
 
     reproducible: bool
@@ -124,6 +127,8 @@ class Report:
     environment: list[dict[str, Any]] = field(default_factory=list)
     levels: list[dict[str, Any]] = field(default_factory=list)
     spreaders: list[dict[str, Any]] = field(default_factory=list)
+    curve: list[list] = field(default_factory=list)
+    modules: list[dict[str, Any]] = field(default_factory=list)
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:

@@ -107,8 +107,48 @@ def compare_traces(
         notes=notes,
         sources_total=total,
         environment=differences(a.header, b.header, a.footer, b.footer),
+        curve=_curve(a, b, eq, paired),
+        modules=_modules(a, eq, paired),
     )
     return report, eq
+
+
+# Points of the difference curve kept in a report (the largest of each bucket of events).
+MAX_CURVE_POINTS = 2000
+# Modules listed in a report (those with the most events).
+MAX_MODULES = 500
+
+
+def _curve(a: Trace, b: Trace, eq: Equality, paired: int) -> list[list]:
+    """[event, step, lower bound of max|A-B|] of differing events, at most MAX_CURVE_POINTS:
+    the largest of each bucket, so a spike is never averaged away."""
+    rows = int(a.out_start[paired])
+    if not rows or not eq.out_differs.any():
+        return []
+    bound = np.nan_to_num(difference_bounds(a, b, slice(0, rows)), nan=0.0, posinf=np.inf)
+    bound = np.where(eq.row_differs, bound, 0.0)
+    row_event = np.repeat(np.arange(paired), a.columns["n_out"][:paired].astype(np.int64))
+    per_event = np.zeros(paired)
+    np.maximum.at(per_event, row_event, bound)
+    events = np.flatnonzero(eq.out_differs)
+    if len(events) > MAX_CURVE_POINTS:
+        buckets = np.array_split(events, MAX_CURVE_POINTS)
+        events = np.array([bucket[np.argmax(per_event[bucket])] for bucket in buckets])
+    steps = a.columns["step"]
+    return [[int(e), int(steps[e]), float(per_event[e])] for e in events]
+
+
+def _modules(a: Trace, eq: Equality, paired: int) -> list[dict]:
+    """Per module path: events recorded in it and how many of them differ."""
+    ids = a.columns["module"][:paired].astype(np.int64)
+    events = np.bincount(ids, minlength=len(a.strings))
+    differing = np.bincount(ids[eq.out_differs], minlength=len(a.strings))
+    used = np.flatnonzero(events)
+    used = used[np.argsort(-events[used], kind="stable")][:MAX_MODULES]
+    return [
+        {"module": a.strings[i], "events": int(events[i]), "differing": int(differing[i])}
+        for i in sorted(used, key=lambda i: a.strings[i])
+    ]
 
 
 def _script(trace: Trace) -> str:

@@ -70,6 +70,9 @@ def compare_ranks(pairs: list[tuple[int, Trace, Trace]], runs: list[RunInfo]) ->
     merged.spreaders = [spreaders[k] for k in sorted(spreaders)]
     first_rank = min(compared)
     merged.environment = compared[first_rank][0].environment
+    # The curve and module tree of the rank of the first source (rank 0 if none).
+    shown = merged.first_divergence.rank if merged.first_divergence else first_rank
+    merged.curve, merged.modules = compared[shown][0].curve, compared[shown][0].modules
     for rank, (report, _, _) in sorted(compared.items()):
         merged.notes += [f"rank {rank}: {note}" for note in report.notes]
         if merged.structure is None and report.structure is not None:
