@@ -247,6 +247,8 @@ def _kind_of(path: Path) -> str:
     # A zip archive that is not readable still goes to the checkpoint loader: it says why.
     if first.startswith(b"PK\x03\x04") or sniff_checkpoint(path) is not None:
         return "checkpoint"
+    if path.suffix == ".trace":
+        raise TraceError(f"{path} is not a bisector trace (record one with `bisector record`)")
     raise TraceError(
         f"{path} is neither a bisector trace, a digest file nor a checkpoint "
         "(torch.save'd state dict or .safetensors)"

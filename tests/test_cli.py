@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import SCRIPTS, bisector_command, source_line, subprocess_env
 
+from bisector import digests
 from bisector.trace import load
 
 
@@ -251,7 +252,8 @@ def test_corrupt_and_foreign_trace_files(tmp_path):
     assert "corrupt" in _one_error_line(run_cli("diff", str(good), str(bad)))
 
 
-def test_ctrl_c_keeps_the_trace(tmp_path):
+@pytest.mark.parametrize("level", ["--no-ladder", "--ladder"])
+def test_ctrl_c_keeps_the_trace(tmp_path, level):
     process = subprocess.Popen(
         [
             *bisector_command(),
@@ -259,6 +261,7 @@ def test_ctrl_c_keeps_the_trace(tmp_path):
             str(SCRIPTS / "endless.py"),
             "--steps",
             "100000",
+            level,
             "--workdir",
             str(tmp_path),
         ],
@@ -276,9 +279,14 @@ def test_ctrl_c_keeps_the_trace(tmp_path):
     stdout, stderr = process.communicate(timeout=120)
     result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     line = _one_error_line(result)
-    assert "interrupted" in line and "a.trace" in line
-    trace = load(tmp_path / "a.trace")
-    assert trace.footer["status"] == "interrupted" and len(trace) > 0
+    if level == "--no-ladder":
+        assert "interrupted" in line and "a.trace" in line
+        trace = load(tmp_path / "a.trace")
+        assert trace.footer["status"] == "interrupted" and len(trace) > 0
+    else:  # the first level of the ladder: step digests
+        assert "interrupted" in line and "a.digests" in line
+        kept = digests.load(tmp_path / "a.digests")
+        assert kept.footer["status"] == "interrupted" and kept.complete
 
 
 def test_structure_divergence_is_found_at_the_branch(tmp_path):
