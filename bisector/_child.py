@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--trace", default=None)
     parser.add_argument("--digests", default=None, help="digest-only run: the digest file")
     parser.add_argument("--start-step", type=int, default=0, help="record ops from this step")
+    parser.add_argument("--survey", default=None, help="survey run: the JSON file of ops seen")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--capture", default="", help="event indices whose inputs to save")
     parser.add_argument("--capture-dir", default=None)
@@ -71,8 +72,10 @@ def main() -> None:
     sys.argv = [script, *script_args]
 
     try:
-        if options.digests:
-            recorder = _DigestRun(options.digests, options.steps)
+        if options.survey:
+            recorder = _SurveyRun(options.survey, options.steps)
+        elif options.digests:
+            recorder = _DigestRun(options.digests, options.steps, options.digests + ".progress")
         else:
             capture = frozenset(int(i) for i in options.capture.split(",") if i)
             record_options = RecordOptions(
@@ -83,7 +86,7 @@ def main() -> None:
                 capture_dir=options.capture_dir,
                 snapshot_dir=options.snapshot_dir,
                 start_step=options.start_step,
-                progress_file=options.trace + ".progress" if launched is not None else None,
+                progress_file=options.trace + ".progress",
             )
             recorder = Recorder(options.trace, record_options)
         undo = apply_interventions([n for n in options.intervene.split(",") if n])
@@ -144,11 +147,39 @@ def _write_status(path: str, rank: str, code: int, error: str | None) -> None:
         pass
 
 
+class _SurveyRun:
+    """A survey run (``bisector doctor``): which ops run, on which device, from which line."""
+
+    def __init__(self, path: str, steps: int | None):
+        from bisector.capture.survey import Survey
+
+        self._path = path
+        self._survey = Survey(steps, self._stop)
+
+    @staticmethod
+    def _stop() -> None:
+        raise StopRun("surveyed the steps asked for")
+
+    def __enter__(self) -> _SurveyRun:
+        self._survey.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        from bisector.doctor import write_survey
+
+        self._survey.__exit__(None, None, None)
+        ops = {key: tuple(value) for key, value in self._survey.ops.items()}
+        write_survey(self._path, ops, self._survey.steps)
+        return False
+
+
 class _DigestRun:
     """A digest-only run (the first level of ``find``): step digests, no op recording."""
 
-    def __init__(self, path: str, steps: int | None):
-        self._digests = GlobalDigests(path, steps, self._stop, argv=list(sys.argv))
+    def __init__(self, path: str, steps: int | None, progress_file: str):
+        self._digests = GlobalDigests(
+            path, steps, self._stop, argv=list(sys.argv), progress_file=progress_file
+        )
 
     @staticmethod
     def _stop() -> None:

@@ -6,6 +6,7 @@ Exit codes: 0 reproducible, 1 divergence found, 2 error (bad input, script failu
 from __future__ import annotations
 
 import importlib
+import io
 import sys
 from pathlib import Path
 
@@ -73,6 +74,17 @@ _RANK_TIMEOUT = typer.Option(
 )
 
 
+_HTML = typer.Option(
+    None,
+    "--html",
+    help="Also write the report as one self-contained HTML file (plots, module tree): open it "
+    "in a browser or attach it to a bug report.",
+)
+_QUIET = typer.Option(
+    False, "--quiet", "-q", help="Print nothing but errors (no progress, no report on screen)."
+)
+
+
 def _launch(nproc, nnodes, node_rank, master_addr, master_port, rank_timeout) -> Launch | None:
     if nproc is None:
         if nnodes > 1:
@@ -98,6 +110,8 @@ def find(
     json_path: Path | None = typer.Option(
         None, "--json", help="Also write the report as JSON to this file."
     ),
+    html_path: Path | None = _HTML,
+    quiet: bool = _QUIET,
     workdir: Path | None = typer.Option(
         None,
         "--workdir",
@@ -143,7 +157,10 @@ def find(
     """Run SCRIPT twice in fresh processes, record every operator, name the first one whose
     outputs differ while its inputs were identical, and confirm the cause."""
     launch = _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port, rank_timeout)
-    run = RunOptions(steps=steps, timeout=timeout, echo=show_output, launch=launch)
+    display = _Progress(enabled=not quiet)
+    run = RunOptions(
+        steps=steps, timeout=timeout, echo=show_output, launch=launch, on_progress=display.update
+    )
     confirm = None
     if not no_confirm:
         from bisector.confirm import ConfirmOptions
@@ -161,8 +178,9 @@ def find(
     options = api.FindOptions(
         workdir=str(workdir) if workdir else None, run=run, confirm=confirm, ladder=ladder
     )
-    report = api.find(script, tuple(args or ()), steps=steps, options=options)
-    _finish(report, json_path, next_hint=True)
+    with display:
+        report = api.find(script, tuple(args or ()), steps=steps, options=options)
+    _finish(report, json_path, html_path, quiet, next_hint=True)
 
 
 @app.command()
@@ -225,53 +243,128 @@ def interventions() -> None:
 
 
 @app.command()
+def doctor(
+    script: Path | None = typer.Argument(
+        None,
+        help="A training script to survey (run once, briefly): which known "
+        "nondeterministic ops it runs, where.",
+    ),
+    args: list[str] | None = typer.Argument(
+        None, help="Arguments for the script; put them after `--`."
+    ),
+    steps: int = typer.Option(1, "--steps", "-n", min=1, help="Optimizer steps to survey."),
+    timeout: float | None = typer.Option(
+        None, "--timeout", min=1, help="Stop the survey run after this many seconds."
+    ),
+    json_path: Path | None = typer.Option(
+        None, "--json", help="Also write what was found as JSON to this file."
+    ),
+) -> None:
+    """Show the determinism-relevant settings of this environment (versions, flags, environment
+    variables, SDPA backends, threads) and, given a script, the known nondeterministic ops it
+    runs, from one short run (nothing is compared)."""
+    import json
+    import tempfile
+
+    from bisector import doctor as doc
+    from bisector.render import doctor as doctor_render
+    from bisector.runner import run_survey
+
+    env = doc.environment()
+    survey, hits = None, []
+    if script is not None:
+        with tempfile.TemporaryDirectory(prefix="bisector-doctor-") as folder:
+            path = Path(folder) / "survey.json"
+            run = RunOptions(steps=steps, timeout=timeout)
+            run_survey(script, tuple(args or ()), path, run)
+            survey = doc.load_survey(path)
+        hits = doc.match(survey)
+    out = _console()
+    doctor_render.render(env, doc.advice(env), survey, hits, out)
+    data = {"schema": 1, **env, "advice": doc.advice(env)}
+    if survey is not None:
+        data.update(survey_steps=survey.steps, script_settings=survey.settings, known_ops=hits)
+        data["ops"] = survey.ops
+    _write(json.dumps(data, indent=2, default=str) + "\n", json_path, "JSON", out)
+
+
+@app.command()
 def diff(
     file_a: Path = typer.Argument(..., help="Trace, digest file or checkpoint of the first run."),
     file_b: Path = typer.Argument(..., help="The same kind of file from the second run."),
     json_path: Path | None = typer.Option(
         None, "--json", help="Also write the report as JSON to this file."
     ),
+    html_path: Path | None = _HTML,
+    quiet: bool = _QUIET,
 ) -> None:
     """Compare two finished runs from what they left behind: two traces (the first divergent
     op), two digest files from bisector.watch (the first divergent step and values), or two
     checkpoints (every tensor that differs). The kind is read from the files' content."""
     report = api.diff(file_a, file_b)
-    if isinstance(report, Report):
-        _finish(report, json_path, next_hint=False)
-    from bisector.checkpoint import CheckpointReport
-    from bisector.render import checkpoint as checkpoint_render
-    from bisector.render import digests as digests_render
-
-    out = _console()
-    if isinstance(report, CheckpointReport):
-        checkpoint_render.render(report, out)
-    else:
-        digests_render.render(report, out)
-    _write_json(report.to_json(), json_path, out)
-    raise typer.Exit(EXIT_REPRODUCIBLE if report.reproducible else EXIT_DIVERGED)
+    _finish(report, json_path, html_path, quiet, next_hint=False)
 
 
-def _write_json(text: str, json_path: Path | None, out: Console) -> None:
-    if json_path is None:
+def _write(text: str, path: Path | None, what: str, out: Console) -> None:
+    if path is None:
         return
     try:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise BisectorError(
-            f"cannot write the JSON report to {json_path}: {exc.strerror}"
-        ) from None
-    out.print(f"JSON report written to {json_path}")
+        raise BisectorError(f"cannot write the {what} report to {path}: {exc.strerror}") from None
+    out.print(f"{what} report written to {path}")
 
 
-def _finish(report: Report, json_path: Path | None, next_hint: bool) -> None:
-    out = _console()
-    console_render.render(report, out)
-    _write_json(report.to_json(), json_path, out)
+def _finish(report, json_path: Path | None, html_path: Path | None, quiet: bool, next_hint: bool):
+    """Show the report (a Report, DigestReport or CheckpointReport), write its files, exit."""
+    out = Console(file=io.StringIO()) if quiet else _console()
+    if isinstance(report, Report):
+        console_render.render(report, out)
+    else:
+        from bisector.checkpoint import CheckpointReport
+        from bisector.render import checkpoint as checkpoint_render
+        from bisector.render import digests as digests_render
+
+        renderer = checkpoint_render if isinstance(report, CheckpointReport) else digests_render
+        renderer.render(report, out)
+    _write(report.to_json(), json_path, "JSON", out)
+    if html_path is not None:
+        from bisector.render.html import render_html
+
+        _write(render_html(report), html_path, "HTML", out)
     if next_hint and len(report.runs) == 2 and not report.reproducible:
         a, b = report.runs
         out.print(f"Re-read these runs any time: bisector diff {a.trace} {b.trace}")
     raise typer.Exit(EXIT_REPRODUCIBLE if report.reproducible else EXIT_DIVERGED)
+
+
+class _Progress:
+    """A one-line live status on stderr while runs go (only on a terminal, never with --quiet):
+    which run, its step and events recorded, and time."""
+
+    def __init__(self, enabled: bool):
+        self._console = Console(stderr=True, highlight=False)
+        self._enabled = enabled and self._console.is_terminal
+        self._status = None
+
+    def __enter__(self) -> _Progress:
+        if self._enabled:
+            self._status = self._console.status("starting the first run...")
+            self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._status is not None:
+            self._status.__exit__(*exc)
+            self._status = None
+        return False
+
+    def update(self, label: str, state: dict) -> None:
+        if self._status is None:
+            return
+        events = f", {state['events']:,} events recorded" if state["events"] else ""
+        self._status.update(f"{label}: step {state['step']}{events} ({state['seconds']:.0f} s)")
 
 
 def _click_exceptions() -> list:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,8 @@ class RunOptions:
         start_step: record ops only from this optimizer step on (earlier steps run unrecorded).
         launch: start the run through torchrun, one process per rank (see Launch); None: one
             plain process.
+        on_progress: called about twice a second while the run goes, with what it is (e.g.
+            "run B with sdpa-math") and its progress: {"step", "events", "seconds"}.
     """
 
     steps: int | None = 2
@@ -97,6 +100,7 @@ class RunOptions:
     snapshots: bool = False
     start_step: int = 0
     launch: Launch | None = None
+    on_progress: Callable[[str, dict], None] | None = None
 
 
 # Set in a child started through torchrun: the PYTHONPATH the script must see.
@@ -281,6 +285,16 @@ def _rank_files(output: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def run_survey(script: str | os.PathLike, args: tuple[str, ...], path: Path, options: RunOptions):
+    """Run the script once with the light op survey of ``bisector doctor``; the survey lands in
+    ``path`` (JSON).
+
+    Raises:
+        ScriptError: the script raised or exited non-zero.
+    """
+    _run_child(script, args, path, ["--survey", str(path)], options, "survey")
+
+
 def _run_child(
     script: str | os.PathLike,
     args: tuple[str, ...],
@@ -375,6 +389,36 @@ def _log_of(output_file: Path) -> Path:
 
 def _shown(output_file: Path) -> str:
     return str(output_file).replace("{rank}", "*")
+
+
+def _report_progress(options: RunOptions, output_file: Path, seconds: float) -> None:
+    """Tell ``options.on_progress`` how far the run is (slowest rank for a torchrun job)."""
+    from bisector.capture import progress
+
+    if options.launch is None:
+        states = [progress.read(str(output_file) + ".progress")]
+    else:
+        states = list(_progress(output_file).values())
+    states = [s for s in states if s is not None]
+    state = {
+        "step": min((s["step"] for s in states), default=0),
+        "events": sum(s["events"] for s in states),
+        "seconds": seconds,
+    }
+    options.on_progress(_label(options, output_file), state)
+
+
+def _label(options: RunOptions, output_file: Path) -> str:
+    """What a run is, for progress: "run A (step digests)", "run B with sdpa-math", ..."""
+    name = output_file.name.split(".")[0]
+    label = f"run {name.upper() if len(name) == 1 else name}"
+    if options.interventions:
+        label += f" with {', '.join(options.interventions)}"
+    if output_file.suffix == ".digests":
+        label += " (step digests)"
+    elif options.start_step:
+        label += f" (ops of step {options.start_step})"
+    return label
 
 
 def _per_rank(output_file: Path, suffix: str) -> list[tuple[int, Path]]:
@@ -526,6 +570,8 @@ def _wait(
             _interrupt(process)
             code = None
             break
+        if options.on_progress is not None:
+            _report_progress(options, output_file, now - started)
         if options.launch is not None:
             # The watchdog: once ranks record, some rank must make progress (or end).
             state = (_progress(output_file), _statuses(output_file))

@@ -329,3 +329,20 @@ def test_console_script(tmp_path):
     )
     assert result.returncode == 1
     assert "aten.index_put_.default" in result.stdout
+
+
+def test_doctor_shows_the_environment_and_the_known_ops_of_a_script(tmp_path):
+    result = run_cli("doctor")
+    assert result.returncode == 0, result.stderr
+    assert "Environment" in result.stdout and "deterministic_algorithms" in result.stdout
+
+    out = tmp_path / "doctor.json"
+    result = run_cli("doctor", str(SCRIPTS / "forward_atomic.py"), "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    found = json.loads(out.read_text())
+    assert found["survey_steps"] == 1 and found["settings"]["num_threads"] >= 1
+    known = [h for h in found["known_ops"] if not h["random"]]
+    assert [(h["op"], h["device"]) for h in known] == [("aten.index_put_.default", "cpu")]
+    line = source_line(SCRIPTS / "forward_atomic.py")
+    assert known[0]["location"].endswith(f"forward_atomic.py:{line}")
+    assert "Known nondeterministic ops this script runs" in result.stdout

@@ -287,8 +287,20 @@ class GlobalDigests:
         on_stop: called once ``steps`` are digested and the file is complete.
     """
 
-    def __init__(self, path: str | os.PathLike, steps: int | None, on_stop, argv=None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        steps: int | None,
+        on_stop,
+        argv=None,
+        progress_file: str | None = None,
+    ):
         self.digester = StepDigester(path, 1, argv)
+        self._progress = None
+        if progress_file:
+            from bisector.capture.progress import Progress
+
+            self._progress = Progress(progress_file)
         self._steps = steps
         self._on_stop = on_stop
         self._depth = 0
@@ -314,6 +326,8 @@ class GlobalDigests:
         self._handles = []
         self._loss.remove()
         self.digester.close(status, error)
+        if self._progress is not None:
+            self._progress.close()
 
     def _pre(self, module, args) -> None:
         self._depth += 1
@@ -357,6 +371,8 @@ class GlobalDigests:
             (name, buffer) for root in list(self._roots) for name, buffer in root.named_buffers()
         ]
         self.digester.end_step(named, states, buffers)
+        if self._progress is not None:
+            self._progress.update(0, self.digester.step)
         if self._steps is not None and self.digester.step >= self._steps:
             self.close("stopped")
             self._on_stop()

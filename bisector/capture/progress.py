@@ -41,6 +41,7 @@ class Progress:
         struct.pack_into("<q96s", self._map, 16, 1, collective.encode()[:96])
 
     def close(self) -> None:
+        """Close the file; safe to call twice."""
         if self._file is not None:
             self._map.close()
             self._file.close()

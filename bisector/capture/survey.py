@@ -1,0 +1,58 @@
+"""A light survey of the ops a script runs (for ``bisector doctor``): per (op, device), how
+often and the user's line of the first call. No fingerprints, no trace: one run, cheap."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import arg_tree_leaves
+
+from bisector.capture.ops import Locator
+
+
+class Survey(TorchDispatchMode):
+    """Counts the ops run inside it; stops the script (``on_stop``) after ``steps`` optimizer
+    steps. Owns its optimizer hook, removed on exit."""
+
+    def __init__(self, steps: int | None, on_stop):
+        super().__init__()
+        self.ops: dict[tuple[str, str], list] = {}
+        self.steps = 0
+        self._limit = steps
+        self._on_stop = on_stop
+        self._locator = Locator()
+        self._hook = None
+        self._pid = os.getpid()
+
+    def __enter__(self) -> Survey:
+        self._hook = register_optimizer_step_post_hook(self._stepped)
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if os.getpid() == self._pid:
+            tensors = [a for a in arg_tree_leaves(*args, **kwargs) if isinstance(a, torch.Tensor)]
+            device = tensors[0].device.type if tensors else "cpu"
+            key = (str(func), device)
+            entry = self.ops.get(key)
+            if entry is None:
+                frame, _ = self._locator.user_frame(2)
+                where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame else ""
+                self.ops[key] = [1, where]
+            else:
+                entry[0] += 1
+        return func(*args, **kwargs)
+
+    def _stepped(self, optimizer, args, kwargs) -> None:
+        self.steps += 1
+        if self._limit is not None and self.steps >= self._limit:
+            self._on_stop()
