@@ -52,9 +52,10 @@ CATALOGUE = (
         "torch.use_deterministic_algorithms(True)",
     ),
     KnownOp(
-        ("aten.index_put_.default", "aten._index_put_impl_.default"),
+        ("aten.index_put_.default", "aten._index_put_impl_.default", "aten.index_put.default"),
         "cpu",
-        "with accumulate=True on float tensors and several threads: atomic adds (measured)",
+        "with accumulate=True on float tensors and several threads (also the backward of "
+        "`table[idx]`): atomic adds (measured)",
         "torch.use_deterministic_algorithms(True), or one thread",
     ),
     KnownOp(

@@ -184,3 +184,21 @@ def test_traces_with_different_fingerprint_functions_are_refused():
     b = make_trace(_chain(100), header={"fingerprint": "other-v9"})
     with pytest.raises(MismatchError, match="different fingerprint functions"):
         compare(a, b)
+
+
+def test_a_first_source_that_spreads_nowhere_is_not_the_headline():
+    from bisector.analysis import lead_with_headline
+    from bisector.report import Source
+
+    def source(op, event, spread):
+        return Source("kernel", op, "m", "forward", 0, 0, "", None, event=event, spread=spread)
+
+    dead, real, later = source("aten.uniform_.default", 1, 0), source("leaf.tensor", 5, 38), None
+    ordered, note = lead_with_headline([dead, real])
+    assert [s.op for s in ordered] == ["leaf.tensor", "aten.uniform_.default"]
+    assert "aten.uniform_.default" in note and "spreads" in note
+    assert lead_with_headline([real, dead]) == ([real, dead], None)
+    only_dead = [dead, source("aten.mm.default", 9, 0)]
+    assert lead_with_headline(only_dead) == (only_dead, None)
+    later = source("aten.mm.default", 9, None)  # reach not computed: may spread
+    assert lead_with_headline([dead, later])[0][0] is later

@@ -95,6 +95,9 @@ def compare_traces(
             "events after it are not compared"
         )
     total = len(found) + (structure is not None)
+    sources, skipped = lead_with_headline(sources)
+    if skipped is not None:
+        notes.append(skipped)
     report = Report(
         reproducible=not sources and not len(differing),
         first_divergence=sources[0] if sources else None,
@@ -149,6 +152,29 @@ def _modules(a: Trace, eq: Equality, paired: int) -> list[dict]:
         {"module": a.strings[i], "events": int(events[i]), "differing": int(differing[i])}
         for i in sorted(used, key=lambda i: a.strings[i])
     ]
+
+
+def lead_with_headline(sources: list[Source]) -> tuple[list[Source], str | None]:
+    """Put the headline source first: the first in execution order whose difference reaches
+    later events. A first source that nothing reads afterwards (a random init overwritten by a
+    checkpoint, say) explains none of what differs: it stays in the list, not in the headline.
+
+    Returns:
+        The reordered sources, and a note when the headline is not the first in order.
+    """
+    if not sources or sources[0].spread != 0:
+        return sources, None
+    for i, source in enumerate(sources):
+        if source.spread != 0:  # None: reach not computed, so it may reach further
+            skipped = sources[0]
+            note = (
+                f"the first source in execution order, {skipped.op} in "
+                f"{skipped.module or '(no module)'} (step {skipped.step}), is read by nothing "
+                "that differs later (its value was overwritten or unused): the headline is the "
+                "first source whose difference spreads"
+            )
+            return [source, *sources[:i], *sources[i + 1 :]], note
+    return sources, None
 
 
 def _script(trace: Trace) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from bisector.analysis import compare_traces
+from bisector.analysis import compare_traces, lead_with_headline
 from bisector.analysis.graph import Equality
 from bisector.report import Report, RunInfo, Source
 from bisector.trace import Trace
@@ -57,6 +57,7 @@ def compare_ranks(pairs: list[tuple[int, Trace, Trace]], runs: list[RunInfo]) ->
             entry = spreaders.setdefault(k, _spreader(trace, source, origins))
             entry["ranks"].append(rank)
     sources.sort(key=lambda s: (s.step, s.event, s.rank))
+    sources, skipped = lead_with_headline(sources)
 
     merged = Report(
         reproducible=all(r.reproducible for r, _, _ in compared.values()),
@@ -68,6 +69,8 @@ def compare_ranks(pairs: list[tuple[int, Trace, Trace]], runs: list[RunInfo]) ->
         sources_total=len(sources),
     )
     merged.spreaders = [spreaders[k] for k in sorted(spreaders)]
+    if skipped is not None:
+        merged.notes.append(skipped)
     first_rank = min(compared)
     merged.environment = compared[first_rank][0].environment
     # The curve and module tree of the rank of the first source (rank 0 if none).
