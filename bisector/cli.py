@@ -93,7 +93,10 @@ def _launch(nproc, nnodes, node_rank, master_addr, master_port, rank_timeout) ->
     return Launch(nproc, nnodes, node_rank, master_addr, master_port, rank_timeout)
 
 
-@app.command(context_settings={"ignore_unknown_options": False})
+@app.command(
+    context_settings={"ignore_unknown_options": False},
+    short_help="Run a script twice, name the first op that differs, confirm the cause.",
+)
 def find(
     script: Path = typer.Argument(..., help="The training script to run twice."),
     args: list[str] | None = typer.Argument(
@@ -183,7 +186,7 @@ def find(
     _finish(report, json_path, html_path, quiet, next_hint=True)
 
 
-@app.command()
+@app.command(short_help="Run a script once and save its trace, for `bisector diff`.")
 def record(
     script: Path = typer.Argument(..., help="The training script to run once."),
     args: list[str] | None = typer.Argument(
@@ -242,7 +245,7 @@ def interventions() -> None:
         out.print(f"{intervention.name:18s} {intervention.summary}", markup=False)
 
 
-@app.command()
+@app.command(short_help="Settings that matter here, and known nondeterministic ops of a script.")
 def doctor(
     script: Path | None = typer.Argument(
         None,
@@ -288,7 +291,7 @@ def doctor(
     _write(json.dumps(data, indent=2, default=str) + "\n", json_path, "JSON", out)
 
 
-@app.command()
+@app.command(short_help="Compare two traces, digest files or checkpoints of finished runs.")
 def diff(
     file_a: Path = typer.Argument(..., help="Trace, digest file or checkpoint of the first run."),
     file_b: Path = typer.Argument(..., help="The same kind of file from the second run."),
