@@ -98,6 +98,17 @@ def compare_traces(
     sources, skipped = lead_with_headline(sources)
     if skipped is not None:
         notes.append(skipped)
+    environment = differences(a.header, b.header, a.footer, b.footer)
+    if environment:  # a different library, device or flag changes results by itself
+        for source in sources:
+            if source.kind == "kernel":
+                source.detail = (
+                    "its inputs and arguments are equal in both runs but its outputs differ: "
+                    "the op is nondeterministic, or computes differently in the other run's "
+                    "environment (see what differs: "
+                    + ", ".join(str(e["what"]) for e in environment[:4])
+                    + ")"
+                )
     report = Report(
         reproducible=not sources and not len(differing),
         first_divergence=sources[0] if sources else None,
@@ -109,7 +120,7 @@ def compare_traces(
         structure=structure,
         notes=notes,
         sources_total=total,
-        environment=differences(a.header, b.header, a.footer, b.footer),
+        environment=environment,
         curve=_curve(a, b, eq, paired),
         modules=_modules(a, eq, paired),
     )

@@ -215,7 +215,7 @@ def _curve_section(report: Report) -> str:
             ("zero", "bound 0 or not finite: the bits differ, the stats cannot say how much")
         )
     if len({step for _, step, _ in report.curve}) > 1:
-        keys.append(("step", "where the step changes"))
+        keys.append(("step", "the first differing event of a new step"))
     legend = "".join(f'<li><span class="key {k}"></span>{esc(text)}</li>' for k, text in keys)
     caption = f'<ul class="legend">{legend}</ul>'
     if len(report.curve) < report.differing_events:
@@ -293,7 +293,7 @@ def _levels(levels: list[dict[str, Any]]) -> str:
         [esc(lv["level"]), esc(lv["steps"]), esc(lv["found"]), esc(f"{lv['seconds']:.1f} s")]
         for lv in levels
     ]
-    body = table(["level", "steps recorded", "found", "time"], rows, numeric=(3,))
+    body = table(["level", "steps recorded", "found", "time"], rows, (3,), compact=True)
     return section("How find got here", body)
 
 
@@ -307,4 +307,4 @@ def _runs(runs: list[RunInfo]) -> str:
         cells = [esc(run.name), esc(run.events), esc(run.steps), esc(status), esc(seconds)]
         rows.append([*cells, code(run.trace, wrap=True)])
     headers = ["run", "events", "steps", "status", "time", "trace"]
-    return section("Runs", table(headers, rows, numeric=(1, 2, 4)))
+    return section("Runs", table(headers, rows, (1, 2, 4), compact=True))

@@ -67,8 +67,16 @@ def facts(rows: list[tuple[str, str]]) -> str:
     return f'<dl class="facts">{items}</dl>'
 
 
-def table(headers: list[str], rows: list[list[str]], numeric: tuple[int, ...] = ()) -> str:
-    """A table of (already HTML) cells; ``numeric`` columns align right."""
+def table(
+    headers: list[str],
+    rows: list[list[str]],
+    numeric: tuple[int, ...] = (),
+    compact: bool = False,
+) -> str:
+    """A table of (already HTML) cells; ``numeric`` columns align right.
+
+    ``compact``: as wide as its content rather than the page (short numeric tables).
+    """
 
     def cell(tag: str, index: int, content: str) -> str:
         align = ' class="num"' if index in numeric else ""
@@ -82,7 +90,8 @@ def table(headers: list[str], rows: list[list[str]], numeric: tuple[int, ...] = 
     more = ""
     if len(rows) > MAX_ROWS:
         more = f'<p class="muted">… and {len(rows) - MAX_ROWS} more rows (see the JSON report)</p>'
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+    opening = '<table class="compact">' if compact else "<table>"
+    return f"{opening}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
 
 
 def headline(good: bool, title: str, text: str, stats: list[tuple[str, str]]) -> str:
@@ -131,7 +140,7 @@ def growth_table(growth: list[dict[str, Any]]) -> str:
         how = "exact" if row.get("exact") else "lower bound"
         rows.append([esc(row["step"]), esc(differing), *(esc(num(v)) for v in values), esc(how)])
     headers = ["step", "differing", "grads", "params", "optimizer state", "figures"]
-    return section("Growth per step", table(headers, rows, numeric=(0, 1, 2, 3, 4)))
+    return section("Growth per step", table(headers, rows, (0, 1, 2, 3, 4), compact=True))
 
 
 def environment_section(differences: list[dict[str, Any]]) -> str:
@@ -188,6 +197,8 @@ dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 6px 20px;
 dl.facts dt { color: var(--muted); font-weight: 600; }
 dl.facts dd { margin: 0; min-width: 0; }
 dl.facts dd ul { margin: 0 0 8px; padding-left: 18px; }
+.card > ul { margin: 0; padding-left: 20px; }
+.card > p { margin: 0 0 6px; }
 .op { font-weight: 700; font-size: 14px; }
 pre.source-line { margin: 6px 0 0; padding: 6px 10px; background: var(--soft);
   border-left: 3px solid var(--red); border-radius: 4px; white-space: pre-wrap; }
@@ -197,6 +208,8 @@ th { text-align: left; color: var(--muted); font-weight: 600; font-size: 12.5px;
 th, td { padding: 5px 12px 5px 0; vertical-align: top; }
 tbody tr + tr td { border-top: 1px solid #f0f1f3; }
 .num { text-align: right; font-variant-numeric: tabular-nums; }
+table.compact { width: auto; }
+table.compact th, table.compact td { padding-right: 32px; }
 .pill { display: inline-block; padding: 0 9px; border-radius: 999px; font-size: 12px;
   font-weight: 600; white-space: nowrap; background: var(--soft); color: var(--muted); }
 .pill.fixes { background: var(--green-bg); color: var(--green); }
@@ -225,7 +238,7 @@ details > summary .twisty::before { content: "▸"; }
 details[open] > summary .twisty::before { content: "▾"; }
 .node .name { flex: 1; font-family: ui-monospace, Menlo, Consolas, "DejaVu Sans Mono", monospace;
   font-size: 12.5px; color: #475467; overflow-wrap: anywhere; }
-.node .name .full { color: #98a2b3; }
+.node.virtual .name { font-family: system-ui, sans-serif; font-style: italic; }
 .node.differs .name { color: var(--amber); }
 .node.path { background: var(--red-bg); }
 .node.path .name { color: var(--red); font-weight: 700; }

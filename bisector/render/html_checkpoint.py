@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from bisector.checkpoint import CheckpointReport
@@ -29,8 +30,8 @@ def checkpoint_sections(report: CheckpointReport) -> list[str]:
         _tensor_groups(report.groups),
         _names("Only in A", report.missing),
         _names("Only in B", report.extra),
-        _pairs("Another dtype, shape or kind", report.mismatched),
-        _pairs("Plain values that differ", report.values),
+        _pairs("Another dtype, shape or kind", report.mismatched, shown=str),
+        _pairs("Plain values that differ", report.values, shown=repr),
         _identical(report),
         files_section(report.paths, "Checkpoints"),
     ]
@@ -49,13 +50,14 @@ def _checkpoint_headline(report: CheckpointReport) -> str:
             (len(report.missing), "only in A"),
             (len(report.extra), "only in B"),
             (len(report.mismatched), "with another dtype, shape or kind"),
-            (len(report.values), "differing plain values"),
+            (len(report.values), "differing plain value" + "s" * (len(report.values) > 1)),
         )
         if count
     ]
-    text = f"{differing} of {total} tensors differ" + (
-        "; also " + ", ".join(others) if others else ""
-    )
+    text = f"{differing} of {total} tensors differ"
+    if others:
+        text += "; also " + ", ".join(others)
+    text += "."
     return headline(False, "Checkpoints differ:", esc(text), stats)
 
 
@@ -100,11 +102,12 @@ def _names(title: str, names: list[str]) -> str:
     return section(f"{title} ({len(names)})", bullets([code(n) for n in names[:MAX_ROWS]]))
 
 
-def _pairs(title: str, pairs: list[dict[str, Any]]) -> str:
+def _pairs(title: str, pairs: list[dict[str, Any]], shown: Callable[[object], str]) -> str:
+    """``{"name", "a", "b"}`` rows; ``shown`` writes a side (repr: plain values keep quotes)."""
     if not pairs:
         return ""
     rows = [
-        [code(p["name"]), code(repr(p["a"]), wrap=True), code(repr(p["b"]), wrap=True)]
+        [code(p["name"]), code(shown(p["a"]), wrap=True), code(shown(p["b"]), wrap=True)]
         for p in pairs
     ]
     return section(f"{title} ({len(pairs)})", table(["name", "A", "B"], rows))

@@ -62,7 +62,7 @@ def _digest_values(report: DigestReport) -> str:
         [
             esc(v["kind"]),
             code(v["name"]),
-            esc("" if v["max_abs_diff"] is None else f"≥ {num(v['max_abs_diff'])}"),
+            esc("–" if v["max_abs_diff"] is None else f"≥ {num(v['max_abs_diff'])}"),
         ]
         for v in report.first
     ]

@@ -108,6 +108,8 @@ def _row(node: _Node, on_path: set, first: str | None, has_children: bool) -> st
         classes.append("differs")
     if on_path and node.path in on_path:
         classes.append("path")
+    if not node.path:
+        classes.append("virtual")  # the root and "outside every module" are not modules
     badge = '<span class="badge">first source</span>' if node.path == first else ""
     share = 100.0 * differing / events if events else 0.0
     tip = node.path if node.path else node.name
