@@ -93,7 +93,7 @@ def curve_plot(curve: list[list], events: int, first_event: int | None, first_la
     xs = _Linear(0, last)
     parts = [
         _y_axis(box, scale, "max |A−B| (lower bound)"),
-        _x_axis(box, xs, _nice_ticks(last), "event (execution order in run A)"),
+        _x_axis(box, xs, _nice_ticks(0, last), "event (execution order in run A)"),
         _step_marks(points, xs, box),
     ]
     if first_event is not None:
@@ -126,7 +126,7 @@ def growth_plot(rows: list[dict]) -> str:
     # A little room on each side, so the first and last step do not sit on the frame.
     pad = max(0.5, (steps[-1] - steps[0]) * 0.03)
     xs = _Linear(steps[0] - pad, steps[-1] + pad)
-    ticks = steps if len(steps) <= 20 else [t for t in _nice_ticks(steps[-1]) if t >= steps[0]]
+    ticks = steps if len(steps) <= 20 else _nice_ticks(steps[0], steps[-1])
     parts = [_y_axis(box, scale, "max |A−B|"), _x_axis(box, xs, ticks, "optimizer step")]
     shown = [
         (k, label, c) for k, label, c in GROWTH_SERIES if any(r.get(k) is not None for r in rows)
@@ -173,14 +173,15 @@ def _log_scale(values: list[float], headroom: float = 0) -> _LogScale:
     return _LogScale(low, high, lane, headroom)
 
 
-def _nice_ticks(high: float, count: int = 8) -> list[int]:
-    """Ticks from 0 to ``high`` at a step of 1, 2 or 5 times a power of ten."""
-    if high <= 0:
-        return [0]
-    raw = high / count
+def _nice_ticks(low: float, high: float, count: int = 8) -> list[int]:
+    """Whole-number ticks from ``low`` to ``high`` at 1, 2 or 5 times a power of ten apart."""
+    if high <= low:
+        return [int(low)]
+    raw = (high - low) / count
     power = 10 ** math.floor(math.log10(raw)) if raw >= 1 else 1
-    step = next((m * power for m in (1, 2, 5, 10) if m * power >= raw), 10 * power)
-    return list(range(0, int(high) + 1, int(step)))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(low / step) * step
+    return list(range(int(first), int(high) + 1, int(step)))
 
 
 def _y_axis(box: _Box, scale: _LogScale, title: str) -> str:
