@@ -172,18 +172,7 @@ def run_recorded(
             "training scripts",
             output=output,
         )
-    info = RunInfo(
-        name=name,
-        trace=str(trace),
-        events=len(loaded),
-        steps=int(loaded.footer.get("steps", 0)),
-        status=str(loaded.footer.get("status", "incomplete")),
-        complete=loaded.complete,
-        exit_code=code,
-        seconds=round(seconds, 3),
-        log=str(trace.with_suffix(".log")),
-    )
-    return info, loaded
+    return _run_info(name, trace, len(loaded), loaded, code, seconds), loaded
 
 
 def run_digests(
@@ -211,18 +200,22 @@ def run_digests(
         raise ScriptError(
             f"run {name} left no readable digest file: {exc}", output=output
         ) from None
-    info = RunInfo(
+    return _run_info(name, path, 0, loaded, code, seconds), loaded
+
+
+def _run_info(name: str, path: Path, events: int, loaded, code: int, seconds: float) -> RunInfo:
+    """What a run did, from the file it left (a trace or digests, by its footer)."""
+    return RunInfo(
         name=name,
         trace=str(path),
-        events=0,
-        steps=int(loaded.footer.get("steps", len(loaded.steps))),
+        events=events,
+        steps=int(loaded.footer.get("steps", 0)),
         status=str(loaded.footer.get("status", "incomplete")),
         complete=loaded.complete,
         exit_code=code,
         seconds=round(seconds, 3),
-        log=str(path.with_suffix(".log")),
+        log=str(_log_of(path)),
     )
-    return info, loaded
 
 
 def run_ranks(
@@ -256,17 +249,8 @@ def run_ranks(
             loaded = load(file)
         except TraceError as exc:
             raise ScriptError(f"rank {rank} of run {name} left no readable trace: {exc}") from None
-        info = RunInfo(
-            name=f"{name} rank {rank}",
-            trace=str(file),
-            events=len(loaded),
-            steps=int(loaded.footer.get("steps", 0)),
-            status=str(loaded.footer.get("status", "incomplete")),
-            complete=loaded.complete,
-            exit_code=code,
-            seconds=round(seconds, 3),
-            log=str(_log_of(template)),
-        )
+        info = _run_info(f"{name} rank {rank}", file, len(loaded), loaded, code, seconds)
+        info.log = str(_log_of(template))
         results.append((rank, info, loaded))
     if not results or all(len(t) == 0 for _, _, t in results):
         raise ScriptError(
