@@ -16,7 +16,7 @@ from typing import Any
 SCHEMA = 1
 
 # Kinds of source (see DESIGN.md).
-KINDS = ("kernel", "rng", "input", "argument", "structure")
+KINDS = ("kernel", "rng", "input", "argument", "structure", "uninitialized")
 
 
 @dataclass
@@ -26,7 +26,8 @@ class Source:
     Attributes:
         kind: "kernel" (the op itself is nondeterministic), "rng" (a random op whose generator
             state differed), "input" (a leaf tensor differs: data, initial weights), "argument"
-            (a non-tensor argument differs), "structure" (the op streams stop matching).
+            (a non-tensor argument differs), "structure" (the op streams stop matching),
+            "uninitialized" (it reads memory made by torch.empty and kin, never written).
         op: the aten overload, e.g. "aten.index_put_.default" ("leaf.tensor" for leaves).
         module: module path, e.g. "layers.0.self_attn" ("" outside every module).
         phase: "forward", "backward", "optimizer" or "other".

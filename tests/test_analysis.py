@@ -127,6 +127,14 @@ def test_structure_break_is_a_source_and_never_crashes():
     assert report.compared_events == 3
 
 
+def test_events_without_outputs_before_a_break_never_crash():
+    # found by tests/test_fuzz.py: untracked inputs and no output row in the compared prefix
+    a = [Ev("aten._local_scalar_dense.default", [(-1, 0)], []), Ev("aten.relu.default", [], [1])]
+    b = a[:1] + [Ev("aten.gelu.default", [], [1])]
+    report = compare(make_trace(a), make_trace(b))
+    assert report.compared_events == 1 and report.first_divergence.kind == "structure"
+
+
 def test_streams_of_different_length():
     report = compare(make_trace(_chain(100)), make_trace(_chain(100)[:4]))
     assert report.first_divergence.kind == "structure"
@@ -202,3 +210,24 @@ def test_a_first_source_that_spreads_nowhere_is_not_the_headline():
     assert lead_with_headline(only_dead) == (only_dead, None)
     later = source("aten.mm.default", 9, None)  # reach not computed: may spread
     assert lead_with_headline([dead, later])[0][0] is later
+
+
+def test_uninitialised_memory_read_as_data_is_reported_as_such():
+    """torch.empty read by a sum: not a kernel source, and the line of the empty is named."""
+    a = [
+        Ev("aten.empty.memory_format", [], [(0, OUT_NODATA, None)], location="/work/t.py:3"),
+        Ev("aten.sum.default", [(0, 0)], [5]),
+        Ev("aten.fill_.Scalar", [(0, 0)], [7], args="1.0"),  # overwrites: not a read
+    ]
+    b = [
+        Ev("aten.empty.memory_format", [], [(1, OUT_NODATA, None)], location="/work/t.py:3"),
+        Ev("aten.sum.default", [(0, 0)], [6]),
+        Ev("aten.fill_.Scalar", [(0, 0)], [8], args="1.0"),
+    ]
+    report = compare(make_trace(a), make_trace(b))
+    first = report.first_divergence
+    assert (first.kind, first.op) == ("uninitialized", "aten.sum.default")
+    assert "aten.empty.memory_format at" in first.detail and "t.py:3" in first.detail
+    # an in-place op writing the whole empty tensor does not read it: its own difference is
+    # the op's (a kernel)
+    assert [s.kind for s in report.sources] == ["uninitialized", "kernel"]

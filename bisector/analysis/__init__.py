@@ -17,9 +17,10 @@ from bisector.analysis.graph import (
     source_events,
     unexplained,
 )
+from bisector.capture.ops import UNINITIALISED_OPS
 from bisector.errors import MismatchError
 from bisector.report import Report, RunInfo, Source
-from bisector.trace import FLAG_RANDOM, PHASES, Trace
+from bisector.trace import FLAG_RANDOM, OUT_NODATA, PHASES, Trace
 
 # Sources beyond this many are counted (``sources_total``) but not listed one by one.
 MAX_SOURCES = 1000
@@ -256,6 +257,16 @@ def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
         "changed here",
     }
     args = [a.string("args", event), b.string("args", event)] if kind == "argument" else []
+    detail = details[kind]
+    if kind == "kernel":
+        made = _uninitialised_input(a, eq, event)
+        if made is not None:
+            kind = "uninitialized"
+            detail = (
+                f"it reads memory that was never written: the tensor made by {made} holds "
+                "whatever was in memory; initialise it (torch.zeros rather than torch.empty) or "
+                "write all of it before it is read"
+            )
     return Source(
         kind=kind,
         op=op,
@@ -266,10 +277,29 @@ def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
         location=location(a, event),
         max_abs_diff=_magnitude(a, b, eq, event),
         event=event,
-        detail=details[kind],
+        detail=detail,
         spread=spread,
         args=args,
     )
+
+
+def _uninitialised_input(a: Trace, eq, event: int) -> str | None:
+    """ "op at file:line" of an uninitialised tensor (torch.empty and kin) that the event reads as
+    data, or None. The first input of an in-place op is not counted: those ops (fill_, copy_,
+    uniform_, ...) mostly overwrite it."""
+    start, end = int(a.in_start[event]), int(a.in_start[event + 1])
+    in_place = a.string("op", event).split(".")[1].endswith("_")
+    for position, row in enumerate(range(start, end)):
+        producer = int(eq.producer[row])
+        if producer < 0 or (in_place and position == 0):
+            continue
+        op = a.string("op", producer)
+        if op not in UNINITIALISED_OPS:
+            continue
+        value_row = int(a.out_start[producer]) + int(a.columns["in_slot"][row])
+        if a.columns["out_kind"][value_row] & OUT_NODATA:
+            return f"{op} at {location(a, producer)}"
+    return None
 
 
 def _structure_source(a: Trace, b: Trace, event: int, reason: str) -> Source:

@@ -17,17 +17,19 @@ from types import CodeType, FrameType
 import torch
 
 # Results of these ops are uninitialised memory: fingerprinting them would report noise.
-_NO_DATA_OPS = {
-    "aten.empty.memory_format",
-    "aten.empty_like.default",
-    "aten.empty_strided.default",
-    "aten.new_empty.default",
-    "aten.new_empty_strided.default",
-    "aten.empty_permuted.default",
-    "aten.resize_.default",
-    "aten.set_.source_Storage",
-    "aten.set_.source_Storage_storage_offset",
-}
+UNINITIALISED_OPS = frozenset(
+    {
+        "aten.empty.memory_format",
+        "aten.empty_like.default",
+        "aten.empty_strided.default",
+        "aten.new_empty.default",
+        "aten.new_empty_strided.default",
+        "aten.empty_permuted.default",
+        "aten.resize_.default",
+        "aten.set_.source_Storage",
+        "aten.set_.source_Storage_storage_offset",
+    }
+)
 
 
 # Names of results that hold random-generator state or a debug mask (fused attention kernels).
@@ -119,7 +121,7 @@ class OpInfo:
             len(schema.returns),
             is_view,
             random,
-            name in _NO_DATA_OPS,
+            name in UNINITIALISED_OPS,
             out_names=out_names,
             dropout=dropout,
             rng_returns=rng_returns,

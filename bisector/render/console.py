@@ -19,6 +19,7 @@ _KIND_TEXT = {
     "input": "an input tensor that differs",
     "argument": "a non-tensor argument that differs",
     "structure": "the two runs stop running the same ops",
+    "uninitialized": "uninitialised memory read as data",
 }
 # Other sources shown one group per line; the rest are counted.
 _MAX_GROUPS = 8
