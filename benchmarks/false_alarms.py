@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,8 +34,6 @@ CASES = {
 
 def run_case(name: str, repeats: int) -> dict:
     script, options, args, env = CASES[name]
-    import os
-
     environment = {**os.environ, **env}
     codes = []
     started = time.perf_counter()
