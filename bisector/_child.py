@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--digests", default=None, help="digest-only run: the digest file")
     parser.add_argument("--start-step", type=int, default=0, help="record ops from this step")
     parser.add_argument("--survey", default=None, help="survey run: the JSON file of ops seen")
+    parser.add_argument("--plain-state", default=None, help="plain run: save the final state")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--capture", default="", help="event indices whose inputs to save")
     parser.add_argument("--capture-dir", default=None)
@@ -72,7 +73,9 @@ def main() -> None:
     sys.argv = [script, *script_args]
 
     try:
-        if options.survey:
+        if options.plain_state:
+            recorder = _PlainRun(options.plain_state, options.steps)
+        elif options.survey:
             recorder = _SurveyRun(options.survey, options.steps)
         elif options.digests:
             recorder = _DigestRun(options.digests, options.steps, options.digests + ".progress")
@@ -145,6 +148,54 @@ def _write_status(path: str, rank: str, code: int, error: str | None) -> None:
             json.dump(status, file)
     except OSError:
         pass
+
+
+class _PlainRun:
+    """A run without recording (the observer check): after ``steps`` optimizer steps, the
+    training state is saved as a recorded run's snapshot is, and the run ends."""
+
+    def __init__(self, path: str, steps: int | None):
+        self._path = path
+        self._steps = steps
+        self._done = 0
+        self._depth = 0
+        self._stepped: list = []
+        self._hooks: list = []
+
+    def __enter__(self) -> _PlainRun:
+        from torch.optim.optimizer import (
+            register_optimizer_step_post_hook,
+            register_optimizer_step_pre_hook,
+        )
+
+        self._hooks = [
+            register_optimizer_step_pre_hook(self._pre),
+            register_optimizer_step_post_hook(self._post),
+        ]
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        for hook in self._hooks:
+            hook.remove()
+        return False
+
+    def _pre(self, optimizer, args, kwargs) -> None:
+        self._depth += 1
+        self._stepped.append(optimizer)  # as the Recorder does, so both snapshots line up
+
+    def _post(self, optimizer, args, kwargs) -> None:
+        from pathlib import Path
+
+        from bisector.capture import snapshots
+
+        self._depth -= 1
+        if self._depth:
+            return
+        self._done += 1
+        if self._steps is not None and self._done >= self._steps:
+            snapshots.save(Path(self._path), snapshots.state_tensors(self._stepped, lambda p: None))
+            raise StopRun("plain run: state saved")
+        self._stepped = []
 
 
 class _SurveyRun:

@@ -31,12 +31,16 @@ class FindOptions:
         ladder: bisect over steps first: a pair of runs with step digests only finds the first
             step that differs, then only that step's ops are recorded. None: when more than
             ``LADDER_FROM`` steps are asked for (or all of them).
+        check_observer: also run the script once without recording and compare its training
+            state with the recorded run A's (``report.observer``): did recording change
+            anything?
     """
 
     workdir: str | None = None
     run: RunOptions = RunOptions()
     confirm: ConfirmOptions | None = None
     ladder: bool | None = None
+    check_observer: bool = False
 
 
 # ``find`` over more steps than this first looks for the first differing step with digests.
@@ -86,16 +90,54 @@ def find(
 
 def _find_ops(script, args, run: RunOptions, options: FindOptions, workdir: Path) -> Report:
     """Record every op of both runs (from ``run.start_step``), compare, confirm if asked."""
-    # snapshots: for the exact growth of the difference when the cause is confirmed
-    run = replace(run, snapshots=options.confirm is not None)
+    # snapshots: for the exact growth of the difference, and for the observer check
+    run = replace(run, snapshots=options.confirm is not None or options.check_observer)
     run_a, trace_a = run_recorded(script, args, workdir / "a.trace", run, name="A")
     run_b, trace_b = run_recorded(script, args, workdir / "b.trace", run, name="B")
     report = analysis.compare(trace_a, trace_b, runs=[run_a, run_b])
+    if options.check_observer:
+        report.observer = _check_observer(script, args, run, workdir, report)
     if options.confirm is not None:
         confirm_run = replace(options.confirm.run, start_step=run.start_step)
         confirm_options = replace(options.confirm, run=confirm_run)
         report = confirm(script, args, report, (trace_a, trace_b), workdir, confirm_options)
     return report
+
+
+def _check_observer(script, args, run: RunOptions, workdir: Path, report: Report) -> dict:
+    """Run the script once without recording, as many steps as run A recorded, and compare
+    the training state after the last step with run A's snapshot of it."""
+    from bisector.capture import snapshots
+    from bisector.runner import run_plain
+
+    taken = sorted((workdir / "a.steps").glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    if not taken:
+        return {"checked": False, "why": "run A saved no training state (no optimizer step)"}
+    last = taken[-1]
+    steps = int(last.stem.split("-")[1]) + 1
+    plain = workdir / "plain.pt"
+    run_plain(script, args, plain, replace(run, steps=steps, start_step=0, snapshots=False))
+    if not plain.exists():
+        return {"checked": False, "why": "the plain run saved no training state"}
+    result = {"checked": True, "steps": steps, **snapshots.compare_in_order(plain, last)}
+    if result["equal"]:
+        result["verdict"] = (
+            f"recording changed nothing: after {steps} steps a plain run's parameters, "
+            "gradients and optimizer state are bitwise those of the recorded run"
+        )
+    elif report.reproducible:
+        result["verdict"] = (
+            f"recording changed the numbers: {result['differing']} of {result['tensors']} "
+            f"tensors differ from a plain run (max |A-B| {result['max_abs_diff']:.3g}) while "
+            "both recorded runs agree; please report this to bisector"
+        )
+    else:
+        result["verdict"] = (
+            "inconclusive: a plain run differs from the recorded one, but the script is not "
+            "reproducible by itself either"
+        )
+    report.notes.append(f"observer check: {result['verdict']}")
+    return result
 
 
 def _find_ranks(script, args, run: RunOptions, options: FindOptions, workdir: Path) -> Report:
@@ -117,6 +159,8 @@ def _find_ranks(script, args, run: RunOptions, options: FindOptions, workdir: Pa
     report = compare_ranks(pairs, runs)
     if options.ladder:
         report.notes.append("--ladder is not applied to torchrun jobs yet: every op was recorded")
+    if options.check_observer:
+        report.notes.append("--check-observer is not applied to torchrun jobs yet")
     if options.confirm is not None and not report.reproducible:
         report.notes.append(
             "the cause is not confirmed for torchrun jobs yet (replay, interventions): "

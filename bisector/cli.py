@@ -150,6 +150,12 @@ def find(
         help="First find the first differing step with cheap per-step digests, then record "
         f"every op of that step only (default: when --steps is over {api.LADDER_FROM}).",
     ),
+    check_observer: bool = typer.Option(
+        False,
+        "--check-observer",
+        help="Also run the script once without recording and check that its training state "
+        "after the same steps is bitwise that of the recorded run.",
+    ),
     nproc_per_node: int | None = _NPROC,
     nnodes: int = _NNODES,
     node_rank: int = _NODE_RANK,
@@ -179,7 +185,11 @@ def find(
             replays=replays, forced=tuple(tries or ()), only_forced=only_tries, run=run
         )
     options = api.FindOptions(
-        workdir=str(workdir) if workdir else None, run=run, confirm=confirm, ladder=ladder
+        workdir=str(workdir) if workdir else None,
+        run=run,
+        confirm=confirm,
+        ladder=ladder,
+        check_observer=check_observer,
     )
     with display:
         report = api.find(script, tuple(args or ()), steps=steps, options=options)

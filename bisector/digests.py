@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from bisector.errors import MismatchError, TraceError
-from bisector.records import RecordWriter, read, records
+from bisector.records import RecordWriter, inflate, parse_fields, parse_json, read, records
 
 MAGIC = b"BSDIGST\x00"
 FORMAT_VERSION = 1
@@ -139,27 +139,35 @@ def load(path: str | os.PathLike) -> Digests:
     steps: dict[int, StepValues] = {}
     complete = False
     for kind, payload, offset in records(path, data, len(MAGIC) + 4):
-        try:
-            if kind == b"H":
-                header = json.loads(payload)
-            elif kind == b"N":
-                names.extend((str(k), str(n), int(c), str(d)) for k, n, c, d in json.loads(payload))
-            elif kind == b"D":
-                step, values = _parse_step(zlib.decompress(payload), len(names))
-                steps[step] = values
-            elif kind == b"F":
-                footer = json.loads(payload)
-                complete = True
-            else:
-                raise TraceError(f"{path} is corrupt (unknown record {kind!r} at byte {offset})")
-        except (ValueError, TypeError, zlib.error, struct.error) as exc:
-            raise TraceError(f"{path} is corrupt ({type(exc).__name__} in a record)") from None
+        if kind == b"H":
+            header = parse_fields(path, payload, offset)
+        elif kind == b"N":
+            try:
+                names.extend(
+                    (str(k), str(n), int(c), str(d))
+                    for k, n, c, d in parse_json(path, payload, offset, list)
+                )
+            except (ValueError, TypeError, OverflowError):
+                raise TraceError(f"{path} is corrupt (bad name table at byte {offset})") from None
+        elif kind == b"D":
+            try:
+                step, values = _parse_step(inflate(path, payload, offset), len(names))
+            except ValueError as exc:
+                raise TraceError(f"{path} is corrupt ({exc} at byte {offset})") from None
+            steps[step] = values
+        elif kind == b"F":
+            footer = parse_fields(path, payload, offset)
+            complete = True
+        else:
+            raise TraceError(f"{path} is corrupt (unknown record {kind!r} at byte {offset})")
     if header is None:
         raise TraceError(f"{path} is corrupt or empty (no header record)")
     return Digests(str(path), header, footer, names, steps, complete)
 
 
 def _parse_step(raw: bytes, known_names: int) -> tuple[int, StepValues]:
+    if len(raw) < _STEP.size:
+        raise ValueError("step record of the wrong size")
     step, count = _STEP.unpack_from(raw, 0)
     if len(raw) != _STEP.size + count * (4 + 8 + 8 + 4):
         raise ValueError("step record of the wrong size")

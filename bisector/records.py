@@ -3,22 +3,47 @@
 A file is a magic string, a format version (u32), then records, each
 ``[kind: 1 byte][payload length: u32][crc32 of payload: u32][payload]``, flushed as written.
 A writer that is killed leaves a file that reads up to its last complete record.
+
+A checksum proves a record is what was written, not that it is sane: the helpers here also check
+what a payload holds (its JSON shape, the header and footer fields bisector reads back, how far
+it inflates), so a hostile file is one clear error, never a crash or gigabytes of memory.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from bisector.errors import TraceError
 
 _RECORD = struct.Struct("<cII")
 # A record larger than this is corruption, not data.
 _MAX_RECORD = 1 << 31
+# No compressed payload inflates beyond this (a chunk of the recorder's 16384 events takes a few
+# MB; writers split larger ones): a small payload that claims more is a zlib bomb, refused after
+# inflating this much, not gigabytes.
+MAX_INFLATED = 1 << 26
+# Header and footer fields bisector reads back, with their JSON types (trace and digest files
+# share them); a file that holds another type there is corrupt. Other fields are free-form.
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "argv": list,
+    "cwd": str,
+    "rank": int,
+    "versions": dict,
+    "settings": dict,
+    "seeds_at_start": dict,
+    "steps": int,
+    "seconds": (int, float),
+    "settings_at_end": dict,
+    "seeds_at_end": dict,
+    "optimizers": list,
+    "modules": list,
+}
 
 
 class RecordWriter:
@@ -112,3 +137,66 @@ def records(path: Path, data: bytes, pos: int) -> Iterator[tuple[bytes, bytes, i
             raise TraceError(f"{path} is corrupt (checksum mismatch in the record at byte {pos})")
         yield kind, payload, pos
         pos = start + length
+
+
+def inflate(path: Path, payload: bytes, offset: int) -> bytes:
+    """Decompress a record's zlib payload, refusing to inflate beyond ``MAX_INFLATED``.
+
+    Raises:
+        TraceError: not zlib, cut short, followed by other bytes, or too large when inflated.
+    """
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(payload, MAX_INFLATED)
+    except zlib.error:
+        raise TraceError(
+            f"{path} is corrupt (the record at byte {offset} does not inflate)"
+        ) from None
+    if len(raw) == MAX_INFLATED and not inflater.eof:
+        raise TraceError(
+            f"{path} is corrupt (the record at byte {offset} inflates to more than "
+            f"{MAX_INFLATED >> 20} MiB)"
+        )
+    if not inflater.eof or inflater.unused_data:
+        raise TraceError(f"{path} is corrupt (the record at byte {offset} does not inflate)")
+    return raw
+
+
+def parse_json(path: Path, payload: bytes, offset: int, shape: type[dict] | type[list]) -> Any:
+    """The JSON a record holds, which must be an object (``dict``) or a list.
+
+    Raises:
+        TraceError: not JSON, nested too deeply to parse, or JSON of another shape.
+    """
+    try:
+        value = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise TraceError(f"{path} is corrupt (the record at byte {offset} is not JSON)") from None
+    if not isinstance(value, shape):
+        what = "an object" if shape is dict else "a list"
+        raise TraceError(f"{path} is corrupt (the record at byte {offset} is not {what})")
+    return value
+
+
+def parse_fields(path: Path, payload: bytes, offset: int) -> dict[str, Any]:
+    """A header or footer record: a JSON object whose known fields have their types.
+
+    Raises:
+        TraceError: as ``parse_json``, or a field bisector reads holds another type.
+    """
+    fields = parse_json(path, payload, offset, dict)
+    for key, expected in _FIELD_TYPES.items():
+        if key in fields and not isinstance(fields[key], expected):
+            raise _field_error(path, offset, key, fields[key])
+    for key in ("settings", "settings_at_end"):  # their environment variables, read as a dict
+        env = fields.get(key, {}).get("env", {})
+        if not isinstance(env, dict):
+            raise _field_error(path, offset, f"{key}.env", env)
+    return fields
+
+
+def _field_error(path: Path, offset: int, key: str, value: Any) -> TraceError:
+    return TraceError(
+        f"{path} is corrupt (field {key!r} of the record at byte {offset} is a "
+        f"{type(value).__name__})"
+    )

@@ -4,7 +4,7 @@ The JSON shape is a contract: ``schema`` is an integer and keys are only ever ad
 Schema versions (keys are only added; ``schema`` changes only if a meaning changes):
     1: first version: reproducible, first_divergence, sources, runs, and the added keys below;
        later additions within 1: cause, fix, confirmations, replay, growth, environment,
-       levels, spreaders, curve, modules.
+       levels, spreaders, curve, modules, observer.
 """
 
 from __future__ import annotations
@@ -108,6 +108,9 @@ class Report:
         curve: the difference over the run: ``[event, step, max_abs_diff lower bound]`` per
             differing event (at most 2000: the largest of each bucket), for plots.
         modules: per module path, ``{"module", "events", "differing"}`` (the module tree).
+        observer: with ``--check-observer``: whether a plain run's training state equals the
+            recorded run's (``checked``, ``equal``, ``steps``, ``tensors``, ``differing``,
+            ``max_abs_diff``, ``verdict``); None when not asked.
     """
 
     reproducible: bool
@@ -130,6 +133,7 @@ class Report:
     spreaders: list[dict[str, Any]] = field(default_factory=list)
     curve: list[list] = field(default_factory=list)
     modules: list[dict[str, Any]] = field(default_factory=list)
+    observer: dict[str, Any] | None = None
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:

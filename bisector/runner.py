@@ -269,6 +269,16 @@ def _rank_files(output: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def run_plain(script: str | os.PathLike, args: tuple[str, ...], path: Path, options: RunOptions):
+    """Run the script once without recording; after ``options.steps`` optimizer steps its
+    training state is saved to ``path`` as a recorded run's snapshot (the observer check).
+
+    Raises:
+        ScriptError: the script raised or exited non-zero.
+    """
+    _run_child(script, args, path, ["--plain-state", str(path)], options, "plain")
+
+
 def run_survey(script: str | os.PathLike, args: tuple[str, ...], path: Path, options: RunOptions):
     """Run the script once with the light op survey of ``bisector doctor``; the survey lands in
     ``path`` (JSON).

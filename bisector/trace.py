@@ -18,7 +18,6 @@ Format versions (bump ``FORMAT_VERSION`` and add a line for every change; old fi
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import struct
@@ -30,7 +29,15 @@ from typing import Any
 import numpy as np
 
 from bisector.errors import TraceError
-from bisector.records import RecordWriter, read, records
+from bisector.records import (
+    MAX_INFLATED,
+    RecordWriter,
+    inflate,
+    parse_fields,
+    parse_json,
+    read,
+    records,
+)
 
 MAGIC = b"BISECTR\x00"
 FORMAT_VERSION = 1
@@ -65,6 +72,10 @@ OUTPUT_COLUMNS: dict[str, str] = {
     "out_prev_slot": "<u2",
 }
 ALL_COLUMNS = {**EVENT_COLUMNS, **INPUT_COLUMNS, **OUTPUT_COLUMNS}
+
+# Event data in one chunk record at most, leaving room for its metadata; one event always fits
+# (at most 65535 inputs and outputs: under 3 MB).
+_MAX_CHUNK_BYTES = MAX_INFLATED - (1 << 16)
 
 FLAG_RANDOM = 1  # the call drew random numbers (a seeded random op, dropout not 0)
 
@@ -165,17 +176,32 @@ class TraceWriter:
             self._records.write(b"S", json.dumps(strings).encode())
 
     def add_chunk(self, columns: dict[str, np.ndarray]) -> None:
-        """Append a run of events; ``columns`` must hold every column of ``ALL_COLUMNS``."""
-        buffer = io.BytesIO()
-        meta = []
-        for name, dtype in ALL_COLUMNS.items():
-            array = np.ascontiguousarray(columns[name], dtype=dtype)
-            meta.append([name, len(array)])
-            buffer.write(array.tobytes())
-        body = json.dumps(meta).encode()
-        payload = struct.pack("<I", len(body)) + body + buffer.getvalue()
+        """Append a run of events; ``columns`` must hold every column of ``ALL_COLUMNS``.
+
+        A run too large for one record (a reader inflates at most ``MAX_INFLATED`` bytes of
+        one) is written as several.
+        """
+        arrays = {
+            name: np.ascontiguousarray(columns[name], dtype=dtype)
+            for name, dtype in ALL_COLUMNS.items()
+        }
+        events = len(arrays["op"])
+        if events > 1 and sum(a.nbytes for a in arrays.values()) > _MAX_CHUNK_BYTES:
+            half = events // 2
+            rows = {
+                **dict.fromkeys(EVENT_COLUMNS, half),
+                **dict.fromkeys(INPUT_COLUMNS, int(arrays["n_in"][:half].sum())),
+                **dict.fromkeys(OUTPUT_COLUMNS, int(arrays["n_out"][:half].sum())),
+            }
+            self.add_chunk({name: a[: rows[name]] for name, a in arrays.items()})
+            self.add_chunk({name: a[rows[name] :] for name, a in arrays.items()})
+            return
+        body = json.dumps([[name, len(a)] for name, a in arrays.items()]).encode()
+        payload = b"".join(
+            [struct.pack("<I", len(body)), body, *(a.tobytes() for a in arrays.values())]
+        )
         self._records.write(b"C", zlib.compress(payload, 1))
-        self.events_written += len(columns["op"])
+        self.events_written += events
 
     def close(self, footer: dict[str, Any]) -> None:
         """Write the footer and close the file. Safe to call twice."""
@@ -215,22 +241,20 @@ def _parse(path: Path, data: bytes, pos: int) -> Trace:
     chunks: list[dict[str, np.ndarray]] = []
     complete = False
     for kind, payload, offset in records(path, data, pos):
-        try:
-            if kind == b"H":
-                header = json.loads(payload)
-            elif kind == b"S":
-                strings.extend(str(s) for s in json.loads(payload))
-            elif kind == b"C":
-                chunks.append(_parse_chunk(payload))
-            elif kind == b"F":
-                footer = json.loads(payload)
-                complete = True
-            else:
-                raise TraceError(
-                    f"{path} is corrupt (unknown record kind {kind!r} at byte {offset})"
-                )
-        except (ValueError, zlib.error, struct.error) as exc:
-            raise TraceError(f"{path} is corrupt ({type(exc).__name__} in a record)") from None
+        if kind == b"H":
+            header = parse_fields(path, payload, offset)
+        elif kind == b"S":
+            strings.extend(str(s) for s in parse_json(path, payload, offset, list))
+        elif kind == b"C":
+            try:
+                chunks.append(_parse_chunk(inflate(path, payload, offset)))
+            except (ValueError, RecursionError, struct.error) as exc:
+                raise TraceError(f"{path} is corrupt (chunk at byte {offset}: {exc})") from None
+        elif kind == b"F":
+            footer = parse_fields(path, payload, offset)
+            complete = True
+        else:
+            raise TraceError(f"{path} is corrupt (unknown record kind {kind!r} at byte {offset})")
     if header is None:
         raise TraceError(f"{path} is corrupt or empty (no header record)")
     columns = {
@@ -242,24 +266,35 @@ def _parse(path: Path, data: bytes, pos: int) -> Trace:
     return trace
 
 
-def _parse_chunk(payload: bytes) -> dict[str, np.ndarray]:
-    raw = zlib.decompress(payload)
+def _parse_chunk(raw: bytes) -> dict[str, np.ndarray]:
+    """The columns of an inflated chunk record."""
     (meta_len,) = struct.unpack_from("<I", raw, 0)
     meta = json.loads(raw[4 : 4 + meta_len])
+    if not isinstance(meta, list) or not all(_is_column(entry) for entry in meta):
+        raise ValueError("chunk metadata is not a list of [column, count]")
     pos = 4 + meta_len
     out: dict[str, np.ndarray] = {}
     for name, count in meta:
         dtype = np.dtype(ALL_COLUMNS.get(name, "u1"))
-        size = int(count) * dtype.itemsize
+        size = count * dtype.itemsize
         if count < 0 or pos + size > len(raw):
             raise ValueError("column runs past the end of its chunk")
         if name in ALL_COLUMNS:
-            out[name] = np.frombuffer(raw, dtype=dtype, count=int(count), offset=pos).copy()
+            out[name] = np.frombuffer(raw, dtype=dtype, count=count, offset=pos).copy()
         pos += size
     missing = set(ALL_COLUMNS) - set(out)
     if missing:
         raise ValueError(f"chunk lacks columns {sorted(missing)}")
     return out
+
+
+def _is_column(entry: Any) -> bool:
+    return (
+        isinstance(entry, list)
+        and len(entry) == 2
+        and isinstance(entry[0], str)
+        and isinstance(entry[1], int)
+    )
 
 
 def _validate(trace: Trace) -> None:
@@ -269,6 +304,9 @@ def _validate(trace: Trace) -> None:
     name = trace.path
     if any(len(c[k]) != n for k in EVENT_COLUMNS):
         raise TraceError(f"{name} is corrupt (event columns of different lengths)")
+    for group in (INPUT_COLUMNS, OUTPUT_COLUMNS):
+        if len({len(c[k]) for k in group}) > 1:
+            raise TraceError(f"{name} is corrupt (input or output columns of different lengths)")
     if int(c["n_in"].sum()) != len(c["in_back"]) or int(c["n_out"].sum()) != len(c["out_fp"]):
         raise TraceError(f"{name} is corrupt (input or output counts do not add up)")
     for column in ("op", "module", "location", "args"):
@@ -288,5 +326,13 @@ def _validate(trace: Trace) -> None:
                 f"{name} is corrupt (an input refers to an output that does not exist)"
             )
     producer = np.repeat(np.arange(n, dtype=np.int64), c["n_out"].astype(np.int64))
-    if len(producer) and bool((c["out_prev_back"].astype(np.int64) > producer).any()):
+    prev_back = c["out_prev_back"].astype(np.int64)
+    if len(producer) and bool((prev_back > producer).any()):
         raise TraceError(f"{name} is corrupt (an output refers to an event before the first)")
+    partial = prev_back > 0
+    if partial.any():
+        previous = (producer - prev_back)[partial]
+        if bool((c["out_prev_slot"][partial] >= c["n_out"][previous]).any()):
+            raise TraceError(
+                f"{name} is corrupt (an output refers to a previous value that does not exist)"
+            )

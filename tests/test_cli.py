@@ -346,3 +346,26 @@ def test_doctor_shows_the_environment_and_the_known_ops_of_a_script(tmp_path):
     line = source_line(SCRIPTS / "forward_atomic.py")
     assert known[0]["location"].endswith(f"forward_atomic.py:{line}")
     assert "Known nondeterministic ops this script runs" in result.stdout
+
+
+def test_check_observer_finds_no_effect_of_recording(tmp_path):
+    result, report = find_json(tmp_path, "deterministic.py", "--check-observer")
+    assert result.returncode == 0
+    observer = report["observer"]
+    assert observer["checked"] and observer["equal"] and observer["steps"] == 2
+    assert observer["tensors"] > 10 and "recording changed nothing" in result.stdout
+
+
+def test_snapshots_compared_in_order_see_one_changed_bit(tmp_path):
+    from bisector.capture import snapshots
+
+    state = {"param/w": torch.randn(4, 4), "grad/w": torch.randn(4, 4)}
+    torch.save(state, tmp_path / "a.pt")
+    changed = {k: v.clone() for k, v in state.items()}
+    changed["grad/w"].view(-1).view(torch.int32)[5] ^= 1
+    # names differ (a plain run does not know module names): values compare in order
+    torch.save(dict(zip(["p", "g"], changed.values(), strict=True)), tmp_path / "b.pt")
+    same = snapshots.compare_in_order(tmp_path / "a.pt", tmp_path / "a.pt")
+    assert same["equal"] and same["tensors"] == 2
+    other = snapshots.compare_in_order(tmp_path / "a.pt", tmp_path / "b.pt")
+    assert not other["equal"] and other["differing"] == 1 and other["max_abs_diff"] > 0

@@ -62,3 +62,26 @@ def max_differences(a: Path, b: Path) -> dict[str, float] | None:
         diff = (x.double() - y.double()).abs().max().item() if x.numel() else 0.0
         result[kind] = max(result[kind], diff)
     return result
+
+
+def compare_in_order(a: Path, b: Path) -> dict:
+    """Compare two snapshots value by value in the order they were taken (their names may
+    differ: a plain run does not know module names). Bitwise, with the largest difference."""
+    left = list(torch.load(a, weights_only=True).values())
+    right = list(torch.load(b, weights_only=True).values())
+    differing, largest = 0, 0.0
+    for x, y in zip(left, right, strict=False):
+        if x.shape != y.shape or x.dtype != y.dtype:
+            differing += 1
+            continue
+        if not torch.equal(x.view(-1).view(torch.uint8), y.view(-1).view(torch.uint8)):
+            differing += 1
+            if x.is_floating_point() and x.numel():
+                largest = max(largest, (x.double() - y.double()).abs().max().item())
+    differing += abs(len(left) - len(right))
+    return {
+        "equal": differing == 0,
+        "tensors": max(len(left), len(right)),
+        "differing": differing,
+        "max_abs_diff": largest,
+    }
