@@ -231,3 +231,32 @@ def test_uninitialised_memory_read_as_data_is_reported_as_such():
     # an in-place op writing the whole empty tensor does not read it: its own difference is
     # the op's (a kernel)
     assert [s.kind for s in report.sources] == ["uninitialized", "kernel"]
+
+
+def test_fast_reach_agrees_with_networkx_on_random_streams():
+    """The analysis sweeps arrays; networkx, the reference, must agree on every stream."""
+    import random
+
+    import networkx as nx
+    import numpy as np
+
+    from bisector.analysis.graph import Dataflow, reach, unexplained
+
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 60)
+        differs = np.array([rng.random() < 0.6 for _ in range(n)])
+        edges = sorted(
+            {(rng.randrange(c), c) for c in range(1, n) for _ in range(rng.randint(0, 3))},
+            key=lambda e: e[1],
+        )
+        edges = [(p, c) for p, c in edges if differs[p] and differs[c]]
+        graph = Dataflow(
+            differs, np.array([p for p, _ in edges], int), np.array([c for _, c in edges], int)
+        )
+        reference = graph.to_networkx()
+        sources = [int(e) for e in np.flatnonzero(differs) if rng.random() < 0.3]
+        expected = {s: len(nx.descendants(reference, s)) for s in sources}
+        assert reach(graph, sources) == expected
+        covered = set(sources).union(*(nx.descendants(reference, s) for s in sources))
+        assert unexplained(graph, sources) == reference.number_of_nodes() - len(covered)

@@ -7,8 +7,10 @@ import struct
 import numpy as np
 import pytest
 import torch
+from streams import Ev, make_trace
 
 import bisector
+from bisector import records
 from bisector import trace as trace_mod
 from bisector.errors import TraceError
 from bisector.trace import FORMAT_VERSION, MAGIC, load
@@ -130,3 +132,22 @@ def test_bytes_per_event_is_compact(recorded):
     # The header is a fixed cost; on this tiny run it still stays well under 64 bytes/event
     # on average for the event data (measured figures live in benchmarks/).
     assert per_event < 64 + 4000 / recorder.events
+
+
+def test_a_chunk_too_large_for_one_record_is_split(tmp_path, monkeypatch):
+    # readers inflate at most records.MAX_INFLATED bytes of a record: the writer splits larger runs
+    events = [Ev("leaf.tensor", [], [1])] + [
+        Ev("aten.add.Tensor", [(i, 0), (-1, 0)], [i, i + 1]) for i in range(200)
+    ]
+    built = make_trace(events)
+    monkeypatch.setattr(trace_mod, "_MAX_CHUNK_BYTES", 1000)
+    writer = trace_mod.TraceWriter(tmp_path / "split.trace", built.header)
+    writer.add_strings(built.strings)
+    writer.add_chunk(built.columns)
+    writer.close(built.footer)
+    data = (tmp_path / "split.trace").read_bytes()
+    chunks = [k for k, _, _ in records.records(tmp_path, data, len(MAGIC) + 4) if k == b"C"]
+    assert len(chunks) > 8 and writer.events_written == len(built)
+    loaded = load(tmp_path / "split.trace")
+    for name in trace_mod.ALL_COLUMNS:
+        assert np.array_equal(loaded.columns[name], built.columns[name]), name

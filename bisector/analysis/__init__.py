@@ -96,7 +96,9 @@ def compare_traces(
             "events after it are not compared"
         )
     total = len(found) + (structure is not None)
-    sources, skipped = lead_with_headline(sources)
+    skipped = None
+    if structure is None:  # after a break nothing is compared: spread says too little there
+        sources, skipped = lead_with_headline(sources)
     if skipped is not None:
         notes.append(skipped)
     environment = differences(a.header, b.header, a.footer, b.footer)

@@ -57,7 +57,9 @@ def compare_ranks(pairs: list[tuple[int, Trace, Trace]], runs: list[RunInfo]) ->
             entry = spreaders.setdefault(k, _spreader(trace, source, origins))
             entry["ranks"].append(rank)
     sources.sort(key=lambda s: (s.step, s.event, s.rank))
-    sources, skipped = lead_with_headline(sources)
+    skipped = None
+    if all(report.structure is None for report, _, _ in compared.values()):
+        sources, skipped = lead_with_headline(sources)
 
     merged = Report(
         reproducible=all(r.reproducible for r, _, _ in compared.values()),
