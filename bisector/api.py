@@ -96,7 +96,8 @@ def _find_ops(script, args, run: RunOptions, options: FindOptions, workdir: Path
     run_b, trace_b = run_recorded(script, args, workdir / "b.trace", run, name="B")
     report = analysis.compare(trace_a, trace_b, runs=[run_a, run_b])
     if options.check_observer:
-        report.observer = _check_observer(script, args, run, workdir, report)
+        compiled = "torch.compile" in (trace_a.footer.get("modules") or [])
+        report.observer = _check_observer(script, args, run, workdir, report, compiled)
     if options.confirm is not None:
         confirm_run = replace(options.confirm.run, start_step=run.start_step)
         confirm_options = replace(options.confirm, run=confirm_run)
@@ -104,7 +105,9 @@ def _find_ops(script, args, run: RunOptions, options: FindOptions, workdir: Path
     return report
 
 
-def _check_observer(script, args, run: RunOptions, workdir: Path, report: Report) -> dict:
+def _check_observer(
+    script, args, run: RunOptions, workdir: Path, report: Report, compiled: bool
+) -> dict:
     """Run the script once without recording, as many steps as run A recorded, and compare
     the training state after the last step with run A's snapshot of it."""
     from bisector.capture import snapshots
@@ -124,6 +127,12 @@ def _check_observer(script, args, run: RunOptions, workdir: Path, report: Report
         result["verdict"] = (
             f"recording changed nothing: after {steps} steps a plain run's parameters, "
             "gradients and optimizer state are bitwise those of the recorded run"
+        )
+    elif report.reproducible and compiled:
+        result["verdict"] = (
+            f"a plain run differs ({result['differing']} of {result['tensors']} tensors, max "
+            f"|A-B| {result['max_abs_diff']:.3g}): it ran torch.compile'd code, the recorded "
+            "runs ran it eagerly; the two recorded runs agree"
         )
     elif report.reproducible:
         result["verdict"] = (

@@ -369,3 +369,9 @@ def test_snapshots_compared_in_order_see_one_changed_bit(tmp_path):
     assert same["equal"] and same["tensors"] == 2
     other = snapshots.compare_in_order(tmp_path / "a.pt", tmp_path / "b.pt")
     assert not other["equal"] and other["differing"] == 1 and other["max_abs_diff"] > 0
+
+
+def test_torch_compile_is_detected_and_said(tmp_path):
+    result, report = find_json(tmp_path, "compiled.py")
+    assert result.returncode == 0, result.stdout
+    assert any("torch.compile" in note for note in report["notes"]), report["notes"]

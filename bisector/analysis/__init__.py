@@ -325,6 +325,12 @@ def _structure_source(a: Trace, b: Trace, event: int, reason: str) -> Source:
 
 def _notes(a: Trace, b: Trace) -> list[str]:
     notes = []
+    if "torch.compile" in (a.footer.get("modules") or []):
+        notes.append(
+            "the script uses torch.compile: while bisector records ops, compiled code runs op by "
+            "op in eager PyTorch, so these runs show eager numerics; `--check-observer` compares "
+            "with a plain (compiled) run, and `--try no-compile` runs both without compiling"
+        )
     for name, trace in (("A", a), ("B", b)):
         if not trace.complete:
             notes.append(f"trace of run {name} is cut short (the run was killed while recording)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import platform
@@ -86,10 +87,17 @@ def notable_modules() -> list[str]:
     try:
         from torch._dynamo.utils import counters
 
-        if sum(counters["frames"].values()):
-            found.append("torch.compile")
+        compiled = bool(sum(counters["frames"].values()))
     except Exception:  # noqa: BLE001 - dynamo absent, or its counters moved
-        pass
+        compiled = False
+    if not compiled and "torch._dynamo" in sys.modules:
+        # Under a recording dispatch mode Dynamo compiles nothing, so look for what the script
+        # asked to compile: a module wrapped by torch.compile.
+        from torch._dynamo.eval_frame import OptimizedModule
+
+        compiled = any(isinstance(obj, OptimizedModule) for obj in gc.get_objects())
+    if compiled:
+        found.append("torch.compile")
     return found
 
 
