@@ -51,6 +51,12 @@ def _headline(report: CheckpointReport, differing: list[TensorDiff]) -> Text:
             ("Checkpoints are bitwise identical ", "bold green"),
             f"({total} tensors, every value equal)",
         )
+    return Text.assemble(("Checkpoints differ: ", "bold red"), summary(report, len(differing)))
+
+
+def summary(report: CheckpointReport, differing: int) -> str:
+    """ "3 of 23 tensors differ; also 1 only in A, ..." (shared with the HTML report)."""
+    total = len(report.tensors)
     others = [
         f"{count} {what}"
         for count, what in (
@@ -61,10 +67,10 @@ def _headline(report: CheckpointReport, differing: list[TensorDiff]) -> Text:
         )
         if count
     ]
-    text = f"{len(differing)} of {total} tensors differ"
+    text = f"{differing} of {total} tensors differ"
     if others:
         text += "; also " + ", ".join(others)
-    return Text.assemble(("Checkpoints differ: ", "bold red"), text)
+    return text
 
 
 def _tensor_table(differing: list[TensorDiff]) -> Group:

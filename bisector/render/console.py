@@ -91,6 +91,15 @@ def levels_table(levels: list[dict]) -> Table:
     return table
 
 
+def replay_verdict(replay: dict) -> str:
+    """What a replay's count of distinct results says about the op (shared with the HTML)."""
+    if replay["distinct_results"] > 1:
+        return "nondeterministic by itself"
+    if replay.get("seed") is not None:
+        return "deterministic given its generator state: that state differed"
+    return "deterministic by itself"
+
+
 def describe_magnitude(source: Source) -> str:
     """'3.6e-07' or '>= 3.6e-07' depending on whether the figure is exact or a lower bound."""
     value = source.max_abs_diff
@@ -154,14 +163,8 @@ def _verdict_panel(report: Report) -> Panel:
     evidence = []
     for r in report.replay:
         if r.get("distinct_results") is not None:
-            seeded = r.get("seed") is not None
-            if r["distinct_results"] > 1:
-                verdict = "nondeterministic by itself"
-            elif seeded:
-                verdict = "deterministic given its generator state: that state differed"
-            else:
-                verdict = "deterministic by itself"
-            how = " and the same seed" if seeded else ""
+            verdict = replay_verdict(r)
+            how = " and the same seed" if r.get("seed") is not None else ""
             evidence.append(
                 f"replayed {r['op']} {r['runs']} times on identical inputs{how}: "
                 f"{r['distinct_results']} distinct results ({verdict}); repro: {r['repro']}"

@@ -10,7 +10,7 @@ from bisector.checkpoint import CheckpointReport
 from bisector.digests import DigestReport
 
 # The console's wording and helpers, so that both outputs say the same thing.
-from bisector.render.console import _KIND_TEXT, _code_line, describe_magnitude
+from bisector.render.console import _KIND_TEXT, _code_line, describe_magnitude, replay_verdict
 from bisector.render.html_blocks import (
     bullets,
     code,
@@ -158,14 +158,8 @@ def _replay_line(replay: dict[str, Any]) -> str:
         if not replay.get("error"):
             return ""
         return f"replay of {code(replay['op'])}: {esc(replay['error'])}"
-    seeded = replay.get("seed") is not None
-    if replay["distinct_results"] > 1:
-        verdict = "nondeterministic by itself"
-    elif seeded:
-        verdict = "deterministic given its generator state: that state differed"
-    else:
-        verdict = "deterministic by itself"
-    how = " and the same seed" if seeded else ""
+    verdict = replay_verdict(replay)
+    how = " and the same seed" if replay.get("seed") is not None else ""
     return (
         f"replayed {code(replay['op'])} {esc(replay['runs'])} times on identical inputs{how}: "
         f"<strong>{esc(replay['distinct_results'])} distinct results</strong> ({esc(verdict)}); "

@@ -8,7 +8,7 @@ from typing import Any
 from bisector.checkpoint import CheckpointReport
 
 # The console's helpers, so that both outputs count and group the same way.
-from bisector.render.checkpoint import _identical_roots, _share
+from bisector.render.checkpoint import _identical_roots, _share, summary
 from bisector.render.html_blocks import (
     MAX_ROWS,
     bullets,
@@ -44,20 +44,7 @@ def _checkpoint_headline(report: CheckpointReport) -> str:
     if report.reproducible:
         text = esc(f"{total} tensors, every value equal.")
         return headline(True, "Checkpoints are bitwise identical:", text, stats)
-    others = [
-        f"{count} {what}"
-        for count, what in (
-            (len(report.missing), "only in A"),
-            (len(report.extra), "only in B"),
-            (len(report.mismatched), "with another dtype, shape or kind"),
-            (len(report.values), "differing plain value" + "s" * (len(report.values) > 1)),
-        )
-        if count
-    ]
-    text = f"{differing} of {total} tensors differ"
-    if others:
-        text += "; also " + ", ".join(others)
-    text += "."
+    text = summary(report, differing) + "."
     return headline(False, "Checkpoints differ:", esc(text), stats)
 
 
