@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,26 @@ def test_amplifier_includes_differences_that_vanish_or_appear():
     assert _amplification(1e-6, 1e-3)[0] == "amplifier"
     assert _amplification(1e-6, 3e-6)[0] == "no-effect"
     assert _amplification(0.0, 0.0)[0] == "no-effect"
+
+
+def test_set_order_structure_is_fixed_by_seeding_the_hash(tmp_path):
+    """A structure source from set iteration order: seed-everything (PYTHONHASHSEED) fixes it."""
+    env_seed = os.environ.pop("PYTHONHASHSEED", None)
+    try:
+        for attempt in range(4):  # two processes can draw hash seeds with the same set order
+            result, report = find_json(
+                tmp_path / str(attempt),
+                "set_order.py",
+                "--only-tries",
+                "--try",
+                "seed-everything",
+                confirm=True,
+            )
+            if result.returncode == 1:
+                break
+    finally:
+        if env_seed is not None:
+            os.environ["PYTHONHASHSEED"] = env_seed
+    assert result.returncode == 1, "set order never differed in 4 pairs"
+    assert report["first_divergence"]["kind"] == "structure"
+    assert _by_name(report)["seed-everything"]["outcome"] == "fixes"

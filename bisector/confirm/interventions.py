@@ -298,7 +298,8 @@ class SeedEverything(Intervention):
     env = {"PYTHONHASHSEED": "0"}
 
     def applies(self, situation: Situation) -> bool:
-        return bool({"rng", "input", "argument"} & situation.kinds)
+        # structure: control flow that follows set or dict-of-str order (PYTHONHASHSEED)
+        return bool({"rng", "input", "argument", "structure"} & situation.kinds)
 
     def apply(self) -> Undo:
         import random
