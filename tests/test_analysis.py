@@ -260,3 +260,10 @@ def test_fast_reach_agrees_with_networkx_on_random_streams():
         assert reach(graph, sources) == expected
         covered = set(sources).union(*(nx.descendants(reference, s) for s in sources))
         assert unexplained(graph, sources) == reference.number_of_nodes() - len(covered)
+
+
+def test_a_custom_op_source_says_what_bisector_cannot_see():
+    a = [Ev("leaf.tensor", [], [1]), Ev("mylib.fused_gelu.default", [(0, 0)], [2])]
+    b = [Ev("leaf.tensor", [], [1]), Ev("mylib.fused_gelu.default", [(0, 0)], [3])]
+    first = compare(make_trace(a), make_trace(b)).first_divergence
+    assert first.kind == "kernel" and "custom op (mylib" in first.detail

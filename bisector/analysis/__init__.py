@@ -260,6 +260,12 @@ def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
     }
     args = [a.string("args", event), b.string("args", event)] if kind == "argument" else []
     detail = details[kind]
+    namespace = op.split(".", 1)[0]
+    if kind == "kernel" and namespace not in _BUILTIN_NAMESPACES:
+        detail += (
+            f"; it is a custom op ({namespace}: an extension or a torch.library op): bisector "
+            "sees its inputs and outputs, not the kernels inside it"
+        )
     if kind == "kernel":
         made = _uninitialised_input(a, eq, event)
         if made is not None:
@@ -283,6 +289,12 @@ def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
         spread=spread,
         args=args,
     )
+
+
+# Op namespaces of PyTorch itself; any other is a custom op (C++/CUDA extension, torch.library).
+_BUILTIN_NAMESPACES = frozenset(
+    {"aten", "prims", "c10d", "_c10d_functional", "leaf", "quantized", "_quantized"}
+)
 
 
 def _uninitialised_input(a: Trace, eq, event: int) -> str | None:
