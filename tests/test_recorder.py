@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
 
 import bisector
+from bisector.analysis import compare
 from bisector.capture.recorder import Recorder, RecordOptions, StopRun
 from bisector.trace import load
 
@@ -253,3 +256,19 @@ def test_random_flag_and_attention_rng_state_outputs(tmp_path):
     assert not info.draws_random((q, q, q, None, True, 0.0), {})
     assert info.draws_random((q, q, q, None, True, 0.1), {})
     assert not info.draws_random((q, q, q, None, True), {})  # dropout_p defaults to 0
+
+
+def test_cuda_graph_replays_are_counted_and_the_patch_removed(tmp_path):
+    original = torch.cuda.CUDAGraph.replay
+    with Recorder(tmp_path / "t.trace") as recorder:
+        assert torch.cuda.CUDAGraph.replay is not original
+        # a real graph needs CUDA; the count happens before the call, whatever torch raises
+        with contextlib.suppress(Exception):
+            torch.cuda.CUDAGraph.replay(object())
+        torch.ones(2).sum()
+    assert torch.cuda.CUDAGraph.replay is original
+    assert recorder.graph_replays == 1
+    trace = load(tmp_path / "t.trace")
+    assert trace.footer["cuda_graph_replays"] == 1
+    report = compare(trace, trace)
+    assert any("replayed CUDA graphs (1 times)" in note for note in report.notes)

@@ -337,6 +337,14 @@ def _structure_source(a: Trace, b: Trace, event: int, reason: str) -> Source:
 
 def _notes(a: Trace, b: Trace) -> list[str]:
     notes = []
+    replays = max(int(t.footer.get("cuda_graph_replays") or 0) for t in (a, b))
+    if replays:
+        notes.append(
+            f"the script replayed CUDA graphs ({replays} times): the kernels of a replay bypass "
+            "PyTorch's dispatcher, so bisector does not see them, and tensors they write keep "
+            "the fingerprint of their last recorded value: differences after a replay may be "
+            "attributed to a later op"
+        )
     if "torch.compile" in (a.footer.get("modules") or []):
         notes.append(
             "the script uses torch.compile: while bisector records ops, compiled code runs op by "

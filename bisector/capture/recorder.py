@@ -149,6 +149,8 @@ class Recorder:
         self._optimizers: set[str] = set()
         self._stepped: list = []
         self._progress = None
+        self._replay = None
+        self.graph_replays = 0
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -163,6 +165,7 @@ class Recorder:
             register_optimizer_step_pre_hook(self._optimizer_pre),
             register_optimizer_step_post_hook(self._optimizer_post),
         ]
+        self._count_graph_replays()
         if self.options.progress_file:
             from bisector.capture.progress import Progress
 
@@ -219,6 +222,21 @@ class Recorder:
             handle.remove()
         self._hooks = []
         self._modules.remove()
+        if self._replay is not None:
+            torch.cuda.CUDAGraph.replay = self._replay
+            self._replay = None
+
+    def _count_graph_replays(self) -> None:
+        """Count CUDA graph replays: the kernels of a replay bypass the dispatcher, so the
+        report must say that their writes were not seen."""
+        original = self._replay = torch.cuda.CUDAGraph.replay
+        recorder = self
+
+        def replay(graph):
+            recorder.graph_replays += 1
+            return original(graph)
+
+        torch.cuda.CUDAGraph.replay = replay
 
     def _finish(self, status: str, error: str | None = None) -> None:
         """Write what is buffered and the footer; from here on ops pass through unrecorded."""
@@ -241,6 +259,7 @@ class Recorder:
                     "seeds_at_end": settings.seeds(),
                     "optimizers": sorted(self._optimizers),
                     "modules": settings.notable_modules(),
+                    "cuda_graph_replays": self.graph_replays,
                 }
             )
 

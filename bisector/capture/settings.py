@@ -8,6 +8,7 @@ import os
 import platform
 import random
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -95,7 +96,9 @@ def notable_modules() -> list[str]:
         # asked to compile: a module wrapped by torch.compile.
         from torch._dynamo.eval_frame import OptimizedModule
 
-        compiled = any(isinstance(obj, OptimizedModule) for obj in gc.get_objects())
+        with warnings.catch_warnings():  # some objects warn when looked at (deprecations)
+            warnings.simplefilter("ignore")
+            compiled = any(isinstance(obj, OptimizedModule) for obj in gc.get_objects())
     if compiled:
         found.append("torch.compile")
     return found
