@@ -172,7 +172,7 @@ def run_recorded(
             "training scripts",
             output=output,
         )
-    return _run_info(name, trace, len(loaded), loaded, code, seconds), loaded
+    return _run_info(name, trace, len(loaded), loaded, code, seconds, _log_of(trace)), loaded
 
 
 def run_digests(
@@ -200,10 +200,12 @@ def run_digests(
         raise ScriptError(
             f"run {name} left no readable digest file: {exc}", output=output
         ) from None
-    return _run_info(name, path, 0, loaded, code, seconds), loaded
+    return _run_info(name, path, 0, loaded, code, seconds, _log_of(path)), loaded
 
 
-def _run_info(name: str, path: Path, events: int, loaded, code: int, seconds: float) -> RunInfo:
+def _run_info(
+    name: str, path: Path, events: int, loaded, code: int, seconds: float, log: Path
+) -> RunInfo:
     """What a run did, from the file it left (a trace or digests, by its footer)."""
     return RunInfo(
         name=name,
@@ -214,7 +216,7 @@ def _run_info(name: str, path: Path, events: int, loaded, code: int, seconds: fl
         complete=loaded.complete,
         exit_code=code,
         seconds=round(seconds, 3),
-        log=str(_log_of(path)),
+        log=str(log),
     )
 
 
@@ -243,30 +245,19 @@ def run_ranks(
     if options.start_step:
         extra += ["--start-step", str(options.start_step)]
     path, output, code, seconds = _run_child(script, args, template, extra, options, name)
-    results = []
-    for rank, file in _rank_files(trace):
+    results, log = [], _log_of(template)
+    for rank, file in _per_rank(template, ""):
         try:
             loaded = load(file)
         except TraceError as exc:
             raise ScriptError(f"rank {rank} of run {name} left no readable trace: {exc}") from None
-        info = _run_info(f"{name} rank {rank}", file, len(loaded), loaded, code, seconds)
-        info.log = str(_log_of(template))
+        info = _run_info(f"{name} rank {rank}", file, len(loaded), loaded, code, seconds, log)
         results.append((rank, info, loaded))
     if not results or all(len(t) == 0 for _, _, t in results):
         raise ScriptError(
             f"{path.name} ran without calling any torch operator on any rank", output=output
         )
     return results
-
-
-def _rank_files(output: Path) -> list[tuple[int, Path]]:
-    """The per-rank files of ``output`` (``a.rank0.trace``, ...), by rank."""
-    found = []
-    for file in output.parent.glob(f"{output.stem}.rank*{output.suffix}"):
-        rank = file.name[len(output.stem) + 5 : len(file.name) - len(output.suffix)]
-        if rank.isdigit():
-            found.append((int(rank), file))
-    return sorted(found)
 
 
 def run_plain(script: str | os.PathLike, args: tuple[str, ...], path: Path, options: RunOptions):
