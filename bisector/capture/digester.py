@@ -203,7 +203,25 @@ def _optimizer_state(optimizer, named) -> list[tuple[str, dict]]:
     return [(name, optimizer.state[p]) for name, p in named if p in optimizer.state]
 
 
-class Watch:
+class _DigestHooks:
+    """What Watch and GlobalDigests own: a digester, its hooks and the loss tap; ``close``
+    removes them all and finishes the file."""
+
+    def __init__(self, digester: StepDigester):
+        self.digester = digester
+        self._loss = _LossTap(digester.loss)
+        self._handles: list = []
+
+    def close(self, status: str = "complete", error: str | None = None) -> None:
+        """Remove the hooks and finish the file. Safe to call twice."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._loss.remove()
+        self.digester.close(status, error)
+
+
+class Watch(_DigestHooks):
     """Step digests of one model and optimizer, from inside a training script.
 
     Use ``bisector.watch(model, optimizer, path)``; see there.
@@ -216,16 +234,14 @@ class Watch:
         path: str | os.PathLike,
         every: int = 1,
     ):
-        self.digester = StepDigester(path, every)
+        super().__init__(StepDigester(path, every))
         self._model = model
-        self._optimizer = optimizer
         names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
         if optimizer is None:
             self._named = list(model.named_parameters())
         else:
             params = [p for group in optimizer.param_groups for p in group["params"]]
             self._named = [(names.get(id(p), f"param{i}"), p) for i, p in enumerate(params)]
-        self._loss = _LossTap(self.digester.loss)
         self._handles = [model.register_forward_pre_hook(self._forward, with_kwargs=True)]
         if optimizer is not None:
             self._handles += [
@@ -242,11 +258,7 @@ class Watch:
 
     def close(self, status: str = "complete", error: str | None = None) -> None:
         """Stop watching: remove the hooks and finish the file. Safe to call twice."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self._loss.remove()
-        self.digester.close(status, error)
+        super().close(status, error)
 
     def __enter__(self) -> Watch:
         return self
@@ -276,7 +288,7 @@ class Watch:
         self.digester.end_step(self._named, [], list(self._model.named_buffers()))
 
 
-class GlobalDigests:
+class GlobalDigests(_DigestHooks):
     """Step digests of a whole script: every optimizer that steps and every root module (a
     module called while no other runs), found through global hooks. Used by ``find``'s first
     level, in the child process.
@@ -295,7 +307,7 @@ class GlobalDigests:
         argv=None,
         progress_file: str | None = None,
     ):
-        self.digester = StepDigester(path, 1, argv)
+        super().__init__(StepDigester(path, 1, argv))
         self._progress = None
         if progress_file:
             from bisector.capture.progress import Progress
@@ -308,8 +320,6 @@ class GlobalDigests:
         self._names: dict[int, tuple[weakref.ref, str]] = {}
         self._optimizer_depth = 0
         self._stepped: list = []
-        self._loss = _LossTap(self.digester.loss)
-        self._handles: list = []
 
     def install(self) -> None:
         self._handles = [
@@ -321,11 +331,7 @@ class GlobalDigests:
         self._loss.install()
 
     def close(self, status: str = "complete", error: str | None = None) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self._loss.remove()
-        self.digester.close(status, error)
+        super().close(status, error)
         if self._progress is not None:
             self._progress.close()
 
