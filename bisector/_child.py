@@ -20,7 +20,7 @@ import traceback
 
 import bisector
 from bisector.capture.digester import GlobalDigests
-from bisector.capture.recorder import Recorder, RecordOptions, StopRun
+from bisector.capture.recorder import Recorder, RecordOptions, StopRun, ending
 from bisector.confirm.interventions import apply_interventions
 from bisector.runner import EXIT_SCRIPT_RAISED, EXIT_SETUP_FAILED, LAUNCH_PYTHONPATH
 
@@ -150,6 +150,11 @@ def _write_status(path: str, rank: str, code: int, error: str | None) -> None:
         pass
 
 
+def _stop() -> None:
+    """End the script once the steps asked for are done (a BaseException: see StopRun)."""
+    raise StopRun("the steps asked for are done")
+
+
 class _PlainRun:
     """A run without recording (the observer check): after ``steps`` optimizer steps, the
     training state is saved as a recorded run's snapshot is, and the run ends."""
@@ -194,7 +199,7 @@ class _PlainRun:
         self._done += 1
         if self._steps is not None and self._done >= self._steps:
             snapshots.save(Path(self._path), snapshots.state_tensors(self._stepped, lambda p: None))
-            raise StopRun("plain run: state saved")
+            _stop()
         self._stepped = []
 
 
@@ -205,11 +210,7 @@ class _SurveyRun:
         from bisector.capture.survey import Survey
 
         self._path = path
-        self._survey = Survey(steps, self._stop)
-
-    @staticmethod
-    def _stop() -> None:
-        raise StopRun("surveyed the steps asked for")
+        self._survey = Survey(steps, _stop)
 
     def __enter__(self) -> _SurveyRun:
         self._survey.__enter__()
@@ -229,27 +230,15 @@ class _DigestRun:
 
     def __init__(self, path: str, steps: int | None, progress_file: str):
         self._digests = GlobalDigests(
-            path, steps, self._stop, argv=list(sys.argv), progress_file=progress_file
+            path, steps, _stop, argv=list(sys.argv), progress_file=progress_file
         )
-
-    @staticmethod
-    def _stop() -> None:
-        raise StopRun("digested the steps asked for")
 
     def __enter__(self) -> _DigestRun:
         self._digests.install()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None or issubclass(exc_type, StopRun):
-            status, error = "complete" if exc_type is None else "stopped", None
-        elif issubclass(exc_type, KeyboardInterrupt):
-            status, error = "interrupted", "KeyboardInterrupt"
-        elif issubclass(exc_type, SystemExit) and exc is not None and exc.code in (None, 0):
-            status, error = "complete", None
-        else:
-            status, error = "failed", f"{exc_type.__name__}: {exc}"
-        self._digests.close(status, error)
+        self._digests.close(*ending(exc_type, exc))
         return False
 
 

@@ -60,6 +60,21 @@ class StopRun(BaseException):
     """
 
 
+def ending(exc_type, exc) -> tuple[str, str | None]:
+    """How a run ended, for a trace or digest footer: (status, error) from the exception that
+    left the recording context (None: it ran to its end)."""
+    if exc_type is None:
+        return "complete", None
+    if issubclass(exc_type, StopRun):
+        return "stopped", None
+    if issubclass(exc_type, KeyboardInterrupt):
+        return "interrupted", "KeyboardInterrupt"
+    if issubclass(exc_type, SystemExit):
+        code = exc.code if exc is not None else None
+        return ("complete", None) if code in (None, 0) else ("exited", f"exit status {code}")
+    return "failed", f"{exc_type.__name__}: {exc}"
+
+
 @dataclass(frozen=True)
 class RecordOptions:
     """How a Recorder records.
@@ -185,18 +200,7 @@ class Recorder:
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
             if self.status in ("recording", "waiting"):
-                if exc_type is None:
-                    self._finish("complete")
-                elif issubclass(exc_type, StopRun):
-                    self._finish("stopped")
-                elif issubclass(exc_type, KeyboardInterrupt):
-                    self._finish("interrupted", "KeyboardInterrupt")
-                elif issubclass(exc_type, SystemExit):
-                    code = exc.code if exc is not None else None
-                    status = "complete" if code in (None, 0) else "exited"
-                    self._finish(status, None if status == "complete" else f"exit status {code}")
-                else:
-                    self._finish("failed", f"{exc_type.__name__}: {exc}")
+                self._finish(*ending(exc_type, exc))
         finally:
             self._uninstall()
             if self._mode is not None:
