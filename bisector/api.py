@@ -282,17 +282,10 @@ _KIND_NAMES = {"trace": "a trace", "digests": "a digest file", "checkpoint": "a 
 def _kind_of(path: Path) -> str:
     """ "trace", "digests" or "checkpoint", from the first bytes of the file."""
     from bisector.checkpoint import sniff_checkpoint
+    from bisector.records import read_bytes
     from bisector.trace import MAGIC as TRACE_MAGIC
 
-    try:
-        with open(path, "rb") as file:
-            first = file.read(len(TRACE_MAGIC))
-    except FileNotFoundError:
-        raise TraceError(f"file not found: {path}") from None
-    except IsADirectoryError:
-        raise TraceError(f"{path} is a folder, not a file to compare") from None
-    except OSError as exc:
-        raise TraceError(f"cannot read {path}: {exc.strerror}") from None
+    first = read_bytes(path, "file", len(TRACE_MAGIC))
     if first == TRACE_MAGIC:
         return "trace"
     if first == digests.MAGIC:

@@ -80,6 +80,20 @@ class RecordWriter:
             self._file = None
 
 
+def read_bytes(path: Path, what: str, count: int = -1) -> bytes:
+    """The file's bytes (the first ``count``; all by default), or a one-line TraceError that
+    names it as ``what`` ("trace", "digest file", "file")."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(count)
+    except FileNotFoundError:
+        raise TraceError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise TraceError(f"{path} is a folder, not a {what}") from None
+    except OSError as exc:
+        raise TraceError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
 def read(path: Path, magic: bytes, newest: int, what: str, hint: str) -> tuple[int, bytes]:
     """Read a whole record file and check its magic and version.
 
@@ -96,14 +110,7 @@ def read(path: Path, magic: bytes, newest: int, what: str, hint: str) -> tuple[i
     Raises:
         TraceError: missing, unreadable, of another kind, or of an unknown version.
     """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise TraceError(f"{what} not found: {path}") from None
-    except IsADirectoryError:
-        raise TraceError(f"{path} is a folder, not a {what}") from None
-    except OSError as exc:
-        raise TraceError(f"cannot read {what} {path}: {exc.strerror}") from None
+    data = read_bytes(path, what)
     if not data.startswith(magic) or len(data) < len(magic) + 4:
         raise TraceError(f"{path} is not a bisector {what} ({hint})")
     (version,) = struct.unpack_from("<I", data, len(magic))
