@@ -298,7 +298,8 @@ def doctor(
     if survey is not None:
         data.update(survey_steps=survey.steps, script_settings=survey.settings, known_ops=hits)
         data["ops"] = survey.ops
-    _write(json.dumps(data, indent=2, default=str) + "\n", json_path, "JSON", out)
+    if json_path is not None:
+        _write(json.dumps(data, indent=2, default=str) + "\n", json_path, "JSON", out)
 
 
 @app.command(short_help="Compare two traces, digest files or checkpoints of finished runs.")
@@ -318,9 +319,7 @@ def diff(
     _finish(report, json_path, html_path, quiet, next_hint=False)
 
 
-def _write(text: str, path: Path | None, what: str, out: Console) -> None:
-    if path is None:
-        return
+def _write(text: str, path: Path, what: str, out: Console) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
@@ -332,7 +331,9 @@ def _write(text: str, path: Path | None, what: str, out: Console) -> None:
 def _finish(report, json_path: Path | None, html_path: Path | None, quiet: bool, next_hint: bool):
     """Show the report (a Report, DigestReport or CheckpointReport), write its files, exit."""
     out = Console(file=io.StringIO()) if quiet else _console()
-    if isinstance(report, Report):
+    if quiet:
+        pass  # nothing on screen: the exit code and the files carry the result
+    elif isinstance(report, Report):
         console_render.render(report, out)
     else:
         from bisector.checkpoint import CheckpointReport
@@ -341,7 +342,8 @@ def _finish(report, json_path: Path | None, html_path: Path | None, quiet: bool,
 
         renderer = checkpoint_render if isinstance(report, CheckpointReport) else digests_render
         renderer.render(report, out)
-    _write(report.to_json(), json_path, "JSON", out)
+    if json_path is not None:  # the report is only serialised when asked for
+        _write(report.to_json(), json_path, "JSON", out)
     if html_path is not None:
         from bisector.render.html import render_html
 
