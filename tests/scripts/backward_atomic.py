@@ -44,8 +44,8 @@ class Net(nn.Module):
 model = Net()
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
 g = torch.Generator().manual_seed(1)
-index = torch.randint(0, 100, (60000,), generator=g)
-target = torch.randn(60000, 1, generator=g)
+index = torch.randint(0, 100, (200000,), generator=g)  # many rows: the race shows every run
+target = torch.randn(200000, 1, generator=g)
 for step in range(3):
     loss = (model(index) - target).pow(2).mean()
     opt.zero_grad()
