@@ -96,7 +96,10 @@ def _find_ops(script, args, run: RunOptions, options: FindOptions, workdir: Path
     run_b, trace_b = run_recorded(script, args, workdir / "b.trace", run, name="B")
     report = analysis.compare(trace_a, trace_b, runs=[run_a, run_b])
     if options.check_observer:
-        compiled = "torch.compile" in (trace_a.footer.get("modules") or [])
+        # compiled code that ran eagerly under the recorder (a torch without the boundary)
+        compiled = "torch.compile" in (trace_a.footer.get("modules") or []) and not (
+            trace_a.footer.get("compiled_calls")
+        )
         report.observer = _check_observer(script, args, run, workdir, report, compiled)
     if options.confirm is not None:
         confirm_run = replace(options.confirm.run, start_step=run.start_step)

@@ -119,33 +119,135 @@ def test_structure_break_is_a_source_and_never_crashes():
     b = _chain(100)[:3] + [Ev("aten.gelu.default", [(2, 0)], [300])] + _chain(100)[4:]
     report = compare(make_trace(a), make_trace(b))
     assert not report.reproducible
-    assert report.structure == {
-        "event": 3,
-        "reason": "run A calls aten.relu.default where run B calls aten.gelu.default",
-    }
+    assert report.structure["event"] == 3 and report.structure["event_b"] == 3
+    assert report.structure["reason"].startswith(
+        "run A calls aten.relu.default where run B calls aten.gelu.default; they match again "
+        "from event 4 of run A and 4 of run B"
+    )
+    assert report.structure["resumed_at"] == 4 and len(report.structure["breaks"]) == 1
     assert report.first_divergence.kind == "structure"
-    assert report.compared_events == 3
+    assert report.compared_events == 5, "the tail after the break is paired again"
+    assert any("may be misaligned" in note for note in report.notes)
 
 
-def test_events_without_outputs_before_a_break_never_crash():
-    # found by tests/test_fuzz.py: untracked inputs and no output row in the compared prefix
-    a = [Ev("aten._local_scalar_dense.default", [(-1, 0)], []), Ev("aten.relu.default", [], [1])]
-    b = a[:1] + [Ev("aten.gelu.default", [], [1])]
+def _steps(
+    n: int, kernel_fp=lambda step: 100 + step, log_at=None, detour_at=None, skip=None
+) -> list[Ev]:
+    """n training steps of a 6-event chain. ``log_at``: that step also reads the mm's output
+    for logging (an extra op nothing else reads); ``detour_at``: that step sends the mm's
+    output through an extra op (tanh) before the relu, which changes everything after it;
+    ``skip``: that step is not run (a batch skipped)."""
+    events: list[Ev] = [Ev("leaf.parameter", [], [7], args="fc.weight", module="fc")]
+    weight, shift = 0, 0
+    for step in range(n):
+        if step == skip:
+            continue
+        fp = kernel_fp(step) + shift
+        start = len(events)
+        events.append(Ev("leaf.tensor", [], [11 + step], args="T float32[4, 4]", step=step))
+        events.append(
+            Ev("aten.mm.default", [(start, 0), (weight, 0)], [fp], module="fc", step=step)
+        )
+        last = start + 1
+        if step == log_at:
+            events.append(Ev("aten._local_scalar_dense.default", [(last, 0)], [], step=step))
+        if step == detour_at:
+            events.append(Ev("aten.tanh.default", [(last, 0)], [fp + 1], step=step))
+            last, shift = len(events) - 1, 5000
+            fp += shift
+        events.append(Ev("aten.relu.default", [(last, 0)], [fp * 3], step=step))
+        events.append(Ev("aten.sum.default", [(len(events) - 1, 0)], [fp * 5], step=step))
+        events.append(Ev("aten.mul.Tensor", [(len(events) - 1, 0)], [fp * 9], step=step))
+        events.append(
+            Ev(
+                "aten.add_.Tensor",
+                [(weight, 0), (len(events) - 1, 0)],
+                [fp * 7],
+                phase="optimizer",
+                step=step,
+            )
+        )
+        weight = len(events) - 1
+    return events
+
+
+def test_a_kernel_source_after_a_logging_branch_is_found():
+    """Run A logs at step 1 (an extra op that changes nothing); run B's mm differs at step 3.
+    The streams pair again after the extra op, so the kernel source is found and leads."""
+    a = _steps(5, log_at=1)
+    b = _steps(5, kernel_fp=lambda step: 100 + step + (1000 if step == 3 else 0))
     report = compare(make_trace(a), make_trace(b))
-    assert report.compared_events == 1 and report.first_divergence.kind == "structure"
+    kinds = [(s.kind, s.op, s.step) for s in report.sources]
+    assert kinds == [
+        ("kernel", "aten.mm.default", 3),
+        ("structure", "aten._local_scalar_dense.default", 1),
+    ]
+    assert report.structure["resumed_at"] == report.structure["event"] + 1
+    assert report.compared_events == len(b)
+    assert report.sources[1].spread == 0
+    assert any("read by nothing that differs later" in note for note in report.notes)
 
 
-def test_streams_of_different_length():
-    report = compare(make_trace(_chain(100)), make_trace(_chain(100)[:4]))
-    assert report.first_divergence.kind == "structure"
-    assert "run B ends after 4 events" in report.first_divergence.detail
+def test_a_branch_that_changes_the_values_is_the_headline():
+    """Run A sends step 1's mm output through tanh: what differs after it comes from the break,
+    which leads; events that read the tanh's output are not sources of their own."""
+    report = compare(make_trace(_steps(4, detour_at=1)), make_trace(_steps(4)))
+    first = report.first_divergence
+    assert (first.kind, first.op, first.step) == ("structure", "aten.tanh.default", 1)
+    assert [s.kind for s in report.sources] == ["structure"]
+    assert first.spread == report.differing_events > 0
 
 
-def test_source_before_the_structure_break_comes_first():
-    a = _chain(100)
-    b = _chain(101)[:5]
+def test_a_source_after_a_break_is_missed_by_nothing_when_a_run_stops_early():
+    """Early stopping: run B stops after 3 of 5 steps. A source in step 2 is still the headline."""
+    a = _steps(5, kernel_fp=lambda step: 100 + step + (1000 if step == 2 else 0))
+    b = _steps(3)
     report = compare(make_trace(a), make_trace(b))
-    assert [s.kind for s in report.sources] == ["kernel", "structure"]
+    assert [(s.kind, s.step) for s in report.sources] == [("kernel", 2), ("structure", 3)]
+    assert report.first_divergence.kind == "kernel"
+    assert "run B ends after" in report.sources[1].detail
+    assert any("not compared" in note for note in report.notes)
+
+
+def test_a_skipped_batch_reads_as_a_different_batch_then_a_shorter_run():
+    """Run B skips the batch of step 2. Its steps look alike op by op, so B's step 3 pairs with
+    A's step 2: the report says the data differ from there and that run B ends early."""
+    a = _steps(6)
+    b = _steps(6, skip=2)
+    report = compare(make_trace(a), make_trace(b))
+    first = report.first_divergence
+    assert (first.kind, first.op, first.step) == ("input", "leaf.tensor", 2)
+    assert report.sources[-1].kind == "structure"
+    assert "run B ends after" in report.structure["reason"]
+
+
+def test_alignment_pairs_in_order_and_only_matching_events():
+    """Random edits of a long stream: every pair matches and keeps the order of both runs, and
+    the events no edit touched are all paired."""
+    import numpy as np
+
+    from bisector.analysis.align import _tokens, align
+
+    rng = np.random.default_rng(0)
+    ops = [f"aten.op{k}.default" for k in range(6)]
+    base = [Ev(ops[int(k)], [], [1]) for k in rng.integers(0, 6, 3000)]
+    a, b = list(base), list(base)
+    for at in sorted(rng.choice(2900, 12, replace=False).tolist(), reverse=True):
+        if at % 3 == 0:
+            del b[at : at + 2]
+        elif at % 3 == 1:
+            b.insert(at, Ev("aten.extra.default", [], [1]))
+        else:
+            a.insert(at, Ev("aten.other.default", [], [1], args="x"))
+    ta, tb = make_trace(a), make_trace(b)
+    alignment = align(ta, tb)
+    pairs = np.flatnonzero(alignment.b_of_a >= 0)
+    partners = alignment.b_of_a[pairs]
+    assert np.all(np.diff(partners) > 0)
+    tokens_a, tokens_b = _tokens(ta, None), _tokens(tb, alignment.ids_b_to_a)
+    assert np.array_equal(tokens_a[pairs], tokens_b[partners])
+    assert alignment.paired >= len(base) - 12 * 2 - 12 * 8
+    assert 1 <= len(alignment.breaks) <= 12
 
 
 def test_inputs_from_different_producers_are_not_equal():

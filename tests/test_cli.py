@@ -298,8 +298,13 @@ def test_structure_divergence_is_found_at_the_branch(tmp_path):
     assert first["kind"] == "structure" and first["step"] == 1
     assert first["args"] == ["aten.sub.Tensor", "aten.tanh.default"]
     assert report["structure"]["event"] == first["event"]
-    assert report["compared_events"] == first["event"]
-    assert any("stop matching" in note for note in report["notes"])
+    # run B's extra tanh (and its backward) have no partner; the streams pair again after them
+    assert report["structure"]["resumed_at"] == first["event"]
+    assert report["structure"]["resumed_at_b"] > first["event"]
+    assert report["compared_events"] == report["runs"][0]["events"]
+    assert {s["kind"] for s in report["sources"]} == {"structure"}, "the breaks explain the rest"
+    assert first["spread"] > 0
+    assert any("stop matching" in note and "misaligned" in note for note in report["notes"])
 
 
 def test_dataloader_workers_do_not_disturb_recording(tmp_path):
@@ -371,7 +376,42 @@ def test_snapshots_compared_in_order_see_one_changed_bit(tmp_path):
     assert not other["equal"] and other["differing"] == 1 and other["max_abs_diff"] > 0
 
 
-def test_torch_compile_is_detected_and_said(tmp_path):
-    result, report = find_json(tmp_path, "compiled.py")
+def test_compiled_code_is_recorded_at_its_boundary_and_changes_nothing(tmp_path):
+    """A deterministic compiled model: reproducible, its calls recorded as compiled.* events,
+    and a plain (compiled) run ends bitwise where the recorded run ends."""
+    result, report = find_json(tmp_path, "compiled.py", "--steps", "2", "--check-observer")
     assert result.returncode == 0, result.stdout
-    assert any("torch.compile" in note for note in report["notes"]), report["notes"]
+    assert report["reproducible"]
+    assert any("recorded at its boundary" in note for note in report["notes"]), report["notes"]
+    assert report["observer"]["equal"], report["observer"]
+
+
+def test_a_source_inside_compiled_code_is_named_at_its_boundary(tmp_path):
+    """The racy index_put of an embedding's backward runs inside compiled code: the source is
+    the compiled backward; rerunning without compiling shows the op inside."""
+    result, report = find_json(
+        tmp_path,
+        "compiled_atomic.py",
+        "--steps",
+        "1",
+        "--try",
+        "no-compile",
+        "--only-tries",
+        "--replays",
+        "2",
+        confirm=True,
+    )
+    assert result.returncode == 1, result.stdout
+    first = report["first_divergence"]
+    assert (first["kind"], first["op"], first["module"], first["phase"]) == (
+        "kernel",
+        "compiled.Net.backward",
+        "Net",
+        "backward",
+    )
+    assert first["location"].endswith("compiled_atomic.py:29")
+    assert "no-compile" in first["detail"]
+    assert report["replay"] == [], "a compiled region is not one op to replay"
+    (pair,) = report["confirmations"]
+    assert pair["intervention"] == "no-compile" and not pair["reproducible"]
+    assert "aten.index_put" in pair["first_divergence"]

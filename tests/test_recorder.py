@@ -272,3 +272,61 @@ def test_cuda_graph_replays_are_counted_and_the_patch_removed(tmp_path):
     assert trace.footer["cuda_graph_replays"] == 1
     report = compare(trace, trace)
     assert any("replayed CUDA graphs (1 times)" in note for note in report.notes)
+
+
+def test_compiled_code_runs_compiled_and_is_recorded_at_its_boundary(tmp_path):
+    """torch.compile(module), Module.compile() and @torch.compile functions: one event per call
+    and per backward node, the ops inside unrecorded, Dynamo really compiling, the numbers those
+    of a plain run, and torch.compile restored afterwards."""
+    from torch._dynamo.utils import counters
+
+    from bisector.capture.compiled import supported
+
+    if not supported():
+        pytest.skip("this torch has no TorchDispatchMode.ignore_compile_internals")
+    original = torch.compile
+
+    def run():
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = Net()
+        compiled = torch.compile(model, backend="aot_eager")
+        head = nn.Linear(1, 1)
+        head.compile(backend="aot_eager")
+
+        @torch.compile(backend="aot_eager")
+        def squash(x):
+            return torch.tanh(x) * 2
+
+        opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=0.1)
+        for _ in range(2):
+            loss = squash(head(compiled(torch.ones(2, 8)))).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return [p.detach().clone() for p in [*model.parameters(), *head.parameters()]]
+
+    plain = run()
+    counters.clear()
+    with bisector.record(tmp_path / "t.trace"):
+        recorded = run()
+    assert torch.compile is original
+    assert sum(counters["frames"].values()) > 0, "Dynamo must compile under the recorder"
+    assert all(torch.equal(a, b) for a, b in zip(plain, recorded, strict=True))
+
+    trace, events = _events(tmp_path / "t.trace")
+    ops = [e["op"] for e in events]
+    forward = [(e["op"], e["module"], e["phase"]) for e in events if e["step"] == 0]
+    assert ("compiled.Net", "Net", "forward") in forward
+    assert ("compiled.Linear", "Linear", "forward") in forward
+    assert "compiled.squash" in ops and "compiled.squash.backward" in ops
+    assert "compiled.Net.backward" in ops
+    # inside the compiled code: Net's addmm/gelu and squash's tanh are not recorded
+    assert not {"aten.addmm.default", "aten.gelu.default", "aten.tanh.default"} & set(ops)
+    assert "aten.mm.default" not in [e["op"] for e in events if e["phase"] == "backward"]
+    assert trace.footer["compiled_calls"] == ops.count("compiled.Net") + sum(
+        op.startswith("compiled.") and op != "compiled.Net" for op in ops
+    )
+    # the input and the parameters of the compiled module are inputs of its boundary event
+    first = ops.index("compiled.Net")
+    assert int(trace.columns["n_in"][first]) == 1 + len(list(Net().parameters()))

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from bisector.analysis.align import align
+from bisector.analysis.align import Alignment, Break, align, project
 from bisector.analysis.environment import differences
 from bisector.analysis.graph import (
     Equality,
@@ -14,9 +14,11 @@ from bisector.analysis.graph import (
     compare_events,
     dataflow_graph,
     reach,
+    reach_groups,
     source_events,
     unexplained,
 )
+from bisector.capture.compiled import PREFIX as COMPILED_PREFIX
 from bisector.capture.ops import UNINITIALISED_OPS
 from bisector.errors import MismatchError
 from bisector.report import Report, RunInfo, Source
@@ -66,38 +68,42 @@ def compare_traces(
         )
     alignment = align(a, b)
     script_a, script_b = _script(a), _script(b)
-    if alignment.paired == 0 and script_a != script_b:
+    if alignment.prefix == 0 and script_a != script_b:
         raise MismatchError(
             f"the traces come from different scripts ({script_a} and {script_b}) and share no "
             "event; compare two runs of the same script"
         )
-    paired = alignment.paired
-    eq = compare_events(a, b, paired, alignment.ids_b_to_a)
+    view, ids = aligned(a, b, alignment)
+    eq = compare_events(a, view, alignment.b_of_a >= 0, ids)
     found = source_events(eq).tolist()
     graph = dataflow_graph(eq)
     spread = reach(graph, found)
 
-    sources = [_source(a, b, eq, event, spread.get(event)) for event in found[:MAX_SOURCES]]
+    sources = [_source(a, view, eq, event, spread.get(event)) for event in found[:MAX_SOURCES]]
+    breaks = alignment.breaks
+    followers = _after_breaks(eq, breaks)
+    break_spread = reach_groups(graph, followers)
+    for k, brk in enumerate(breaks[:MAX_SOURCES]):
+        # what a break that never resumes changed lies in the uncompared rest: unknown
+        known = k < len(break_spread) and brk.resume_a is not None
+        sources.append(_structure_source(a, b, brk, break_spread[k] if known else None))
+    sources.sort(key=lambda source: source.event)
     structure = None
-    if alignment.break_at is not None:
-        structure = {"event": alignment.break_at, "reason": alignment.reason}
-        sources.append(_structure_source(a, b, alignment.break_at, alignment.reason))
+    if breaks:
+        structure = {**breaks[0].to_dict(), "breaks": [x.to_dict() for x in breaks[:100]]}
     differing = np.flatnonzero(eq.out_differs)
     notes = _notes(a, b)
-    lost = unexplained(graph, found)
+    lost = unexplained(graph, found + [e for group in followers for e in group])
     if lost:
         notes.append(
             f"{lost} differing events are not downstream of any source found; their cause may "
             "be a value bisector could not follow (an untracked tensor)"
         )
-    if structure is not None:
-        notes.append(
-            f"the op streams stop matching at event {structure['event']}: {structure['reason']}; "
-            "events after it are not compared"
-        )
-    total = len(found) + (structure is not None)
+    notes += _break_notes(alignment)
+    total = len(found) + len(breaks)
     skipped = None
-    if structure is None:  # after a break nothing is compared: spread says too little there
+    ends_uncompared = breaks and breaks[-1].resume_a is None and breaks[-1].a < len(a)
+    if not ends_uncompared:  # else spread says too little about what lies after the break
         sources, skipped = lead_with_headline(sources)
     if skipped is not None:
         notes.append(skipped)
@@ -117,17 +123,64 @@ def compare_traces(
         first_divergence=sources[0] if sources else None,
         sources=sources,
         runs=runs or [_run_info("A", a), _run_info("B", b)],
-        compared_events=paired,
+        compared_events=alignment.paired,
         differing_events=int(len(differing)),
         first_differing_event=int(differing[0]) if len(differing) else None,
         structure=structure,
         notes=notes,
         sources_total=total,
         environment=environment,
-        curve=_curve(a, b, eq, paired),
-        modules=_modules(a, eq, paired),
+        curve=_curve(a, view, eq, len(a)),
+        modules=_modules(a, eq, len(a)),
     )
     return report, eq
+
+
+def aligned(a: Trace, b: Trace, alignment: Alignment | None = None) -> tuple[Trace, np.ndarray]:
+    """Run B in run A's event numbering (``align.project``), and the string id map to use
+    with it (B's own strings when the streams match throughout and need no projection)."""
+    alignment = alignment or align(a, b)
+    if not alignment.breaks and len(a) == len(b):
+        return b, alignment.ids_b_to_a
+    view = project(b, alignment, a)
+    return view, np.arange(len(view.strings), dtype=np.int64)
+
+
+def _after_breaks(eq: Equality, breaks: list[Break]) -> list[list[int]]:
+    """Per break, the differing events that read a value of an unpaired event, from that break
+    to the next: what the break itself made differ."""
+    events = np.flatnonzero(eq.orphaned & eq.out_differs)
+    starts = np.array([x.a for x in breaks], dtype=np.int64)
+    owner = np.searchsorted(starts, events, side="right") - 1
+    groups: list[list[int]] = [[] for _ in breaks]
+    for event, k in zip(events.tolist(), owner.tolist(), strict=True):
+        if k >= 0:
+            groups[k].append(event)
+    return groups
+
+
+def _break_notes(alignment: Alignment) -> list[str]:
+    breaks = alignment.breaks
+    if not breaks:
+        return []
+    first = breaks[0]
+    resumed = [x for x in breaks if x.resume_a is not None]
+    note = (
+        f"the op streams stop matching at event {first.a} of run A ({first.b} of run B): "
+        f"{first.reason}"
+    )
+    if len(breaks) > 1:
+        note += f"; {len(breaks)} places in all where they stop matching"
+    if resumed:
+        note += (
+            "; past a break, events are paired by op, module and phase only, so later pairs "
+            "may be misaligned (differences found there are less certain)"
+        )
+    if breaks[-1].resume_a is None:
+        note += "; events after the last break are not compared"
+    if alignment.truncated:
+        note += f"; bisector stopped aligning after {len(breaks)} breaks"
+    return [note]
 
 
 # Points of the difference curve kept in a report (the largest of each bucket of events).
@@ -261,7 +314,13 @@ def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
     args = [a.string("args", event), b.string("args", event)] if kind == "argument" else []
     detail = details[kind]
     namespace = op.split(".", 1)[0]
-    if kind == "kernel" and namespace not in _BUILTIN_NAMESPACES:
+    if kind == "kernel" and op.startswith(COMPILED_PREFIX):
+        detail = (
+            "code compiled by torch.compile: its inputs (and the module's parameters) are equal "
+            "in both runs but what it returns differs; bisector sees its boundary, not the "
+            "fused kernels inside: `--try no-compile` runs it op by op to look inside"
+        )
+    elif kind == "kernel" and namespace not in _BUILTIN_NAMESPACES:
         detail += (
             f"; it is a custom op ({namespace}: an extension or a torch.library op): bisector "
             "sees its inputs and outputs, not the kernels inside it"
@@ -316,22 +375,25 @@ def _uninitialised_input(a: Trace, eq, event: int) -> str | None:
     return None
 
 
-def _structure_source(a: Trace, b: Trace, event: int, reason: str) -> Source:
-    trace = a if event < len(a) else b
-    index = min(event, len(trace) - 1)
-    op_b = b.string("op", event) if event < len(b) else "(end of run)"
+def _structure_source(a: Trace, b: Trace, brk: Break, spread: int | None) -> Source:
+    """The break of the op streams as a source, placed at A's first unpaired event."""
+    trace, index = (a, brk.a) if brk.a < len(a) else (b, brk.b)
+    index = min(index, len(trace) - 1)
+    op_a = a.string("op", brk.a) if brk.a < len(a) else "(end of run)"
+    op_b = b.string("op", brk.b) if brk.b < len(b) else "(end of run)"
     return Source(
         kind="structure",
-        op=a.string("op", event) if event < len(a) else "(end of run)",
+        op=op_a,
         module=trace.string("module", index),
         phase=PHASES[int(trace.columns["phase"][index])],
         step=int(trace.columns["step"][index]),
         rank=a.rank,
         location=location(trace, index),
         max_abs_diff=None,
-        event=event,
-        detail=reason,
-        args=[a.string("op", event) if event < len(a) else "(end of run)", op_b],
+        event=brk.a,
+        detail=brk.reason,
+        spread=spread,
+        args=[op_a, op_b],
     )
 
 
@@ -345,11 +407,19 @@ def _notes(a: Trace, b: Trace) -> list[str]:
             "the fingerprint of their last recorded value: differences after a replay may be "
             "attributed to a later op"
         )
-    if "torch.compile" in (a.footer.get("modules") or []):
+    compiled_calls = max(int(t.footer.get("compiled_calls") or 0) for t in (a, b))
+    if compiled_calls:
         notes.append(
-            "the script uses torch.compile: while bisector records ops, compiled code runs op by "
-            "op in eager PyTorch, so these runs show eager numerics; `--check-observer` compares "
-            "with a plain (compiled) run, and `--try no-compile` runs both without compiling"
+            f"the script runs compiled code (torch.compile, {compiled_calls} calls): each call "
+            "is recorded at its boundary as one `compiled.*` event (inputs, parameters and "
+            "outputs; gradients in backward); the ops inside are not visible; "
+            "`--try no-compile` runs both without compiling, to look inside"
+        )
+    elif "torch.compile" in (a.footer.get("modules") or []):
+        notes.append(
+            "the script uses torch.compile, but this torch does not let a recording mode leave "
+            "compiled code alone: compiled code ran op by op in eager PyTorch, so these runs "
+            "show eager numerics; `--check-observer` compares with a plain (compiled) run"
         )
     for name, trace in (("A", a), ("B", b)):
         if not trace.complete:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bisector.analysis.align import NO_PARTNER
 from bisector.trace import OUT_HASHED, OUT_NODATA, OUT_PARTIAL, Trace
 
 # Beyond this many sources, reach is computed only for the first ones (it is only displayed
@@ -36,6 +37,10 @@ class Equality:
             every input whose producer matches is equal (the dataflow itself changed).
         producer: per input row, the producing event's index (-1: untracked).
         consumer: per input row, the consuming event's index.
+        paired: per event, whether it has a partner in the other run (unpaired events are
+            never sources nor differences).
+        orphaned: per event, it reads a value made by an event that has no partner (in
+            either run): it lies just after a break of the op streams.
     """
 
     out_differs: np.ndarray
@@ -46,10 +51,28 @@ class Equality:
     state_equal: np.ndarray
     producer: np.ndarray
     consumer: np.ndarray
+    paired: np.ndarray
+    orphaned: np.ndarray
 
 
-def compare_events(a: Trace, b: Trace, paired: int, ids_b_to_a: np.ndarray) -> Equality:
-    """Compare events ``0..paired-1`` of two aligned traces."""
+def compare_events(
+    a: Trace, b: Trace, paired: int | np.ndarray, ids_b_to_a: np.ndarray
+) -> Equality:
+    """Compare two aligned traces event by event.
+
+    Args:
+        a: run A.
+        b: run B, event k paired with event k of A (``align.project`` makes one).
+        paired: events ``0..paired-1`` are compared; or a mask over all events of A, True where
+            the event has a partner (the others, copies of A's in ``b``, are compared too but
+            are equal by construction).
+        ids_b_to_a: string ids of ``b`` in A's numbering.
+    """
+    if isinstance(paired, (int, np.integer)):
+        mask = np.ones(int(paired), dtype=bool)
+    else:
+        mask = np.asarray(paired, dtype=bool)
+    paired = len(mask)
     ca, cb = a.columns, b.columns
     rows = int(a.out_start[paired])
     kind_a, kind_b = ca["out_kind"][:rows], cb["out_kind"][:rows]
@@ -94,14 +117,27 @@ def compare_events(a: Trace, b: Trace, paired: int, ids_b_to_a: np.ndarray) -> E
 
     args_equal = ca["args"][:paired].astype(np.int64) == ids_b_to_a[cb["args"][:paired]]
     out_differs = np.bincount(row_event[row_differs], minlength=paired)[:paired] > 0
+    from_unpaired = tracked & ~mask[np.maximum(producer, 0)]
+    from_unpaired |= back_b == NO_PARTNER
+    orphaned = np.bincount(consumer[from_unpaired], minlength=paired)[:paired] > 0
     return Equality(
-        out_differs, inputs_equal, args_equal, rewired, row_differs, state_equal, producer, consumer
+        out_differs,
+        inputs_equal,
+        args_equal,
+        rewired,
+        row_differs,
+        state_equal,
+        producer,
+        consumer,
+        mask,
+        orphaned,
     )
 
 
 def source_events(eq: Equality) -> np.ndarray:
-    """Indices of events whose inputs are equal (or rewired) and whose outputs differ, in order."""
-    return np.flatnonzero(eq.out_differs & (eq.inputs_equal | eq.rewired))
+    """Indices of events whose inputs are equal (or rewired) and whose outputs differ, in order.
+    An event that reads a value of an unpaired event is not one: the break explains it."""
+    return np.flatnonzero(eq.out_differs & (eq.inputs_equal | eq.rewired) & ~eq.orphaned)
 
 
 def classify(op: str, args_equal: bool, random: bool, rewired: bool = False) -> str:
@@ -183,10 +219,17 @@ def _sweep(graph: Dataflow, seeds: list[tuple[int, int]]) -> np.ndarray:
 def reach(graph: Dataflow, sources: list[int]) -> dict[int, int]:
     """Number of differing events downstream of each source (for the first ``_MAX_REACH``)."""
     roots = [s for s in sources[:_MAX_REACH] if s in graph]
-    masks = _sweep(graph, [(s, 1 << bit) for bit, s in enumerate(roots)])
-    return {
-        s: int(np.count_nonzero(masks & np.uint64(1 << bit))) - 1 for bit, s in enumerate(roots)
-    }
+    counts = reach_groups(graph, [[s] for s in roots])
+    return {s: count - 1 for s, count in zip(roots, counts, strict=True)}
+
+
+def reach_groups(graph: Dataflow, groups: list[list[int]]) -> list[int]:
+    """Per group of events, the number of differing events reached from any of them (its own
+    differing members included), for the first ``_MAX_REACH`` groups."""
+    groups = groups[:_MAX_REACH]
+    seeds = [(e, 1 << bit) for bit, group in enumerate(groups) for e in group if e in graph]
+    masks = _sweep(graph, seeds)
+    return [int(np.count_nonzero(masks & np.uint64(1 << bit))) for bit in range(len(groups))]
 
 
 def unexplained(graph: Dataflow, sources: list[int]) -> int:

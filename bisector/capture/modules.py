@@ -52,6 +52,34 @@ class ModuleTracker:
         self._handles = []
         self._stack.clear()
 
+    def suspend(self) -> bool:
+        """Take the hooks out, keeping the stack (``resume`` puts them back); returns whether
+        they were installed."""
+        if not self._handles:
+            return False
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        return True
+
+    def resume(self) -> None:
+        if not self._handles:
+            self.install()
+
+    def enter(self, module: torch.nn.Module) -> bool:
+        """Push a module as if its forward pre-hook ran, unless it is the innermost already."""
+        if self._stack and self._names.get(module) == self._stack[-1]:
+            return False
+        self._pre(module, ())
+        return True
+
+    def leave(self) -> None:
+        self._post(None, (), None)
+
+    def name_of(self, module: torch.nn.Module) -> str | None:
+        """The path of a module seen under a root, or None."""
+        return self._names.get(module)
+
     def parameter_name(self, tensor: torch.Tensor) -> tuple[str, str] | None:
         """(kind, name) of a registered parameter or buffer, e.g. ("parameter", "fc.weight")."""
         entry = self._param_names.get(id(tensor))
@@ -81,6 +109,10 @@ class ModuleTracker:
             self._stack.pop()
 
     def _register_root(self, root: torch.nn.Module) -> None:
+        inner = getattr(root, "_orig_mod", None)  # torch.compile's wrapper: name what it wraps
+        if isinstance(inner, torch.nn.Module):
+            self._names.setdefault(root, type(inner).__name__)
+            root = inner
         root_name = type(root).__name__
         for path, sub in root.named_modules(remove_duplicate=True):
             self._names.setdefault(sub, path or root_name)

@@ -13,8 +13,10 @@ started, a batch built from numpy) becomes a *leaf* event with a fingerprint of 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -27,10 +29,11 @@ from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import arg_tree_leaves
 
 from bisector.capture import settings
+from bisector.capture.compiled import CompileBoundary
 from bisector.capture.events import EventBuffer
 from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import (
@@ -114,10 +117,16 @@ class _OpMode(TorchDispatchMode):
         super().__init__()
         self._recorder = recorder
 
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        # Let Dynamo compile while this mode is active; compiled code is recorded at its
+        # boundary (see capture/compiled.py), not op by op.
+        return True
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         recorder = self._recorder
-        if not recorder.recording or os.getpid() != recorder.pid:
+        if not recorder.recording or recorder._compiled_depth or os.getpid() != recorder.pid:
             return func(*args, **kwargs)
         return recorder._on_op(func, args, kwargs)
 
@@ -166,6 +175,9 @@ class Recorder:
         self._progress = None
         self._replay = None
         self.graph_replays = 0
+        self._compiled = CompileBoundary(self)
+        self._thread = threading.local()  # _compiled_depth, per thread (autograd's run apart)
+        self.compiled_calls = 0
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -176,6 +188,7 @@ class Recorder:
         self._buffer.writer = self._writer
         self._started = time.perf_counter()
         self._modules.install()
+        self._compiled.install()
         self._hooks = [
             register_optimizer_step_pre_hook(self._optimizer_pre),
             register_optimizer_step_post_hook(self._optimizer_post),
@@ -226,6 +239,7 @@ class Recorder:
             handle.remove()
         self._hooks = []
         self._modules.remove()
+        self._compiled.remove()
         if self._replay is not None:
             torch.cuda.CUDAGraph.replay = self._replay
             self._replay = None
@@ -264,6 +278,7 @@ class Recorder:
                     "optimizers": sorted(self._optimizers),
                     "modules": settings.notable_modules(),
                     "cuda_graph_replays": self.graph_replays,
+                    "compiled_calls": self.compiled_calls,
                 }
             )
 
@@ -282,6 +297,7 @@ class Recorder:
         if self.options.snapshot_dir and self.recording:
             self._snapshot()
         self._stepped.clear()
+        self._compiled_depth = 0  # a failed compiled backward must not hide ops for ever
         self.step += 1
         self._forward_open = False
         self._node_info.clear()
@@ -403,6 +419,77 @@ class Recorder:
             self.stop()  # everything asked for is saved: no need to run further
             raise StopRun("captured the inputs asked for")
         return out
+
+    # ----- compiled code, recorded at its boundary: called by capture/compiled.py ------------
+
+    @property
+    def _compiled_depth(self) -> int:
+        """How deep the calling thread is inside compiled code (its ops are not recorded)."""
+        return getattr(self._thread, "_compiled_depth", 0)
+
+    @_compiled_depth.setter
+    def _compiled_depth(self, value: int) -> None:
+        self._thread._compiled_depth = value
+
+    def _enter_module(self, module: torch.nn.Module) -> bool:
+        """Enter a compiled module whose own hooks will not run (``Module.compile()``);
+        returns whether it was entered (False: it is already the innermost)."""
+        return self._modules.enter(module)
+
+    def _leave_module(self) -> None:
+        self._modules.leave()
+
+    def _hide_module_hooks(self) -> bool:
+        """Take the module hooks out while compiled code runs (Dynamo would trace them);
+        returns whether they were in."""
+        return self._modules.suspend()
+
+    def _show_module_hooks(self, hidden: bool) -> None:
+        if hidden:
+            self._modules.resume()
+
+    def _boundary_inputs(
+        self, tensors: list[torch.Tensor], backward_of: tuple[int, int, int] | None = None
+    ) -> tuple[list, tuple[int, int, int]]:
+        """Refs of the tensors a compiled call reads, and the (phase, module, location) of the
+        call, taken before it runs; ``backward_of``: the context of the forward call whose
+        backward this is."""
+        if backward_of is not None:
+            context = (_BACKWARD, backward_of[1], backward_of[2])
+        else:
+            frame, _ = self._locator.user_frame(2)
+            context = self._context(tensors, frame)
+        with _outside_mode():  # leaves are fingerprinted here, as in the dispatch handler
+            return [self._ref(t, *context) for t in tensors], context
+
+    def _boundary_event(
+        self,
+        name: str,
+        reads: tuple[list, tuple[int, int, int]],
+        written: list[torch.Tensor],
+        outputs: list[torch.Tensor],
+        module: torch.nn.Module | None,
+    ) -> None:
+        """Record one call of compiled code: it read ``reads``, wrote ``written`` in place and
+        returned ``outputs``."""
+        refs, (phase, module_id, location_id) = reads
+        if module is not None:
+            name_of = self._modules.name_of(module)
+            if name_of is not None and phase != _BACKWARD:
+                module_id = self._buffer.string(name_of)
+        index = self._buffer.count
+        tensors = written + [t for t in outputs if all(t is not w for w in written)]
+        with _outside_mode():
+            for slot, t in enumerate(tensors):
+                self._buffer.add_output(t.detach(), False, None, index)
+                self._register(t, index, slot)
+        args_id = self._buffer.string(canonical_args(tensors))
+        self._buffer.add_event(
+            name, module_id, location_id, args_id, phase, self.step, refs, len(tensors)
+        )
+        self.compiled_calls += 1
+        if self._progress is not None:
+            self._progress.update(self._buffer.count, self.step)
 
     def _capture(self, op: str, args: tuple, kwargs: dict) -> bool:
         """Save the inputs of this call if its event index was asked for; True if saved."""
@@ -534,6 +621,14 @@ class Recorder:
             f"leaf.{kind}", module_id, location_id, name_id, phase, self.step, [], 1
         )
         return index
+
+
+@contextlib.contextmanager
+def _outside_mode():
+    """Run our own tensor work (fingerprints) from outside the dispatch handler as if inside
+    it: unseen by the recording mode, and out of autograd."""
+    with torch.no_grad(), _disable_current_modes():
+        yield
 
 
 def _version(t: torch.Tensor) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 
 from bisector import analysis
 from bisector.capture import snapshots
+from bisector.capture.compiled import PREFIX as COMPILED_PREFIX
 from bisector.confirm.interventions import Intervention, Situation, choose
 from bisector.confirm.replay import replay
 from bisector.errors import ScriptError
@@ -108,7 +109,11 @@ def _situation(trace: Trace, sources: list[Source]) -> Situation:
 
 def _replays(script, args, report: Report, workdir: Path, steps: int, options: ConfirmOptions):
     """A capture run saving the inputs of the first kernel/rng sources, then their replays."""
-    wanted = [s for s in report.sources if s.kind in ("kernel", "rng")][:_MAX_REPLAYS]
+    wanted = [
+        s
+        for s in report.sources
+        if s.kind in ("kernel", "rng") and not s.op.startswith(COMPILED_PREFIX)  # not one op
+    ][:_MAX_REPLAYS]
     if not wanted:
         return []
     folder = workdir / "replay"
@@ -194,10 +199,11 @@ def growth(a: Trace, b: Trace, report: Report) -> list[dict]:
     """Per step: differing events, and the largest difference of gradients, parameters and
     optimizer state after the step: exact from the runs' snapshots where they were taken
     (``exact``: true), else lower bounds from the trace's stats."""
-    paired = report.compared_events
-    if not paired:
+    if not report.compared_events:
         return []
+    b, _ = analysis.aligned(a, b)  # B in A's event numbering (unpaired events: copies of A's)
     ca, cb = a.columns, b.columns
+    paired = len(a)
     rows = int(a.out_start[paired])
     event = np.repeat(np.arange(paired), ca["n_out"][:paired].astype(np.int64))
     differs = ca["out_fp"][:rows] != cb["out_fp"][:rows]

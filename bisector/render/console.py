@@ -188,6 +188,8 @@ def _verdict_panel(report: Report) -> Panel:
             if c.get("first_divergence"):
                 text += f"; still first differs at {c['first_divergence']}"
             text += ")"
+        elif c["outcome"] == "no-effect" and c.get("first_divergence"):
+            text += f" (first at {c['first_divergence']})"
         if c.get("error"):
             text += f" ({c['error']})"
         evidence.append(text)

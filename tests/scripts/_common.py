@@ -18,3 +18,16 @@ class MLP(nn.Module):
 def batch(step: int, rows: int = 32):
     g = torch.Generator().manual_seed(1000 + step)
     return torch.randn(rows, 16, generator=g), torch.randn(rows, 1, generator=g)
+
+
+def compile_backend() -> str:
+    """torch.compile's backend for the test scripts: inductor where a C++ compiler is found
+    (it compiles CPU code with it), else aot_eager (graphs of aten ops: no compiler needed).
+    BISECTOR_TEST_BACKEND overrides."""
+    import os
+    import shutil
+
+    chosen = os.environ.get("BISECTOR_TEST_BACKEND")
+    if chosen:
+        return chosen
+    return "inductor" if shutil.which("g++") or shutil.which("c++") else "aot_eager"
