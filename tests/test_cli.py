@@ -409,7 +409,7 @@ def test_a_source_inside_compiled_code_is_named_at_its_boundary(tmp_path):
         "Net",
         "backward",
     )
-    assert first["location"].endswith("compiled_atomic.py:29")
+    assert first["location"].endswith("compiled_atomic.py:35")
     assert "no-compile" in first["detail"]
     assert report["replay"] == [], "a compiled region is not one op to replay"
     (pair,) = report["confirmations"]

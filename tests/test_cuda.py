@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 import bisector
 from bisector.api import FindOptions
+from bisector.trace import load
 
 pytestmark = [
     pytest.mark.cuda,
@@ -300,3 +301,48 @@ def test_ddp_sdpa_is_found_on_both_ranks(tmp_path, monkeypatch):
 def test_ddp_with_math_attention_is_reproducible(tmp_path, monkeypatch):
     report = _find_ddp(tmp_path, monkeypatch, "--attn", "math")
     assert report.reproducible, report.first_divergence
+
+
+def test_cuda_graph_replays_are_recorded_and_a_captured_race_is_found(tmp_path):
+    """A captured forward/backward replayed each step: deterministic, the pair is reproducible
+    and each replay is an event; with an index_add_ race inside the capture, the replay is the
+    source, and the eager optimizer step reads what the replay wrote."""
+    script = SCRIPTS / "cuda_graph.py"
+    same = _find(tmp_path / "same", script, (), steps=3)
+    assert same.reproducible, same.first_divergence
+    trace = load(same.runs[0].trace)
+    ops = [trace.string("op", i) for i in range(len(trace))]
+    assert ops.count("cuda_graph.replay") == 3
+    assert trace.footer["cuda_graph_replays"] == 3
+    for attempt in range(_ATTEMPTS):
+        report = _find(tmp_path / f"race{attempt}", script, ("atomic",), steps=3)
+        if not report.reproducible:
+            break
+    first = report.first_divergence
+    assert (first.kind, first.op) == ("kernel", "cuda_graph.replay"), report.sources
+    assert "CUDA graph" in first.detail and first.spread > 0
+
+
+def test_compiled_code_on_the_gpu(tmp_path):
+    """Inductor on the GPU: a deterministic compiled model stays reproducible and a plain run
+    equals the recorded one; Inductor's atomic index_put in a compiled backward is found at
+    the boundary, and no-compile (eager index_put sorts: deterministic) fixes it."""
+    from bisector.api import find
+    from bisector.confirm import ConfirmOptions
+
+    report = find(
+        SCRIPTS / "compiled.py",
+        ("cuda",),
+        steps=2,
+        options=FindOptions(workdir=str(tmp_path / "det"), check_observer=True),
+    )
+    assert report.reproducible and report.observer["equal"], report.observer
+    options = FindOptions(
+        workdir=str(tmp_path / "race"),
+        confirm=ConfirmOptions(forced=("no-compile",), only_forced=True, replays=2),
+    )
+    report = find(SCRIPTS / "compiled_atomic.py", ("cuda", "inductor"), steps=1, options=options)
+    first = report.first_divergence
+    assert (first.op, first.phase) == ("compiled.Net.backward", "backward"), report.sources
+    (pair,) = report.confirmations
+    assert pair["intervention"] == "no-compile" and pair["outcome"] == "fixes", pair

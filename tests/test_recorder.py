@@ -260,6 +260,8 @@ def test_random_flag_and_attention_rng_state_outputs(tmp_path):
 
 def test_cuda_graph_replays_are_counted_and_the_patch_removed(tmp_path):
     original = torch.cuda.CUDAGraph.replay
+    names = ("capture_begin", "capture_end")
+    originals = {name: getattr(torch.cuda.CUDAGraph, name) for name in names}
     with Recorder(tmp_path / "t.trace") as recorder:
         assert torch.cuda.CUDAGraph.replay is not original
         # a real graph needs CUDA; the count happens before the call, whatever torch raises
@@ -272,6 +274,8 @@ def test_cuda_graph_replays_are_counted_and_the_patch_removed(tmp_path):
     assert trace.footer["cuda_graph_replays"] == 1
     report = compare(trace, trace)
     assert any("replayed CUDA graphs (1 times)" in note for note in report.notes)
+    for name in names:
+        assert getattr(torch.cuda.CUDAGraph, name) is originals[name]
 
 
 def test_compiled_code_runs_compiled_and_is_recorded_at_its_boundary(tmp_path):

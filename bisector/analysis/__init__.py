@@ -19,6 +19,7 @@ from bisector.analysis.graph import (
     unexplained,
 )
 from bisector.capture.compiled import PREFIX as COMPILED_PREFIX
+from bisector.capture.cuda_graphs import REPLAY_OP
 from bisector.capture.ops import UNINITIALISED_OPS
 from bisector.errors import MismatchError
 from bisector.report import Report, RunInfo, Source
@@ -320,6 +321,12 @@ def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
             "in both runs but what it returns differs; bisector sees its boundary, not the "
             "fused kernels inside: `--try no-compile` runs it op by op to look inside"
         )
+    elif kind == "kernel" and op == REPLAY_OP:
+        detail = (
+            "a CUDA graph replay: what its capture read is equal in both runs but what it wrote "
+            "differs; bisector sees the replay, not the kernels inside: run the captured code "
+            "without the graph (eagerly) to look inside"
+        )
     elif kind == "kernel" and namespace not in _BUILTIN_NAMESPACES:
         detail += (
             f"; it is a custom op ({namespace}: an extension or a torch.library op): bisector "
@@ -402,10 +409,9 @@ def _notes(a: Trace, b: Trace) -> list[str]:
     replays = max(int(t.footer.get("cuda_graph_replays") or 0) for t in (a, b))
     if replays:
         notes.append(
-            f"the script replayed CUDA graphs ({replays} times): the kernels of a replay bypass "
-            "PyTorch's dispatcher, so bisector does not see them, and tensors they write keep "
-            "the fingerprint of their last recorded value: differences after a replay may be "
-            "attributed to a later op"
+            f"the script replayed CUDA graphs ({replays} times): each replay outside compiled "
+            f"code is one `{REPLAY_OP}` event that reads what its capture read and writes what "
+            "it wrote (still alive); the kernels inside a replay are not visible"
         )
     compiled_calls = max(int(t.footer.get("compiled_calls") or 0) for t in (a, b))
     if compiled_calls:

@@ -33,7 +33,9 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from torch.utils._pytree import arg_tree_leaves
 
 from bisector.capture import settings
+from bisector.capture.compiled import PREFIX as COMPILED_PREFIX
 from bisector.capture.compiled import CompileBoundary
+from bisector.capture.cuda_graphs import CudaGraphs
 from bisector.capture.events import EventBuffer
 from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import (
@@ -128,6 +130,8 @@ class _OpMode(TorchDispatchMode):
         recorder = self._recorder
         if not recorder.recording or recorder._compiled_depth or os.getpid() != recorder.pid:
             return func(*args, **kwargs)
+        if recorder._graphs.capturing is not None:
+            return recorder._on_captured_op(func, args, kwargs)
         return recorder._on_op(func, args, kwargs)
 
 
@@ -173,8 +177,7 @@ class Recorder:
         self._optimizers: set[str] = set()
         self._stepped: list = []
         self._progress = None
-        self._replay = None
-        self.graph_replays = 0
+        self._graphs = CudaGraphs(self)
         self._compiled = CompileBoundary(self)
         self._thread = threading.local()  # _compiled_depth, per thread (autograd's run apart)
         self.compiled_calls = 0
@@ -193,7 +196,7 @@ class Recorder:
             register_optimizer_step_pre_hook(self._optimizer_pre),
             register_optimizer_step_post_hook(self._optimizer_post),
         ]
-        self._count_graph_replays()
+        self._graphs.install()
         if self.options.progress_file:
             from bisector.capture.progress import Progress
 
@@ -240,21 +243,12 @@ class Recorder:
         self._hooks = []
         self._modules.remove()
         self._compiled.remove()
-        if self._replay is not None:
-            torch.cuda.CUDAGraph.replay = self._replay
-            self._replay = None
+        self._graphs.remove()
 
-    def _count_graph_replays(self) -> None:
-        """Count CUDA graph replays: the kernels of a replay bypass the dispatcher, so the
-        report must say that their writes were not seen."""
-        original = self._replay = torch.cuda.CUDAGraph.replay
-        recorder = self
-
-        def replay(graph):
-            recorder.graph_replays += 1
-            return original(graph)
-
-        torch.cuda.CUDAGraph.replay = replay
+    @property
+    def graph_replays(self) -> int:
+        """CUDA graph replays seen (each recorded as one event while recording)."""
+        return self._graphs.replays
 
     def _finish(self, status: str, error: str | None = None) -> None:
         """Write what is buffered and the footer; from here on ops pass through unrecorded."""
@@ -277,7 +271,7 @@ class Recorder:
                     "seeds_at_end": settings.seeds(),
                     "optimizers": sorted(self._optimizers),
                     "modules": settings.notable_modules(),
-                    "cuda_graph_replays": self.graph_replays,
+                    "cuda_graph_replays": self._graphs.replays,
                     "compiled_calls": self.compiled_calls,
                 }
             )
@@ -487,9 +481,32 @@ class Recorder:
         self._buffer.add_event(
             name, module_id, location_id, args_id, phase, self.step, refs, len(tensors)
         )
-        self.compiled_calls += 1
+        if name.startswith(COMPILED_PREFIX):
+            self.compiled_calls += 1
         if self._progress is not None:
             self._progress.update(self._buffer.count, self.step)
+
+    def _on_captured_op(self, func, args: tuple, kwargs: dict):
+        """An op run while a CUDA graph is captured: not recorded (its kernels are captured,
+        ours would be too), only what it reads and writes is noted for the replays."""
+        info = self._op_infos.get(func)
+        if info is None:
+            info = self._op_infos[func] = OpInfo.of(func)
+        out = func(*args, **kwargs)
+        if info.ignored:
+            return out
+        kept = {k: v for k, v in kwargs.items() if k not in info.out_names}
+        read = [a for a in arg_tree_leaves(*args, **kept) if isinstance(a, torch.Tensor)]
+        written = []
+        for position, name in info.written:
+            value = args[position] if position < len(args) else kwargs.get(name)
+            written += [t for t in arg_tree_leaves(value) if isinstance(t, torch.Tensor)]
+        if info.fresh_returns:
+            results = out if info.n_returns > 1 else (out,)
+            for i in info.fresh_returns:
+                written += [t for t in arg_tree_leaves(results[i]) if isinstance(t, torch.Tensor)]
+        self._graphs.capturing.add(read, written)
+        return out
 
     def _capture(self, op: str, args: tuple, kwargs: dict) -> bool:
         """Save the inputs of this call if its event index was asked for; True if saved."""
