@@ -314,6 +314,12 @@ def test_cuda_graph_replays_are_recorded_and_a_captured_race_is_found(tmp_path):
     ops = [trace.string("op", i) for i in range(len(trace))]
     assert ops.count("cuda_graph.replay") == 3
     assert trace.footer["cuda_graph_replays"] == 3
+    # the optimizer reads the gradients the replays wrote: none of them is a leaf
+    phases = [trace.columns["phase"][i] for i in range(len(trace))]
+    optimizer_leaves = [
+        op for op, phase in zip(ops, phases, strict=True) if op.startswith("leaf.") and phase == 2
+    ]
+    assert not optimizer_leaves
     for attempt in range(_ATTEMPTS):
         report = _find(tmp_path / f"race{attempt}", script, ("atomic",), steps=3)
         if not report.reproducible:

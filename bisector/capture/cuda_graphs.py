@@ -16,7 +16,6 @@ replays inside compiled code (``mode="reduce-overhead"``) belong to the compiled
 
 from __future__ import annotations
 
-import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -32,7 +31,12 @@ REPLAY_OP = "cuda_graph.replay"
 @dataclass
 class Capture:
     """What the ops of one capture read from outside it and wrote (weak references: the
-    capture keeps nothing alive)."""
+    capture keeps nothing alive).
+
+    Storages are told apart by address, and inside a capture the allocator reuses the address
+    of a freed storage for a new one: so every write is kept, and only at a replay are the
+    tensors still alive taken (the last one per storage).
+    """
 
     reads: list[weakref.ref] = field(default_factory=list)
     writes: list[weakref.ref] = field(default_factory=list)
@@ -47,13 +51,20 @@ class Capture:
                 self.reads.append(weakref.ref(t))
         for t in written:
             key = _key(t)
-            if key is not None and key not in self._written:
+            if key is not None:
                 self._written.add(key)
                 self.writes.append(weakref.ref(t))
 
     @staticmethod
     def alive(refs: list[weakref.ref]) -> list[torch.Tensor]:
-        return [t for t in (r() for r in refs) if t is not None]
+        """The tensors still alive, the last one per storage, in order."""
+        last: dict[int, torch.Tensor] = {}
+        for t in (r() for r in refs):
+            if t is not None:
+                key = _key(t)
+                last.pop(key, None)
+                last[key] = t
+        return list(last.values())
 
 
 class CudaGraphs:
@@ -67,13 +78,14 @@ class CudaGraphs:
         self._recorder = recorder
         self._originals: dict[str, object] = {}
         self._captures: dict[int, Capture] = {}  # id(graph) -> what its capture did
-        self._thread = threading.local()
+        self._capture: Capture | None = None
         self.replays = 0
 
     @property
     def capturing(self) -> Capture | None:
-        """The capture running on this thread, if any."""
-        return getattr(self._thread, "capture", None)
+        """The capture running, if any. Not per thread: autograd runs the backward of a
+        captured step on its own device thread, into the same capture."""
+        return self._capture
 
     def install(self) -> None:
         if self._originals:
@@ -86,11 +98,11 @@ class CudaGraphs:
         def capture_begin(graph, *args, **kwargs):
             result = graphs._originals["capture_begin"](graph, *args, **kwargs)
             if not graphs._recorder._compiled_depth:
-                graphs._thread.capture = graphs._captures[id(graph)] = Capture()
+                graphs._capture = graphs._captures[id(graph)] = Capture()
             return result
 
         def capture_end(graph, *args, **kwargs):
-            graphs._thread.capture = None
+            graphs._capture = None
             return graphs._originals["capture_end"](graph, *args, **kwargs)
 
         def replay(graph, *args, **kwargs):

@@ -1,6 +1,7 @@
 """A training step whose forward and backward are captured in a CUDA graph and replayed; the
-optimizer step runs eagerly after each replay. ``atomic`` (argv[1]) adds an index_add_ of 100k
-rows into 100 (float atomics: differs from run to run) inside the captured forward; otherwise
+optimizer step runs eagerly after each replay. ``atomic`` (argv[1]) pools the rows with an
+index_add_ of 100k rows into 100 (float atomics: differs from run to run) in the captured step
+only (the eager warm-up pools deterministically), so the race shows in the replays; otherwise
 the step is deterministic."""
 
 import sys
@@ -19,9 +20,9 @@ static_y = torch.randn(100, 64, device=device)
 index = torch.randint(0, 100, (rows,), device=device)
 
 
-def forward_backward():
+def forward_backward(racy: bool):
     out = model(static_x)
-    if atomic:
+    if racy:
         pooled = torch.zeros(100, 64, device=device).index_add_(0, index, out)  # SOURCE
     else:
         pooled = out.view(1000, 100, 64).sum(0)
@@ -35,13 +36,13 @@ side.wait_stream(torch.cuda.current_stream())
 with torch.cuda.stream(side):
     for _ in range(2):
         opt.zero_grad(set_to_none=True)
-        forward_backward()
+        forward_backward(racy=False)
 torch.cuda.current_stream().wait_stream(side)
 
 graph = torch.cuda.CUDAGraph()
 opt.zero_grad(set_to_none=True)  # the gradients are made inside the graph: static tensors
 with torch.cuda.graph(graph):
-    static_loss = forward_backward()
+    static_loss = forward_backward(racy=atomic)
 
 for step in range(4):
     g = torch.Generator(device=device).manual_seed(step)
