@@ -334,3 +334,25 @@ def test_compiled_code_runs_compiled_and_is_recorded_at_its_boundary(tmp_path):
     # the input and the parameters of the compiled module are inputs of its boundary event
     first = ops.index("compiled.Net")
     assert int(trace.columns["n_in"][first]) == 1 + len(list(Net().parameters()))
+
+
+def test_a_capture_keeps_what_is_alive_at_a_replay_per_storage():
+    """The bookkeeping of a CUDA graph capture, on CPU tensors: a written tensor that died is
+    replaced by a view of it that lives on (.grad is a detached view of the gradient), and a
+    storage written twice is taken once, by its last tensor; reads exclude what was written."""
+    from bisector.capture.cuda_graphs import Capture
+
+    capture = Capture()
+    outside = torch.ones(4)
+    grad = torch.zeros(4)
+    capture.add([outside], [grad], [])
+    kept = grad.detach()
+    capture.add([grad, outside], [], [kept])
+    scratch = torch.zeros(2)
+    capture.add([], [scratch], [])
+    again = scratch.view(2)
+    capture.add([], [again], [])
+    del grad, scratch
+    assert [t is outside for t in Capture.alive(capture.reads)] == [True]
+    alive = Capture.alive(capture.writes)
+    assert len(alive) == 2 and alive[0] is kept and alive[1] is again

@@ -43,7 +43,12 @@ class Capture:
     _written: set[int] = field(default_factory=set)  # storages written during the capture
     _read: set[int] = field(default_factory=set)
 
-    def add(self, read: list[torch.Tensor], written: list[torch.Tensor]) -> None:
+    def add(
+        self, read: list[torch.Tensor], written: list[torch.Tensor], views: list[torch.Tensor]
+    ) -> None:
+        """Note one op: the tensors it read, wrote, and returned as views of its inputs (a view
+        of a written storage may outlive the tensor that wrote it: AccumulateGrad keeps a
+        detached view of the gradient as ``.grad``)."""
         for t in read:
             key = _key(t)
             if key is not None and key not in self._written and key not in self._read:
@@ -53,6 +58,9 @@ class Capture:
             key = _key(t)
             if key is not None:
                 self._written.add(key)
+                self.writes.append(weakref.ref(t))
+        for t in views:
+            if _key(t) in self._written:
                 self.writes.append(weakref.ref(t))
 
     @staticmethod

@@ -505,7 +505,10 @@ class Recorder:
             results = out if info.n_returns > 1 else (out,)
             for i in info.fresh_returns:
                 written += [t for t in arg_tree_leaves(results[i]) if isinstance(t, torch.Tensor)]
-        self._graphs.capturing.add(read, written)
+        views = (
+            [t for t in arg_tree_leaves(out) if isinstance(t, torch.Tensor)] if info.is_view else []
+        )
+        self._graphs.capturing.add(read, written, views)
         return out
 
     def _capture(self, op: str, args: tuple, kwargs: dict) -> bool:
