@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from bisector.errors import MismatchError, TraceError
-from bisector.records import RecordWriter, inflate, parse_fields, parse_json, read, records
+from bisector.records import Inflater, RecordWriter, parse_fields, parse_json, read, records
 
 MAGIC = b"BSDIGST\x00"
 FORMAT_VERSION = 1
@@ -138,6 +138,7 @@ def load(path: str | os.PathLike) -> Digests:
     names: list[tuple[str, str, int, str]] = []
     steps: dict[int, StepValues] = {}
     complete = False
+    inflate = Inflater(path, len(data))
     for kind, payload, offset in records(path, data, len(MAGIC) + 4):
         if kind == b"H":
             header = parse_fields(path, payload, offset)
@@ -151,7 +152,7 @@ def load(path: str | os.PathLike) -> Digests:
                 raise TraceError(f"{path} is corrupt (bad name table at byte {offset})") from None
         elif kind == b"D":
             try:
-                step, values = _parse_step(inflate(path, payload, offset), len(names))
+                step, values = _parse_step(inflate(payload, offset), len(names))
             except ValueError as exc:
                 raise TraceError(f"{path} is corrupt ({exc} at byte {offset})") from None
             steps[step] = values

@@ -146,23 +146,52 @@ def records(path: Path, data: bytes, pos: int) -> Iterator[tuple[bytes, bytes, i
         pos = start + length
 
 
-def inflate(path: Path, payload: bytes, offset: int) -> bytes:
-    """Decompress a record's zlib payload, refusing to inflate beyond ``MAX_INFLATED``.
+class Inflater:
+    """Decompresses the records of one file within a budget for the whole file:
+    ``MAX_INFLATED`` plus ``MAX_RATIO`` times the file's size. Real traces and digest files
+    inflate to one or two times their size; a file of many small zlib bombs, each under the
+    per-record cap, is refused before it takes a thousand times its size in memory.
+
+    Args:
+        path: the file (for error messages).
+        size: its size in bytes.
+    """
+
+    MAX_RATIO = 32
+
+    def __init__(self, path: Path, size: int):
+        self.path = path
+        self.left = MAX_INFLATED + self.MAX_RATIO * size
+
+    def __call__(self, payload: bytes, offset: int) -> bytes:
+        raw = inflate(self.path, payload, offset, min(MAX_INFLATED, self.left + 1))
+        self.left -= len(raw)
+        if self.left < 0:
+            raise TraceError(
+                f"{self.path} is corrupt (its records inflate to more than {self.MAX_RATIO} "
+                "times its size)"
+            )
+        return raw
+
+
+def inflate(path: Path, payload: bytes, offset: int, limit: int = MAX_INFLATED) -> bytes:
+    """Decompress a record's zlib payload, refusing to inflate beyond ``limit`` bytes (at most
+    ``MAX_INFLATED``).
 
     Raises:
         TraceError: not zlib, cut short, followed by other bytes, or too large when inflated.
     """
     inflater = zlib.decompressobj()
     try:
-        raw = inflater.decompress(payload, MAX_INFLATED)
+        raw = inflater.decompress(payload, limit)
     except zlib.error:
         raise TraceError(
             f"{path} is corrupt (the record at byte {offset} does not inflate)"
         ) from None
-    if len(raw) == MAX_INFLATED and not inflater.eof:
+    if len(raw) == limit and not inflater.eof:
         raise TraceError(
             f"{path} is corrupt (the record at byte {offset} inflates to more than "
-            f"{MAX_INFLATED >> 20} MiB)"
+            + (f"{MAX_INFLATED >> 20} MiB)" if limit == MAX_INFLATED else "the file allows)")
         )
     if not inflater.eof or inflater.unused_data:
         raise TraceError(f"{path} is corrupt (the record at byte {offset} does not inflate)")

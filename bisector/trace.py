@@ -31,8 +31,8 @@ import numpy as np
 from bisector.errors import TraceError
 from bisector.records import (
     MAX_INFLATED,
+    Inflater,
     RecordWriter,
-    inflate,
     parse_fields,
     parse_json,
     read,
@@ -240,6 +240,7 @@ def _parse(path: Path, data: bytes, pos: int) -> Trace:
     strings: list[str] = []
     chunks: list[dict[str, np.ndarray]] = []
     complete = False
+    inflate = Inflater(path, len(data))
     for kind, payload, offset in records(path, data, pos):
         if kind == b"H":
             header = parse_fields(path, payload, offset)
@@ -247,7 +248,7 @@ def _parse(path: Path, data: bytes, pos: int) -> Trace:
             strings.extend(str(s) for s in parse_json(path, payload, offset, list))
         elif kind == b"C":
             try:
-                chunks.append(_parse_chunk(inflate(path, payload, offset)))
+                chunks.append(_parse_chunk(inflate(payload, offset)))
             except (ValueError, RecursionError, struct.error) as exc:
                 raise TraceError(f"{path} is corrupt (chunk at byte {offset}: {exc})") from None
         elif kind == b"F":

@@ -477,6 +477,28 @@ def test_a_zlib_bomb_is_refused_without_inflating_it(files, kind, record, payloa
     assert peak < 256 << 20, f"peak {peak / 2**20:.0f} MiB"
 
 
+def test_many_small_bombs_are_refused_by_the_budget_of_the_whole_file(files):
+    """Records that each stay under the per-record cap (13 MiB of valid all-zero events from
+    13 kB) but together would inflate a thousand times the file: refused once the file's budget
+    (MAX_INFLATED plus 32 times its size) is spent, before they all sit in memory."""
+    events = 1 << 19  # 26 bytes of event columns each: 13 MiB, a whole number of MiB
+    bomb = _chunk_bomb(events)
+    assert len(zlib.decompress(bomb)) < records.MAX_INFLATED
+    raw = files["trace"]
+    first_chunk = _indices(raw, b"C")[0]
+    kind, old, offset = _frames(raw)[first_chunk]
+    data = raw[:offset] + _frame(b"C", bomb) * 40 + raw[offset + _FRAME.size + len(old) :]
+    assert len(data) < 1 << 20
+    tracemalloc.start()
+    try:
+        loaded = _check(files, data, "trace")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert loaded is None
+    assert peak < 256 << 20, f"peak {peak / 2**20:.0f} MiB"
+
+
 # ----- nothing in a file is ever executed --------------------------------------------------------
 
 
