@@ -29,6 +29,7 @@ CASES = {
     "dataloader_workers": ("dataloader_workers.py", [], [], {}),
     "late_source_1_thread": ("late_source.py", ["--steps", "10"], [], {"OMP_NUM_THREADS": "1"}),
     "ladder_deterministic": ("deterministic.py", ["--steps", "6", "--ladder"], [], {}),
+    "compiled": ("compiled.py", [], [], {}),
 }
 
 

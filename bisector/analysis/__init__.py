@@ -303,7 +303,8 @@ def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
     kind = classify(op, args_equal, random, bool(eq.rewired[event]))
     details = {
         "input": "this tensor was not produced by a recorded op and its value differs "
-        "(data batch, initial weights or state loaded from outside)",
+        "(data batch, initial weights or state loaded from outside, or made by code that "
+        "bypasses PyTorch's dispatcher, such as an extension called directly)",
         "argument": "its tensor inputs are equal but a non-tensor argument differs",
         "rng": "a random op whose tensor inputs are equal: the generator state differed "
         "(seed not set, or set from something that changes between runs)",
