@@ -77,7 +77,7 @@ class CompileBoundary:
             self._original = None
             with contextlib.suppress(ValueError):
                 warnings.filters.remove(self._filter)
-            warnings._filters_mutated()
+            getattr(warnings, "_filters_mutated", lambda: None)()  # drop cached decisions
 
     def wrap(self, target: Any, compiled: Any) -> Any:
         """Return ``compiled`` (what torch.compile made of ``target``) recorded at its boundary."""
@@ -116,11 +116,11 @@ class CompileBoundary:
                     recorder._compiled_depth -= 1
             finally:
                 recorder._show_module_hooks(hooks)
+                if entered:
+                    recorder._leave_module()
             written = [t for t, v in zip(inputs, versions, strict=True) if _version(t) != v]
             outputs = _tensors(result)
             recorder._boundary_event(PREFIX + name, refs, written, outputs, module)
-            if entered:
-                recorder._leave_module()
             if torch.is_grad_enabled():
                 self._hook_backward(outputs, start, inputs + outputs, name, module, refs[1])
             return result
