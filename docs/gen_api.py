@@ -11,7 +11,6 @@ Attributes, Example). Sections whose module does not exist yet say so instead of
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import importlib
@@ -516,26 +515,9 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--check", action="store_true", help="exit 1 if docs/api.md is not up to date"
-    )
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = OUTPUT.read_text() if OUTPUT.exists() else ""
-        if current != text:
-            print(
-                f"{OUTPUT.relative_to(ROOT)} is out of date with the docstrings in bisector/: "
-                f"run `{REGENERATE}` and commit the result",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"{OUTPUT.relative_to(ROOT)} is up to date")
-        return 0
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT.relative_to(ROOT)}")
-    return 0
+    from gen_cli import generate  # docs/ is on sys.path when this runs as a script
+
+    return generate(render, OUTPUT, "the docstrings in bisector/", REGENERATE, argv, __doc__)
 
 
 if __name__ == "__main__":

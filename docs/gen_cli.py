@@ -328,27 +328,37 @@ def render() -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def generate(
+    render_page, output: Path, source: str, regenerate: str, argv: list[str] | None, doc: str
+) -> int:
+    """Write ``output`` from ``render_page()``, or with ``--check`` exit 1 if it differs: the
+    main of both generators (docs/gen_api.py calls it too). ``source``: what the page is made
+    from, and ``regenerate``: the command that remakes it, for the message."""
+    relative = output.relative_to(ROOT)
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument(
-        "--check", action="store_true", help="exit 1 if docs/cli.md is not up to date"
+        "--check", action="store_true", help=f"exit 1 if {relative} is not up to date"
     )
     args = parser.parse_args(argv)
-    text = render()
+    text = render_page()
     if args.check:
-        current = OUTPUT.read_text() if OUTPUT.exists() else ""
+        current = output.read_text() if output.exists() else ""
         if current != text:
             print(
-                f"{OUTPUT.relative_to(ROOT)} is out of date with bisector/cli.py: "
-                f"run `{REGENERATE}` and commit the result",
+                f"{relative} is out of date with {source}: "
+                f"run `{regenerate}` and commit the result",
                 file=sys.stderr,
             )
             return 1
-        print(f"{OUTPUT.relative_to(ROOT)} is up to date")
+        print(f"{relative} is up to date")
         return 0
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT.relative_to(ROOT)}")
+    output.write_text(text)
+    print(f"wrote {relative}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return generate(render, OUTPUT, "bisector/cli.py", REGENERATE, argv, __doc__)
 
 
 if __name__ == "__main__":
