@@ -31,3 +31,17 @@ def compile_backend() -> str:
     if chosen:
         return chosen
     return "inductor" if shutil.which("g++") or shutil.which("c++") else "aot_eager"
+
+
+class SegmentNet(nn.Module):
+    """proj (16 -> 64) -> pool (the given segment sum of the rows) -> head (64 -> 1): the shape
+    of the planted index_put_ scripts, each with its own pool."""
+
+    def __init__(self, pool: nn.Module):
+        super().__init__()
+        self.proj = nn.Linear(16, 64)
+        self.pool = pool
+        self.head = nn.Linear(64, 1)
+
+    def forward(self, x, segments):
+        return self.head(self.pool(self.proj(x), segments))

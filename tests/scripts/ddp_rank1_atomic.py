@@ -15,6 +15,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from _common import SegmentNet
+
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=3)
 parser.add_argument("--deterministic", action="store_true")
@@ -39,18 +41,7 @@ class SegmentSum(nn.Module):
         return one_hot.T @ rows
 
 
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(16, 64)
-        self.pool = SegmentSum()
-        self.head = nn.Linear(64, 1)
-
-    def forward(self, x, segments):
-        return self.head(self.pool(self.proj(x), segments))
-
-
-model = DistributedDataParallel(Net())
+model = DistributedDataParallel(SegmentNet(SegmentSum()))
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 data = torch.Generator().manual_seed(1 + rank)  # each rank its own shard
 x = torch.randn(60000, 16, generator=data)

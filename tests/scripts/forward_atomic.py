@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from _common import SegmentNet
+
 torch.manual_seed(0)
 
 
@@ -15,18 +17,7 @@ class SegmentSum(nn.Module):
         return out
 
 
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(16, 64)
-        self.pool = SegmentSum()
-        self.head = nn.Linear(64, 1)
-
-    def forward(self, x, segments):
-        return self.head(self.pool(self.proj(x), segments))
-
-
-model = Net()
+model = SegmentNet(SegmentSum())
 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 g = torch.Generator().manual_seed(1)
 x = torch.randn(60000, 16, generator=g)

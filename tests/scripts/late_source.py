@@ -10,6 +10,8 @@ import argparse
 import torch
 from torch import nn
 
+from _common import SegmentNet
+
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=10)
 args = parser.parse_args()
@@ -28,18 +30,7 @@ class SegmentSum(nn.Module):
         return one_hot.T @ rows
 
 
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(16, 64)
-        self.pool = SegmentSum()
-        self.head = nn.Linear(64, 1)
-
-    def forward(self, x, segments):
-        return self.head(self.pool(self.proj(x), segments))
-
-
-model = Net()
+model = SegmentNet(SegmentSum())
 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 g = torch.Generator().manual_seed(1)
 target = torch.randn(SEGMENTS, 1, generator=g)
