@@ -106,6 +106,8 @@ class Trace:
     complete: bool = True
     _in_start: np.ndarray | None = field(default=None, repr=False)
     _out_start: np.ndarray | None = field(default=None, repr=False)
+    _in_event: np.ndarray | None = field(default=None, repr=False)
+    _out_event: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.columns["op"].shape[0])
@@ -123,6 +125,20 @@ class Trace:
         if self._out_start is None:
             self._out_start = _offsets(self.columns["n_out"])
         return self._out_start
+
+    @property
+    def in_event(self) -> np.ndarray:
+        """Per row of the input columns, the index of its event (the consumer)."""
+        if self._in_event is None:
+            self._in_event = _row_events(self.columns["n_in"])
+        return self._in_event
+
+    @property
+    def out_event(self) -> np.ndarray:
+        """Per row of the output columns, the index of its event (the producer)."""
+        if self._out_event is None:
+            self._out_event = _row_events(self.columns["n_out"])
+        return self._out_event
 
     def string(self, column: str, event: int) -> str:
         """The string that ``column`` (op, module, location, args) holds for one event."""
@@ -144,6 +160,10 @@ class Trace:
     @property
     def rank(self) -> int:
         return int(self.header.get("rank", 0))
+
+
+def _row_events(counts: np.ndarray) -> np.ndarray:
+    return np.repeat(np.arange(len(counts), dtype=np.int64), counts.astype(np.int64))
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:
@@ -315,7 +335,7 @@ def _validate(trace: Trace) -> None:
             raise TraceError(f"{name} is corrupt (string id out of range in column {column})")
     if n and int(c["phase"].max()) >= len(PHASES):
         raise TraceError(f"{name} is corrupt (unknown phase)")
-    consumer = np.repeat(np.arange(n, dtype=np.int64), c["n_in"].astype(np.int64))
+    consumer = trace.in_event
     if len(consumer) and bool((c["in_back"].astype(np.int64) > consumer).any()):
         raise TraceError(f"{name} is corrupt (an input refers to an event before the first)")
     back = c["in_back"].astype(np.int64)
@@ -326,7 +346,7 @@ def _validate(trace: Trace) -> None:
             raise TraceError(
                 f"{name} is corrupt (an input refers to an output that does not exist)"
             )
-    producer = np.repeat(np.arange(n, dtype=np.int64), c["n_out"].astype(np.int64))
+    producer = trace.out_event
     prev_back = c["out_prev_back"].astype(np.int64)
     if len(producer) and bool((prev_back > producer).any()):
         raise TraceError(f"{name} is corrupt (an output refers to an event before the first)")

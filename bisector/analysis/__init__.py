@@ -131,8 +131,8 @@ def compare_traces(
         notes=notes,
         sources_total=total,
         environment=environment,
-        curve=_curve(a, view, eq, len(a)),
-        modules=_modules(a, eq, len(a)),
+        curve=_curve(a, view, eq),
+        modules=_modules(a, eq),
     )
     return report, eq
 
@@ -190,17 +190,16 @@ MAX_CURVE_POINTS = 2000
 MAX_MODULES = 500
 
 
-def _curve(a: Trace, b: Trace, eq: Equality, paired: int) -> list[list]:
+def _curve(a: Trace, b: Trace, eq: Equality) -> list[list]:
     """[event, step, lower bound of max|A-B|] of differing events, at most MAX_CURVE_POINTS:
-    the largest of each bucket, so a spike is never averaged away."""
-    rows = int(a.out_start[paired])
-    if not rows or not eq.out_differs.any():
+    the largest of each bucket, so a spike is never averaged away. ``b``: run B in A's
+    numbering."""
+    if not eq.out_differs.any():
         return []
-    bound = np.nan_to_num(difference_bounds(a, b, slice(0, rows)), nan=0.0, posinf=np.inf)
+    bound = np.nan_to_num(difference_bounds(a, b, slice(None)), nan=0.0, posinf=np.inf)
     bound = np.where(eq.row_differs, bound, 0.0)
-    row_event = np.repeat(np.arange(paired), a.columns["n_out"][:paired].astype(np.int64))
-    per_event = np.zeros(paired)
-    np.maximum.at(per_event, row_event, bound)
+    per_event = np.zeros(len(a))
+    np.maximum.at(per_event, a.out_event, bound)
     events = np.flatnonzero(eq.out_differs)
     if len(events) > MAX_CURVE_POINTS:
         buckets = np.array_split(events, MAX_CURVE_POINTS)
@@ -209,9 +208,9 @@ def _curve(a: Trace, b: Trace, eq: Equality, paired: int) -> list[list]:
     return [[int(e), int(steps[e]), float(per_event[e])] for e in events]
 
 
-def _modules(a: Trace, eq: Equality, paired: int) -> list[dict]:
+def _modules(a: Trace, eq: Equality) -> list[dict]:
     """Per module path: events recorded in it and how many of them differ."""
-    ids = a.columns["module"][:paired].astype(np.int64)
+    ids = a.columns["module"].astype(np.int64)
     events = np.bincount(ids, minlength=len(a.strings))
     differing = np.bincount(ids[eq.out_differs], minlength=len(a.strings))
     used = np.flatnonzero(events)

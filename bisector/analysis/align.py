@@ -271,10 +271,8 @@ def project(b: Trace, alignment: Alignment, a: Trace) -> Trace:
         columns[name] = np.where(paired, _take(cb[name], source), ca[name]).astype(ca[name].dtype)
 
     # Rows: per row of A, the row of B it is paired with (-1 for rows of unpaired events).
-    in_rows_a = _rows(a.in_start, ca["n_in"])
-    out_rows_a = _rows(a.out_start, ca["n_out"])
-    in_rows_b = _partner_rows(in_rows_a, a.in_start, b.in_start, b_of_a, ca["n_in"])
-    out_rows_b = _partner_rows(out_rows_a, a.out_start, b.out_start, b_of_a, ca["n_out"])
+    in_rows_b = _partner_rows(a.in_event, a.in_start, b.in_start, b_of_a)
+    out_rows_b = _partner_rows(a.out_event, a.out_start, b.out_start, b_of_a)
 
     def gather(name: str, rows_b: np.ndarray) -> np.ndarray:
         mine = ca[name]
@@ -285,20 +283,12 @@ def project(b: Trace, alignment: Alignment, a: Trace) -> Trace:
 
     for name in ("in_slot", "out_kind", "out_fp", "out_sum", "out_absmax", "out_numel"):
         columns[name] = gather(name, in_rows_b if name == "in_slot" else out_rows_b)
-    columns["in_back"] = _backs(
-        ca["in_back"], in_rows_b, cb["in_back"], b.in_start, a_of_b, a.in_start, ca["n_in"]
-    )
     columns["out_prev_slot"] = gather("out_prev_slot", out_rows_b)
+    columns["in_back"] = _backs(ca["in_back"], cb["in_back"], in_rows_b, a.in_event, b_of_a, a_of_b)
     columns["out_prev_back"] = _backs(
-        ca["out_prev_back"],
-        out_rows_b,
-        cb["out_prev_back"],
-        b.out_start,
-        a_of_b,
-        a.out_start,
-        ca["n_out"],
+        ca["out_prev_back"], cb["out_prev_back"], out_rows_b, a.out_event, b_of_a, a_of_b
     )
-    projected = Trace(
+    return Trace(
         path=b.path,
         header=b.header,
         footer=b.footer,
@@ -306,19 +296,14 @@ def project(b: Trace, alignment: Alignment, a: Trace) -> Trace:
         columns=columns,
         complete=b.complete,
     )
-    return projected
 
 
 def _take(column: np.ndarray, index: np.ndarray) -> np.ndarray:
     return column[index] if len(column) else np.zeros(len(index), dtype=column.dtype)
 
 
-def _rows(start: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Per row, the event it belongs to."""
-    return np.repeat(np.arange(len(counts), dtype=np.int64), counts.astype(np.int64))
-
-
-def _partner_rows(row_event, start_a, start_b, b_of_a, counts) -> np.ndarray:
+def _partner_rows(row_event, start_a, start_b, b_of_a) -> np.ndarray:
+    """Per row of A (``row_event``: its event), the same row of the partner event in B, or -1."""
     if not len(row_event):
         return np.zeros(0, dtype=np.int64)
     partner = b_of_a[row_event]
@@ -326,19 +311,18 @@ def _partner_rows(row_event, start_a, start_b, b_of_a, counts) -> np.ndarray:
     return np.where(partner >= 0, start_b[np.maximum(partner, 0)] + offset, -1)
 
 
-def _backs(back_a, rows_b, back_b_col, start_b, a_of_b, start_a, counts_a) -> np.ndarray:
-    """Run B's "events back" references of the paired rows, renumbered to count in A's events."""
+def _backs(back_a, back_b_column, rows_b, row_event, b_of_a, a_of_b) -> np.ndarray:
+    """Run B's "events back" references of the paired rows, renumbered to count in A's events
+    (``row_event``: per row of A, its event)."""
     result = back_a.astype(np.uint32).copy()
     rows = np.flatnonzero(rows_b >= 0)
     if not len(rows):
         return result
-    row_event_a = _rows(start_a, counts_a)[rows]
-    rb = rows_b[rows]
-    back_b = back_b_col[rb].astype(np.int64)
-    event_b = np.searchsorted(start_b, rb, side="right") - 1
-    producer_b = event_b - back_b
+    event_a = row_event[rows]
+    back_b = back_b_column[rows_b[rows]].astype(np.int64)
+    producer_b = b_of_a[event_a] - back_b
     producer_a = a_of_b[np.maximum(producer_b, 0)]
-    renumbered = np.where(producer_a >= 0, row_event_a - producer_a, -1)
+    renumbered = np.where(producer_a >= 0, event_a - producer_a, -1)
     value = np.where(back_b == 0, 0, np.where(renumbered > 0, renumbered, -1))
     result[rows] = np.where(value < 0, NO_PARTNER, value).astype(np.uint32)
     return result

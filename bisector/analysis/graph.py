@@ -55,41 +55,33 @@ class Equality:
     orphaned: np.ndarray
 
 
-def compare_events(
-    a: Trace, b: Trace, paired: int | np.ndarray, ids_b_to_a: np.ndarray
-) -> Equality:
+def compare_events(a: Trace, b: Trace, paired: np.ndarray, ids_b_to_a: np.ndarray) -> Equality:
     """Compare two aligned traces event by event.
 
     Args:
         a: run A.
         b: run B, event k paired with event k of A (``align.project`` makes one).
-        paired: events ``0..paired-1`` are compared; or a mask over all events of A, True where
-            the event has a partner (the others, copies of A's in ``b``, are compared too but
-            are equal by construction).
+        paired: per event of A, True where it has a partner (the others, copies of A's events
+            in ``b``, compare equal by construction).
         ids_b_to_a: string ids of ``b`` in A's numbering.
     """
-    if isinstance(paired, (int, np.integer)):
-        mask = np.ones(int(paired), dtype=bool)
-    else:
-        mask = np.asarray(paired, dtype=bool)
-    paired = len(mask)
+    n = len(a)
     ca, cb = a.columns, b.columns
-    rows = int(a.out_start[paired])
-    kind_a, kind_b = ca["out_kind"][:rows], cb["out_kind"][:rows]
+    kind_a, kind_b = ca["out_kind"], cb["out_kind"]
     hashed = ((kind_a & OUT_HASHED) > 0) & ((kind_b & OUT_HASHED) > 0)
     nodata = ((kind_a | kind_b) & OUT_NODATA) > 0
-    row_differs = hashed & (ca["out_fp"][:rows] != cb["out_fp"][:rows])
+    row_differs = hashed & (ca["out_fp"] != cb["out_fp"])
     keep = np.uint8(0xFF ^ OUT_PARTIAL)
     row_differs |= ~nodata & ((kind_a & keep) != (kind_b & keep))
     state_equal = ~row_differs
 
-    row_event = np.repeat(np.arange(paired, dtype=np.int64), ca["n_out"][:paired].astype(np.int64))
+    row_event = a.out_event
     partial = np.flatnonzero(((kind_a | kind_b) & OUT_PARTIAL) > 0)
     if len(partial):
-        back_a = ca["out_prev_back"][:rows].astype(np.int64)
-        back_b = cb["out_prev_back"][:rows].astype(np.int64)
-        slot_a = ca["out_prev_slot"][:rows].astype(np.int64)
-        slot_b = cb["out_prev_slot"][:rows].astype(np.int64)
+        back_a = ca["out_prev_back"].astype(np.int64)
+        back_b = cb["out_prev_back"].astype(np.int64)
+        slot_a = ca["out_prev_slot"].astype(np.int64)
+        slot_b = cb["out_prev_slot"].astype(np.int64)
         out_start = a.out_start
         for row in partial:  # in order: a previous value is always decided first
             if back_a[row] != back_b[row] or slot_a[row] != slot_b[row]:
@@ -98,28 +90,26 @@ def compare_events(
                 previous = out_start[row_event[row] - back_a[row]] + slot_a[row]
                 state_equal[row] &= state_equal[previous]
 
-    in_rows = int(a.in_start[paired])
-    consumer = np.repeat(np.arange(paired, dtype=np.int64), ca["n_in"][:paired].astype(np.int64))
-    back_a = ca["in_back"][:in_rows].astype(np.int64)
-    back_b = cb["in_back"][:in_rows].astype(np.int64)
-    same_ref = (back_a == back_b) & (ca["in_slot"][:in_rows] == cb["in_slot"][:in_rows])
+    consumer = a.in_event
+    back_a = ca["in_back"].astype(np.int64)
+    back_b = cb["in_back"].astype(np.int64)
+    same_ref = (back_a == back_b) & (ca["in_slot"] == cb["in_slot"])
     tracked = back_a > 0
     producer = np.where(tracked, consumer - back_a, -1)
-    value_rows = a.out_start[np.maximum(producer, 0)] + ca["in_slot"][:in_rows].astype(np.int64)
-    value_equal = np.ones(in_rows, dtype=bool)  # an untracked input: nothing to compare
+    value_rows = a.out_start[np.maximum(producer, 0)] + ca["in_slot"].astype(np.int64)
+    value_equal = np.ones(len(consumer), dtype=bool)  # an untracked input: nothing to compare
     value_equal[tracked] = state_equal[value_rows[tracked]]
     input_ok = same_ref & value_equal
-    bad_inputs = np.bincount(consumer[~input_ok], minlength=paired)[:paired]
-    inputs_equal = bad_inputs == 0
-    moved = np.bincount(consumer[~same_ref], minlength=paired)[:paired] > 0
-    unequal_matched = np.bincount(consumer[same_ref & ~value_equal], minlength=paired)[:paired]
+    inputs_equal = np.bincount(consumer[~input_ok], minlength=n) == 0
+    moved = np.bincount(consumer[~same_ref], minlength=n) > 0
+    unequal_matched = np.bincount(consumer[same_ref & ~value_equal], minlength=n)
     rewired = moved & (unequal_matched == 0)
 
-    args_equal = ca["args"][:paired].astype(np.int64) == ids_b_to_a[cb["args"][:paired]]
-    out_differs = np.bincount(row_event[row_differs], minlength=paired)[:paired] > 0
-    from_unpaired = tracked & ~mask[np.maximum(producer, 0)]
+    args_equal = ca["args"].astype(np.int64) == ids_b_to_a[cb["args"]]
+    out_differs = np.bincount(row_event[row_differs], minlength=n) > 0
+    from_unpaired = tracked & ~paired[np.maximum(producer, 0)]
     from_unpaired |= back_b == NO_PARTNER
-    orphaned = np.bincount(consumer[from_unpaired], minlength=paired)[:paired] > 0
+    orphaned = np.bincount(consumer[from_unpaired], minlength=n) > 0
     return Equality(
         out_differs,
         inputs_equal,
@@ -129,7 +119,7 @@ def compare_events(
         state_equal,
         producer,
         consumer,
-        mask,
+        paired,
         orphaned,
     )
 

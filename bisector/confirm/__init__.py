@@ -203,18 +203,16 @@ def growth(a: Trace, b: Trace, report: Report) -> list[dict]:
         return []
     b, _ = analysis.aligned(a, b)  # B in A's event numbering (unpaired events: copies of A's)
     ca, cb = a.columns, b.columns
-    paired = len(a)
-    rows = int(a.out_start[paired])
-    event = np.repeat(np.arange(paired), ca["n_out"][:paired].astype(np.int64))
-    differs = ca["out_fp"][:rows] != cb["out_fp"][:rows]
-    bound = analysis.difference_bounds(a, b, slice(0, rows))
+    event = a.out_event
+    differs = ca["out_fp"] != cb["out_fp"]
+    bound = analysis.difference_bounds(a, b, slice(None))
     bound = np.where(differs, np.nan_to_num(bound), 0.0)
-    steps = ca["step"][:paired][event]
-    phases = ca["phase"][:paired][event]
+    steps = ca["step"][event]
+    phases = ca["phase"][event]
     result = []
-    for step in np.unique(ca["step"][:paired]):
+    for step in np.unique(ca["step"]):
         in_step = steps == step
-        events = int(np.count_nonzero(np.bincount(event[in_step & differs], minlength=paired)))
+        events = len(np.unique(event[in_step & differs]))
         grads = bound[in_step & (phases == PHASES.index("backward"))]
         params = bound[in_step & (phases == PHASES.index("optimizer"))]
         row = {
