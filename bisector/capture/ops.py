@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import CodeType, FrameType
 
 import torch
+from torch.utils._pytree import arg_tree_leaves
 
 # Results of these ops are uninitialised memory: fingerprinting them would report noise.
 UNINITIALISED_OPS = frozenset(
@@ -88,6 +89,37 @@ class OpInfo:
         position, name = self.dropout
         value = args[position] if position < len(args) else kwargs.get(name, 0.0)
         return value == 0
+
+    def reads(self, args: tuple, kwargs: dict, flat: list) -> list[torch.Tensor]:
+        """The tensors a call reads (``flat``: its argument leaves): all but ``out=`` ones,
+        which are only written."""
+        if not self.out_names:
+            return [a for a in flat if isinstance(a, torch.Tensor)]
+        kept = {k: v for k, v in kwargs.items() if k not in self.out_names}
+        return [a for a in arg_tree_leaves(*args, **kept) if isinstance(a, torch.Tensor)]
+
+    def writes(self, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+        """The tensor arguments a call writes in place (``Tensor(a!)``), in schema order."""
+        written = []
+        for position, name in self.written:
+            value = args[position] if position < len(args) else kwargs.get(name)
+            for t in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(t, torch.Tensor):
+                    written.append(t)
+        return written
+
+    def results(self, out: object) -> list[tuple[int, torch.Tensor]]:
+        """(index of the return, tensor) of every fresh (non-aliasing) result of a call."""
+        if not self.fresh_returns:
+            return []
+        returned = out if self.n_returns > 1 else (out,)
+        found = []
+        for i in self.fresh_returns:
+            value = returned[i]
+            for t in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(t, torch.Tensor):
+                    found.append((i, t))
+        return found
 
     @staticmethod
     def of(func: torch._ops.OpOverload) -> OpInfo:

@@ -345,10 +345,14 @@ class Recorder:
 
     # ----- one aten call ----------------------------------------------------------------------
 
-    def _on_op(self, func, args: tuple, kwargs: dict):
+    def _info(self, func) -> OpInfo:
         info = self._op_infos.get(func)
         if info is None:
             info = self._op_infos[func] = OpInfo.of(func)
+        return info
+
+    def _on_op(self, func, args: tuple, kwargs: dict):
+        info = self._info(func)
         if info.ignored:
             return func(*args, **kwargs)
         frame, transfer = self._locator.user_frame(2)
@@ -357,24 +361,14 @@ class Recorder:
         flat = arg_tree_leaves(*args, **kwargs)
         tensors = [a for a in flat if isinstance(a, torch.Tensor)]
         phase, module_id, location_id = self._context(tensors, frame)
-        read = tensors
-        if info.out_names:  # an out= tensor is only written: its old value is not an input
-            kept = {k: v for k, v in kwargs.items() if k not in info.out_names}
-            read = [a for a in arg_tree_leaves(*args, **kept) if isinstance(a, torch.Tensor)]
-        refs = [self._ref(t, phase, module_id, location_id) for t in read]
+        refs = [self._ref(t, phase, module_id, location_id) for t in info.reads(args, kwargs, flat)]
         args_id = self._buffer.string(canonical_args(flat))
 
-        written: list[torch.Tensor] = []
-        previous: list[tuple[int, int] | None] = []
-        for position, name in info.written:
-            value = args[position] if position < len(args) else kwargs.get(name)
-            for t in value if isinstance(value, (list, tuple)) else (value,):
-                if isinstance(t, torch.Tensor):
-                    written.append(t)
-                    partial = not _covers_storage(t)
-                    previous.append(
-                        self._ref(t, phase, module_id, location_id) if partial else None
-                    )
+        written = info.writes(args, kwargs)
+        previous: list[tuple[int, int] | None] = [
+            None if _covers_storage(t) else self._ref(t, phase, module_id, location_id)
+            for t in written
+        ]
 
         captured = self._capture(info.name, args, kwargs) if self.options.capture else False
         if info.collective and self._progress is not None:
@@ -387,17 +381,12 @@ class Recorder:
 
         no_data = [info.no_data] * len(written)
         n_written = len(written)
-        if info.fresh_returns:
-            results = out if info.n_returns > 1 else (out,)
-            # With no dropout, attention's generator-state results are never initialised.
-            unset = info.rng_returns if info.without_dropout(args, kwargs) else ()
-            for i in info.fresh_returns:
-                value = results[i]
-                for t in value if isinstance(value, (list, tuple)) else (value,):
-                    if isinstance(t, torch.Tensor):
-                        written.append(t)
-                        previous.append(None)
-                        no_data.append(info.no_data or i in unset)
+        # With no dropout, attention's generator-state results are never initialised.
+        unset = info.rng_returns if info.without_dropout(args, kwargs) else ()
+        for i, t in info.results(out):
+            written.append(t)
+            previous.append(None)
+            no_data.append(info.no_data or i in unset)
 
         index = self._buffer.count
         for slot, t in enumerate(written):
@@ -489,25 +478,15 @@ class Recorder:
     def _on_captured_op(self, func, args: tuple, kwargs: dict):
         """An op run while a CUDA graph is captured: not recorded (its kernels are captured,
         ours would be too), only what it reads and writes is noted for the replays."""
-        info = self._op_infos.get(func)
-        if info is None:
-            info = self._op_infos[func] = OpInfo.of(func)
+        info = self._info(func)
         out = func(*args, **kwargs)
         if info.ignored:
             return out
-        kept = {k: v for k, v in kwargs.items() if k not in info.out_names}
-        read = [a for a in arg_tree_leaves(*args, **kept) if isinstance(a, torch.Tensor)]
-        written = []
-        for position, name in info.written:
-            value = args[position] if position < len(args) else kwargs.get(name)
-            written += [t for t in arg_tree_leaves(value) if isinstance(t, torch.Tensor)]
-        if info.fresh_returns:
-            results = out if info.n_returns > 1 else (out,)
-            for i in info.fresh_returns:
-                written += [t for t in arg_tree_leaves(results[i]) if isinstance(t, torch.Tensor)]
-        views = (
-            [t for t in arg_tree_leaves(out) if isinstance(t, torch.Tensor)] if info.is_view else []
-        )
+        read = info.reads(args, kwargs, arg_tree_leaves(*args, **kwargs))
+        written = info.writes(args, kwargs) + [t for _, t in info.results(out)]
+        views = []
+        if info.is_view:  # a view of a written storage may outlive the tensor that wrote it
+            views = [t for t in arg_tree_leaves(out) if isinstance(t, torch.Tensor)]
         self._graphs.capturing.add(read, written, views)
         return out
 
