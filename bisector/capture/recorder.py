@@ -403,7 +403,7 @@ class Recorder:
             raise StopRun("captured the inputs asked for")
         return out
 
-    # ----- compiled code, recorded at its boundary: called by capture/compiled.py ------------
+    # ----- code recorded at its boundary: called by capture/compiled.py and cuda_graphs.py ---
 
     @property
     def _compiled_depth(self) -> int:
@@ -453,8 +453,8 @@ class Recorder:
         outputs: list[torch.Tensor],
         module: torch.nn.Module | None,
     ) -> None:
-        """Record one call of compiled code: it read ``reads``, wrote ``written`` in place and
-        returned ``outputs``."""
+        """Record one call of code seen only at its boundary (compiled code, a CUDA graph
+        replay): it read ``reads``, wrote ``written`` in place and returned ``outputs``."""
         refs, (phase, module_id, location_id) = reads
         if module is not None:
             name_of = self._modules.name_of(module)
