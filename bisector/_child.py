@@ -4,7 +4,8 @@ Started by runner.py as ``python -c <boot> --trace PATH [--steps N] -- SCRIPT AR
 with ``--digests PATH`` instead of ``--trace`` for a run that writes step digests only.
 Exit status: the script's own (0 when stopped after the requested steps), 130 on Ctrl-C,
 runner.EXIT_SCRIPT_RAISED when the script raised (its traceback, without our frames, is printed
-on stderr as Python would print it).
+on stderr as Python would print it), runner.EXIT_INTERNAL when bisector's own code failed inside
+the run (our traceback on stderr; the trace keeps what was recorded).
 """
 
 from __future__ import annotations
@@ -20,9 +21,14 @@ import traceback
 
 import bisector
 from bisector.capture.digester import GlobalDigests
-from bisector.capture.recorder import Recorder, RecordOptions, StopRun, ending
+from bisector.capture.recorder import InternalFailure, Recorder, RecordOptions, StopRun, ending
 from bisector.confirm.interventions import apply_interventions
-from bisector.runner import EXIT_SCRIPT_RAISED, EXIT_SETUP_FAILED, LAUNCH_PYTHONPATH
+from bisector.runner import (
+    EXIT_INTERNAL,
+    EXIT_SCRIPT_RAISED,
+    EXIT_SETUP_FAILED,
+    LAUNCH_PYTHONPATH,
+)
 
 
 def main() -> None:
@@ -104,6 +110,10 @@ def main() -> None:
             runpy.run_path(script, run_name="__main__")
     except StopRun:
         code = 0
+    except InternalFailure as exc:  # ours, not the script's: our traceback, for the log
+        sys.stderr.write(f"bisector: internal error while recording: {exc}\n{exc.details}")
+        code = EXIT_INTERNAL
+        error = f"bisector internal error: {exc}"
     except SystemExit as exc:
         code = _exit_code(exc)
     except KeyboardInterrupt:

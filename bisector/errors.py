@@ -24,6 +24,18 @@ class ScriptError(BisectorError):
         self.exit_code = exit_code
 
 
+class InternalError(BisectorError):
+    """bisector's own code failed while recording a run: a bug in bisector, not in the script.
+
+    Attributes:
+        output: what the run printed, our traceback included (kept in the run's log).
+    """
+
+    def __init__(self, message: str, output: str = ""):
+        super().__init__(message)
+        self.output = output
+
+
 class TraceError(BisectorError):
     """A trace file is missing, corrupt, of an unknown format version, or not a trace at all."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bisector.digests import Digests
 from bisector.digests import load as load_digests
-from bisector.errors import BisectorError, Interrupted, ScriptError, TraceError
+from bisector.errors import BisectorError, InternalError, Interrupted, ScriptError, TraceError
 from bisector.report import RunInfo
 from bisector.trace import Trace, load
 
@@ -28,6 +28,8 @@ from bisector.trace import Trace, load
 EXIT_SCRIPT_RAISED = 97
 # Exit status the child uses when bisector itself could not start recording.
 EXIT_SETUP_FAILED = 98
+# Exit status the child uses when bisector's own code failed while recording (a bug in bisector).
+EXIT_INTERNAL = 99
 # Seconds we give a child to write its trace after Ctrl-C before we stop it harder.
 _GRACE = 20.0
 
@@ -346,6 +348,13 @@ def _run_child(
             output=output,
             exit_code=code,
         )
+    if code == EXIT_INTERNAL:
+        raise InternalError(
+            f"bisector failed while recording run {name}: {_internal_line(output)}. This is a "
+            f"bug in bisector, not in {path.name}; please report it with its traceback (in "
+            f"{log}, or run with --show-output); {recorded}",
+            output=output,
+        )
     if code == EXIT_SETUP_FAILED:
         raise ScriptError(
             f"bisector could not start recording run {name}", output=output, exit_code=code
@@ -365,6 +374,15 @@ def _run_child(
             exit_code=code,
         )
     return path, output, code, seconds
+
+
+def _internal_line(output: str) -> str:
+    """The error of an internal failure, from the line the child printed for it."""
+    marker = "bisector: internal error while recording: "
+    for line in output.splitlines():
+        if line.startswith(marker):
+            return line[len(marker) :]
+    return "see its log"
 
 
 def _log_of(output_file: Path) -> Path:
@@ -502,6 +520,13 @@ def _rank_failure(path, name, output_file, output, code, hung, options) -> Bisec
         after = [str(r) for _, r, _ in raised[1:]]
         then = f"; rank {', '.join(after)} failed after it" if after else ""
         error = f": {status['error']}" if status.get("error") else ""
+        if status["exit_code"] == EXIT_INTERNAL:
+            return InternalError(
+                f"bisector failed while recording rank {rank} of run {name}{error}. This is a "
+                f"bug in bisector, not in {path.name}; please report it with its traceback (in "
+                f"{_log_of(output_file)}); {kept}",
+                output=output,
+            )
         if status["exit_code"] == EXIT_SCRIPT_RAISED:
             what = f"raised an exception on rank {rank}{error}"
         else:

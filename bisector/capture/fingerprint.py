@@ -232,6 +232,10 @@ class Collector:
         """
         entry = self._count
         self._count += 1
+        if tensor.requires_grad:
+            # Inside a dispatch handler autograd still sees a tensor that requires grad (a
+            # parameter read as a leaf): our copies must not join its graph.
+            tensor = tensor.detach()
         if tensor.numel() <= SMALL:
             # No reshape here: a view op per output costs more than the copy itself.
             copy = tensor.clone(memory_format=torch.contiguous_format)

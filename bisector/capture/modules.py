@@ -22,8 +22,13 @@ class ModuleTracker:
         on_root_enter: called with the root module each time a root module's forward starts.
     """
 
-    def __init__(self, on_root_enter: Callable[[torch.nn.Module], None]):
+    def __init__(
+        self,
+        on_root_enter: Callable[[torch.nn.Module], None],
+        guard: Callable[[Callable], Callable] = lambda function: function,
+    ):
         self._on_root_enter = on_root_enter
+        self._guard = guard  # wraps the hooks: an exception in them is the tracker's owner's bug
         self._names: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
         self._param_names: dict[int, tuple[weakref.ref, str, str]] = {}
         self._stack: list[str] = []
@@ -41,8 +46,8 @@ class ModuleTracker:
     def install(self) -> None:
         """Install the global forward hooks (removed by ``remove``)."""
         self._handles = [
-            nn_module.register_module_forward_pre_hook(self._pre),
-            nn_module.register_module_forward_hook(self._post, always_call=True),
+            nn_module.register_module_forward_pre_hook(self._guard(self._pre)),
+            nn_module.register_module_forward_hook(self._guard(self._post), always_call=True),
         ]
 
     def remove(self) -> None:

@@ -14,10 +14,12 @@ started, a batch built from numpy) becomes a *leaf* event with a fingerprint of 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import threading
 import time
+import traceback
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,38 @@ class StopRun(BaseException):
     """
 
 
+class InternalFailure(BaseException):
+    """bisector's own code failed inside the user's process (a bug in bisector, not the script).
+
+    Raised in place of the exception our hook, handler or writer raised, once the trace is
+    finished with what was recorded so far. A BaseException, so that the user's ``except
+    Exception`` cannot swallow it and train on unrecorded. ``details`` holds our traceback.
+    """
+
+    def __init__(self, message: str, details: str):
+        super().__init__(message)
+        self.details = details
+
+
+# Set on an exception raised by the user's own op call (not ours) as it passes our handler.
+_USERS = "_bisector_raised_by_user_code"
+
+
+def _ours(method):
+    """Mark a Recorder method that runs inside the user's process on their behalf (a hook, the
+    op handler): an exception it raises, other than one from the user's own op, is a bug in
+    bisector and becomes an ``InternalFailure`` (see ``Recorder._fail``)."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            self._fail(exc)
+
+    return guarded
+
+
 def ending(exc_type, exc) -> tuple[str, str | None]:
     """How a run ended, for a trace or digest footer: (status, error) from the exception that
     left the recording context (None: it ran to its end)."""
@@ -72,6 +106,8 @@ def ending(exc_type, exc) -> tuple[str, str | None]:
         return "complete", None
     if issubclass(exc_type, StopRun):
         return "stopped", None
+    if issubclass(exc_type, InternalFailure):
+        return "internal-error", str(exc)
     if issubclass(exc_type, KeyboardInterrupt):
         return "interrupted", "KeyboardInterrupt"
     if issubclass(exc_type, SystemExit):
@@ -156,7 +192,8 @@ class Recorder:
         self._writer: TraceWriter | None = None
         self._mode: _OpMode | None = None
         self._hooks: list = []
-        self._modules = ModuleTracker(self._root_enter)
+        self._modules = ModuleTracker(self._root_enter, guard=self._guard)
+        self.internal_error: str | None = None  # our traceback, when our own code failed
         self._locator = Locator()
         self._buffer = EventBuffer(self.options.chunk_events)
         self._op_infos: dict[Any, OpInfo] = {}
@@ -216,7 +253,10 @@ class Recorder:
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
             if self.status in ("recording", "waiting"):
-                self._finish(*ending(exc_type, exc))
+                try:
+                    self._finish(*ending(exc_type, exc))
+                except Exception as failure:
+                    self._fail(failure)
         finally:
             self._uninstall()
             if self._mode is not None:
@@ -257,6 +297,7 @@ class Recorder:
         writer = self._writer
         if writer is None:
             return
+        self._writer = None
         try:
             self._buffer.flush()
         finally:
@@ -276,13 +317,43 @@ class Recorder:
                 }
             )
 
+    def _guard(self, function):
+        """``function`` with ``_ours``'s treatment, for callbacks we hand to other objects."""
+
+        @functools.wraps(function)
+        def guarded(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except Exception as exc:
+                self._fail(exc)
+
+        return guarded
+
+    def _fail(self, exc: Exception) -> None:
+        """Our own code raised ``exc``: keep what was recorded (the trace is finished with
+        status ``internal-error``), take everything out, and raise InternalFailure. An
+        exception of the user's own op (marked by ``_call_users``) passes on untouched."""
+        if getattr(exc, _USERS, False):
+            raise exc
+        details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        self.internal_error = details
+        if self.status in ("recording", "waiting"):
+            # the writer itself may be what failed: the footer is lost then
+            with contextlib.suppress(Exception):
+                self._finish("internal-error", message)
+            self._uninstall()
+        raise InternalFailure(message, details) from exc
+
     # ----- hooks ------------------------------------------------------------------------------
 
+    @_ours
     def _optimizer_pre(self, optimizer, args, kwargs) -> None:
         self._optimizer_depth += 1
         self._optimizers.add(type(optimizer).__name__)
         self._stepped.append(optimizer)
 
+    @_ours
     def _optimizer_post(self, optimizer, args, kwargs) -> None:
         self._optimizer_depth = max(0, self._optimizer_depth - 1)
         if self._optimizer_depth:
@@ -351,6 +422,7 @@ class Recorder:
             info = self._op_infos[func] = OpInfo.of(func)
         return info
 
+    @_ours
     def _on_op(self, func, args: tuple, kwargs: dict):
         info = self._info(func)
         if info.ignored:
@@ -373,7 +445,7 @@ class Recorder:
         captured = self._capture(info.name, args, kwargs) if self.options.capture else False
         if info.collective and self._progress is not None:
             self._progress.waiting(info.name)
-        out = func(*args, **kwargs)
+        out = _call_users(func, args, kwargs)
         if info.collective:
             complete_collective(info.name, out)
             if self._progress is not None:
@@ -431,6 +503,7 @@ class Recorder:
         if hidden:
             self._modules.resume()
 
+    @_ours
     def _boundary_inputs(
         self, tensors: list[torch.Tensor], backward_of: tuple[int, int, int] | None = None
     ) -> tuple[list, tuple[int, int, int]]:
@@ -445,6 +518,7 @@ class Recorder:
         with _outside_mode():  # leaves are fingerprinted here, as in the dispatch handler
             return [self._ref(t, *context) for t in tensors], context
 
+    @_ours
     def _boundary_event(
         self,
         name: str,
@@ -475,11 +549,12 @@ class Recorder:
         if self._progress is not None:
             self._progress.update(self._buffer.count, self.step)
 
+    @_ours
     def _on_captured_op(self, func, args: tuple, kwargs: dict):
         """An op run while a CUDA graph is captured: not recorded (its kernels are captured,
         ours would be too), only what it reads and writes is noted for the replays."""
         info = self._info(func)
-        out = func(*args, **kwargs)
+        out = _call_users(func, args, kwargs)
         if info.ignored:
             return out
         read = info.reads(args, kwargs, arg_tree_leaves(*args, **kwargs))
@@ -620,6 +695,16 @@ class Recorder:
             f"leaf.{kind}", module_id, location_id, name_id, phase, self.step, [], 1
         )
         return index
+
+
+def _call_users(func, args: tuple, kwargs: dict):
+    """Run the user's op; an exception it raises is theirs and passes our guards untouched."""
+    try:
+        return func(*args, **kwargs)
+    except Exception as exc:
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(exc, _USERS, True)
+        raise
 
 
 @contextlib.contextmanager
