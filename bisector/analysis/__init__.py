@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -314,6 +315,17 @@ def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
     }
     args = [a.string("args", event), b.string("args", event)] if kind == "argument" else []
     detail = details[kind]
+    if kind == "argument" and _views_only(*args):
+        detail = (
+            "it reads another part of an equal tensor: the view it reads (offset or strides, "
+            "after `@` and `s` in its arguments) differs, as from `data[i]` with an `i` that "
+            "differs between the runs (an index drawn from an unseeded generator, an order)"
+        )
+    elif kind == "input" and int(a.columns["n_in"][event]):
+        detail = (
+            "this tensor was changed by code bisector did not see (not a recorded op) after "
+            "its last recorded value, which is equal in both runs"
+        )
     namespace = op.split(".", 1)[0]
     if kind == "kernel" and op.startswith(COMPILED_PREFIX):
         detail = (
@@ -355,6 +367,14 @@ def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
         spread=spread,
         args=args,
     )
+
+
+_GEOMETRY = re.compile(r"(s\[[0-9, ]*\])?(@[0-9]+)?(?=,|$)")
+
+
+def _views_only(args_a: str, args_b: str) -> bool:
+    """True if two argument strings differ only in the view geometry of their tensors."""
+    return args_a != args_b and _GEOMETRY.sub("", args_a) == _GEOMETRY.sub("", args_b)
 
 
 # Op namespaces of PyTorch itself; any other is a custom op (C++/CUDA extension, torch.library).

@@ -197,16 +197,20 @@ def canonical_args(flat: list[object]) -> str:
 
     Floats use ``repr`` (shortest exact form), so a learning rate that differs in its last bit
     gives a different string. Objects whose repr may hold an address (generators, streams) give
-    only their type name.
+    only their type name. A tensor's view geometry is part of what a call reads: its strides
+    (when not contiguous) and its storage offset (``@N``, when not 0), so that two calls reading
+    different parts of one equal storage (``data[i]`` with another ``i``) never compare equal.
     """
     parts = []
     for value in flat:
         if isinstance(value, torch.Tensor):
-            stride = value.stride() if value.layout == torch.strided else ()
-            parts.append(
-                f"T{str(value.dtype)[6:]}{list(value.shape)}"
-                + (f"s{list(stride)}" if not value.is_contiguous() else "")
-            )
+            strided = value.layout == torch.strided
+            text = f"T{str(value.dtype)[6:]}{list(value.shape)}"
+            if strided and not value.is_contiguous():
+                text += f"s{list(value.stride())}"
+            if strided and value.storage_offset():
+                text += f"@{value.storage_offset()}"
+            parts.append(text)
         elif value is None or isinstance(value, (bool, int, float, complex, str)):
             parts.append(repr(value))
         elif isinstance(value, _PRINTABLE):

@@ -455,7 +455,10 @@ class Recorder:
         n_written = len(written)
         # With no dropout, attention's generator-state results are never initialised.
         unset = info.rng_returns if info.without_dropout(args, kwargs) else ()
-        for i, t in info.results(out):
+        results = info.results(out)
+        if results and refs:
+            results = self._not_aliasing(results, args, kwargs, flat, info)
+        for i, t in results:
             written.append(t)
             previous.append(None)
             no_data.append(info.no_data or i in unset)
@@ -474,6 +477,20 @@ class Recorder:
             self.stop()  # everything asked for is saved: no need to run further
             raise StopRun("captured the inputs asked for")
         return out
+
+    @staticmethod
+    def _not_aliasing(results: list, args: tuple, kwargs: dict, flat: list, info: OpInfo) -> list:
+        """The results that are new memory. Some ops return views of an input although their
+        schema says fresh (``unsafe_split``, ``unsafe_chunk``, ``_unsafe_view``): such a result
+        is part of the input's value (its reads resolve to the input's producer, its geometry
+        is in the reader's arguments), not a value of its own that would hide the input's."""
+        inputs = {s._cdata for s in map(_storage, info.reads(args, kwargs, flat)) if s is not None}
+        kept = []
+        for i, t in results:
+            storage = _storage(t)
+            if storage is None or storage._cdata not in inputs:
+                kept.append((i, t))
+        return kept
 
     # ----- code recorded at its boundary: called by capture/compiled.py and cuda_graphs.py ---
 
@@ -640,6 +657,7 @@ class Recorder:
             return _UNTRACKED
         version = _version(t)
         entry = self._states.get(storage._cdata)
+        previous = None
         if entry is not None:
             if entry[0] == version:
                 return entry[1], entry[2]
@@ -647,7 +665,12 @@ class Recorder:
                 # The version bump of an in-place op happens after our handler returns.
                 entry[0], entry[4] = version, False
                 return entry[1], entry[2]
-        index = self._add_leaf(t, storage, phase, module_id, location_id)
+            # Another version counter over the same storage (``p.data.add_`` bumps the
+            # counter of ``p.data``, not of ``p``), or a write we did not see: read it again as
+            # a leaf whose input is the last value we know, so that a difference it carries
+            # from there is not taken for a new one.
+            previous = (entry[1], entry[2])
+        index = self._add_leaf(t, storage, phase, module_id, location_id, previous)
         self._register(t, index, 0)
         return index, 0
 
@@ -675,8 +698,11 @@ class Recorder:
         self._states = {k: v for k, v in self._states.items() if not v[3].expired()}
         self._states_pruned_at = len(self._states)
 
-    def _add_leaf(self, t, storage, phase: int, module_id: int, location_id: int) -> int:
-        """Record a tensor no recorded event produced; returns its event index."""
+    def _add_leaf(
+        self, t, storage, phase: int, module_id: int, location_id: int, previous=None
+    ) -> int:
+        """Record a tensor no recorded event produced; returns its event index. ``previous``:
+        (event, slot) of the storage's last value we know, read by the leaf."""
         named = self._modules.parameter_name(t)
         if named is not None:
             kind, name = named
@@ -692,7 +718,14 @@ class Recorder:
         self._buffer.add_output(whole, False, None, index)
         name_id = self._buffer.string(name)
         self._buffer.add_event(
-            f"leaf.{kind}", module_id, location_id, name_id, phase, self.step, [], 1
+            f"leaf.{kind}",
+            module_id,
+            location_id,
+            name_id,
+            phase,
+            self.step,
+            [previous] if previous is not None else [],
+            1,
         )
         return index
 
