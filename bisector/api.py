@@ -202,6 +202,8 @@ def _find_by_ladder(script, args, steps: int | None, options: FindOptions, workd
     }
     if compared.reproducible:
         report = Report(reproducible=True, first_divergence=None, sources=[], runs=[run_a, run_b])
+        report.verdict = "reproducible"
+        report.evidence = {"level": "digests", "optimizer_steps": compared.steps_compared}
         report.environment, report.notes = compared.environment, compared.notes
         report.growth, report.levels = compared.growth, [level]
         return report

@@ -1,6 +1,7 @@
 """The command line: parse, call the API, render. The only place that prints errors and exits.
 
-Exit codes: 0 reproducible, 1 divergence found, 2 error (bad input, script failure, Ctrl-C).
+Exit codes: 0 reproducible, 1 divergence found, 2 error (bad input, script failure, Ctrl-C),
+3 inconclusive (the runs agree but do not show that training is reproducible).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from bisector.render import console as console_render
 from bisector.report import Report
 from bisector.runner import Launch, RunOptions, run_ranks, run_recorded
 
-EXIT_REPRODUCIBLE, EXIT_DIVERGED, EXIT_ERROR = 0, 1, 2
+EXIT_REPRODUCIBLE, EXIT_DIVERGED, EXIT_ERROR, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 # Lines of a failed script's output shown (the end, where its traceback is).
 _OUTPUT_TAIL = 60
 
@@ -351,7 +352,15 @@ def _finish(report, json_path: Path | None, html_path: Path | None, quiet: bool,
     if next_hint and len(report.runs) == 2 and not report.reproducible:
         a, b = report.runs
         out.print(f"Re-read these runs any time: bisector diff {a.trace} {b.trace}")
-    raise typer.Exit(EXIT_REPRODUCIBLE if report.reproducible else EXIT_DIVERGED)
+    raise typer.Exit(_exit_code(report))
+
+
+def _exit_code(report) -> int:
+    if report.reproducible:
+        return EXIT_REPRODUCIBLE
+    if getattr(report, "verdict", "") == "inconclusive":
+        return EXIT_INCONCLUSIVE
+    return EXIT_DIVERGED
 
 
 class _Progress:

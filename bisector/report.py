@@ -4,7 +4,7 @@ The JSON shape is a contract: ``schema`` is an integer and keys are only ever ad
 Schema versions (keys are only added; ``schema`` changes only if a meaning changes):
     1: first version: reproducible, first_divergence, sources, runs, and the added keys below;
        later additions within 1: cause, fix, confirmations, replay, growth, environment,
-       levels, spreaders, curve, modules, observer.
+       levels, spreaders, curve, modules, observer, verdict, evidence, dead.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ class Report:
     """What comparing two runs found.
 
     Attributes:
-        reproducible: True if every compared event is bitwise equal and the streams match.
+        reproducible: True if the verdict is "reproducible": every live compared value is
+            bitwise equal, the streams match, and the runs showed training (see verdict).
         first_divergence: the first source in execution order (the headline), or None.
         sources: every source, in execution order.
         runs: the two runs (traces, events, how they ended).
@@ -108,6 +109,15 @@ class Report:
         curve: the difference over the run: ``[event, step, max_abs_diff lower bound]`` per
             differing event (at most 2000: the largest of each bucket), for plots.
         modules: per module path, ``{"module", "events", "differing"}`` (the module tree).
+        verdict: "reproducible", "diverged" or "inconclusive" (equal runs that do not prove
+            anything: the model never ran, no parameter changed, training ran in processes
+            bisector did not record; ``evidence["reasons"]`` says why). "" in reports of
+            older versions.
+        evidence: what the verdict rests on: events compared, optimizer_steps, model_calls
+            (calls of top-level modules that own parameters), parameter_writes,
+            unseen_processes (processes that trained unrecorded), reasons.
+        dead: sources whose difference nothing used (it reaches no later differing event
+            and was freed before the run ended: scratch); they never make runs diverge.
         observer: with ``--check-observer``: whether a plain run's training state equals the
             recorded run's (``checked``, ``equal``, ``steps``, ``tensors``, ``differing``,
             ``max_abs_diff``, ``verdict``); None when not asked.
@@ -134,6 +144,9 @@ class Report:
     curve: list[list] = field(default_factory=list)
     modules: list[dict[str, Any]] = field(default_factory=list)
     observer: dict[str, Any] | None = None
+    verdict: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    dead: list[Source] = field(default_factory=list)
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,6 +175,7 @@ class Report:
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         fields["first_divergence"] = source(data.get("first_divergence"))
         fields["sources"] = [source(s) for s in data.get("sources", [])]
+        fields["dead"] = [source(s) for s in data.get("dead", [])]
         fields["runs"] = [
             RunInfo(**{k: v for k, v in r.items() if k in run_keys}) for r in data.get("runs", [])
         ]

@@ -94,6 +94,9 @@ def assert_script_reproducible(
 def headline(report: Report, traces: list[str]) -> str:
     """One paragraph: what differs first, where, how much, and how to look closer."""
     first = report.first_divergence
+    if report.verdict == "inconclusive":
+        reasons = "; ".join(report.evidence.get("reasons") or [])
+        return f"runs are not shown reproducible (inconclusive): {reasons}"
     if first is None:
         what = f"{report.differing_events} of {report.compared_events} events differ"
     else:

@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 
+from bisector.analysis import evidence as proof
 from bisector.analysis.align import Alignment, Break, align, project
 from bisector.analysis.environment import differences
 from bisector.analysis.graph import (
@@ -82,6 +83,11 @@ def compare_traces(
     spread = reach(graph, found)
 
     sources = [_source(a, view, eq, event, spread.get(event)) for event in found[:MAX_SOURCES]]
+    proof.blame_unseen(sources, proof.unseen_processes(a, b))
+    live = proof.live_rows(a, b, alignment)
+    dead = [s for s in sources if proof.is_dead(s, a, eq.row_differs, live)]
+    if dead:
+        sources = [s for s in sources if s not in dead]
     breaks = alignment.breaks
     followers = _after_breaks(eq, breaks)
     break_spread = reach_groups(graph, followers)
@@ -102,7 +108,9 @@ def compare_traces(
             "be a value bisector could not follow (an untracked tensor)"
         )
     notes += _break_notes(alignment)
-    total = len(found) + len(breaks)
+    total = len(found) + len(breaks) - len(dead)
+    if dead:
+        notes.append(proof.dead_note(dead))
     skipped = None
     ends_uncompared = breaks and breaks[-1].resume_a is None and breaks[-1].a < len(a)
     if not ends_uncompared:  # else spread says too little about what lies after the break
@@ -120,8 +128,15 @@ def compare_traces(
                     + ", ".join(str(e["what"]) for e in environment[:4])
                     + ")"
                 )
+    only_dead = bool(dead) and proof.unexplained_by(graph, [s.event for s in dead]) == 0
+    live_difference = bool(sources) or (len(differing) > 0 and not only_dead)
+    verdict, evidence, more_notes = proof.judge(a, b, live_difference)
+    notes += more_notes
     report = Report(
-        reproducible=not sources and not len(differing),
+        reproducible=verdict == proof.REPRODUCIBLE,
+        verdict=verdict,
+        evidence=evidence,
+        dead=dead,
         first_divergence=sources[0] if sources else None,
         sources=sources,
         runs=runs or [_run_info("A", a), _run_info("B", b)],

@@ -61,8 +61,20 @@ def compare_ranks(pairs: list[tuple[int, Trace, Trace]], runs: list[RunInfo]) ->
     if all(report.structure is None for report, _, _ in compared.values()):
         sources, skipped = lead_with_headline(sources)
 
+    verdicts = {r.verdict for r, _, _ in compared.values()}
+    verdict = next(v for v in ("diverged", "inconclusive", "reproducible", "") if v in verdicts)
     merged = Report(
         reproducible=all(r.reproducible for r, _, _ in compared.values()),
+        verdict=verdict,
+        evidence={
+            "ranks": {rank: r.evidence for rank, (r, _, _) in compared.items()},
+            "reasons": [
+                f"rank {rank}: {reason}"
+                for rank, (r, _, _) in compared.items()
+                for reason in r.evidence.get("reasons", [])
+            ],
+        },
+        dead=[s for r, _, _ in compared.values() for s in r.dead],
         first_divergence=sources[0] if sources else None,
         sources=sources,
         runs=runs,

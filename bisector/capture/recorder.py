@@ -47,6 +47,7 @@ from bisector.capture.ops import (
     complete_collective,
     in_custom_backward,
 )
+from bisector.capture.processes import BACKWARD, MODEL, OPS, OPTIMIZER, Processes
 from bisector.trace import (
     FLAG_RANDOM,
     PHASES,
@@ -57,6 +58,9 @@ _FORWARD, _BACKWARD, _OPTIMIZER, _OTHER = (PHASES.index(p) for p in PHASES)
 _UNTRACKED = (-1, 0)  # (producer event, slot) of an input we cannot follow
 # Autograd nodes remembered (for backward attribution) before the oldest are forgotten.
 _MAX_NODES = 1 << 20
+# Live values listed in a footer at most (two numbers each); past it, the list is cut short
+# and the analysis takes every value as live (no difference is dismissed as scratch).
+_MAX_LIVE = 1 << 22
 
 
 class StopRun(BaseException):
@@ -164,7 +168,11 @@ class _OpMode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         recorder = self._recorder
-        if not recorder.recording or recorder._compiled_depth or os.getpid() != recorder.pid:
+        if os.getpid() != recorder.pid:  # a process the script forked: noted, not recorded
+            if recorder.recording:
+                recorder._in_other_process()
+            return func(*args, **kwargs)
+        if not recorder.recording or recorder._compiled_depth:
             return func(*args, **kwargs)
         if recorder._graphs.capturing is not None:
             return recorder._on_captured_op(func, args, kwargs)
@@ -208,6 +216,12 @@ class Recorder:
         self._forward_open = False
         self._main_root: weakref.ref | None = None
         self._main_root_calls = 0
+        self._owns_parameters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._parameter_storages: set[int] = set()
+        self._seen_optimizers: weakref.WeakSet = weakref.WeakSet()
+        self.model_calls = 0  # calls of top-level modules that own parameters
+        self.parameter_writes = 0  # in-place writes into those parameters while recording
+        self._processes = Processes(f"{self.path}.processes", self.pid)
         self._optimizer_present: bool | None = None
         self._started = 0.0
         self._captured: set[int] = set()
@@ -227,6 +241,8 @@ class Recorder:
         self._writer = TraceWriter(self.path, header)
         self._buffer.writer = self._writer
         self._started = time.perf_counter()
+        self._processes.path.unlink(missing_ok=True)  # notes of an earlier run of this path
+        self._processes.install()
         self._modules.install()
         self._compiled.install()
         self._hooks = [
@@ -281,6 +297,7 @@ class Recorder:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+        self._processes.remove()
         self._modules.remove()
         self._compiled.remove()
         self._graphs.remove()
@@ -314,6 +331,10 @@ class Recorder:
                     "modules": settings.notable_modules(),
                     "cuda_graph_replays": self._graphs.replays,
                     "compiled_calls": self.compiled_calls,
+                    "model_calls": self.model_calls,
+                    "parameter_writes": self.parameter_writes,
+                    "processes": self._processes.summary(),
+                    "live_at_end": self._live_values(),
                 }
             )
 
@@ -333,8 +354,8 @@ class Recorder:
         """Our own code raised ``exc``: keep what was recorded (the trace is finished with
         status ``internal-error``), take everything out, and raise InternalFailure. An
         exception of the user's own op (marked by ``_call_users``) passes on untouched."""
-        if getattr(exc, _USERS, False):
-            raise exc
+        if getattr(exc, _USERS, False) or os.getpid() != self.pid:
+            raise exc  # the user's, or in a forked process: the trace is the parent's
         details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         self.internal_error = details
@@ -345,16 +366,42 @@ class Recorder:
             self._uninstall()
         raise InternalFailure(message, details) from exc
 
+    def _live_values(self) -> list[int] | None:
+        """(event, slot) of every value whose storage is still alive now, flattened: what the
+        script still holds (parameters, optimizer state, outputs). A differing value outside
+        this set, that nothing read into a differing result, was scratch (see analysis).
+        None when there are too many to list (then every value counts as live)."""
+        live: list[int] = []
+        for _, event, slot, ref, _ in self._states.values():
+            if not ref.expired():
+                if len(live) >= _MAX_LIVE:
+                    return None
+                live += (event, slot)
+        return live
+
     # ----- hooks ------------------------------------------------------------------------------
 
     @_ours
     def _optimizer_pre(self, optimizer, args, kwargs) -> None:
+        if os.getpid() != self.pid:
+            if self.recording:
+                self._processes.note(OPTIMIZER)
+            return
         self._optimizer_depth += 1
         self._optimizers.add(type(optimizer).__name__)
+        if optimizer not in self._seen_optimizers:  # its parameters are trained too
+            self._seen_optimizers.add(optimizer)
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    storage = _storage(param)
+                    if storage is not None:
+                        self._parameter_storages.add(storage._cdata)
         self._stepped.append(optimizer)
 
     @_ours
     def _optimizer_post(self, optimizer, args, kwargs) -> None:
+        if os.getpid() != self.pid:
+            return
         self._optimizer_depth = max(0, self._optimizer_depth - 1)
         if self._optimizer_depth:
             return
@@ -387,10 +434,35 @@ class Recorder:
         finally:
             self.recording = True
 
+    def _in_other_process(self) -> None:
+        """An op in a process the script forked: note what kind of work it is."""
+        self._processes.note(OPS)
+        if torch._C._current_autograd_node() is not None:
+            self._processes.note(BACKWARD)
+
+    def _owns_parameters_of(self, module: torch.nn.Module) -> bool:
+        owns = self._owns_parameters.get(module)
+        if owns is None:
+            owns = self._owns_parameters[module] = next(module.parameters(), None) is not None
+            if owns:  # in-place writes into these storages are training
+                self._parameter_storages.update(
+                    s._cdata for s in map(_storage, module.parameters()) if s is not None
+                )
+        return owns
+
     def _root_enter(self, module: torch.nn.Module) -> None:
-        if self._main_root is None:
+        model = self._owns_parameters_of(module)
+        if os.getpid() != self.pid:
+            if model and self.recording:
+                self._processes.note(MODEL)
+            return
+        if model:
+            self.model_calls += 1
+        # The step unit of a script without optimizer is the model: the first top-level module
+        # that owns parameters, not a data transform called before it.
+        if self._main_root is None and model:
             self._main_root = weakref.ref(module)
-        if self._main_root() is module:
+        if self._main_root is not None and self._main_root() is module:
             self._main_root_calls += 1
             if self._main_root_calls > 1 and self._optimizer_steps == 0 and self._no_optimizer():
                 # A script without an optimizer counts top-level forward calls as steps.
@@ -456,7 +528,9 @@ class Recorder:
         # With no dropout, attention's generator-state results are never initialised.
         unset = info.rng_returns if info.without_dropout(args, kwargs) else ()
         results = info.results(out)
-        if results and refs:
+        if results and refs and info.name.startswith("aten."):
+            # (Only aten's schemas are trusted to name every write: a collective returns the
+            # very tensors it wrote without saying so, and so may a custom op.)
             results = self._not_aliasing(results, args, kwargs, flat, info)
         for i, t in results:
             written.append(t)
@@ -693,6 +767,8 @@ class Recorder:
                 self._prune_states()
         else:
             entry[0], entry[1], entry[2], entry[4] = _version(t), index, slot, bump
+        if bump and key in self._parameter_storages:
+            self.parameter_writes += 1
 
     def _prune_states(self) -> None:
         self._states = {k: v for k, v in self._states.items() if not v[3].expired()}

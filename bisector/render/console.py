@@ -110,11 +110,40 @@ def describe_magnitude(source: Source) -> str:
     return f"{value:.3g}"
 
 
+def equal_runs_text(report: Report) -> tuple[str, str]:
+    """(label, sentence) of a report without a live divergence: reproducible, with what was
+    compared, or inconclusive, with why. Shared by the console and the HTML report."""
+    if report.verdict == "inconclusive":
+        reasons = report.evidence.get("reasons") or ["nothing that trains was compared"]
+        return "Inconclusive:", (
+            f"the recorded runs agree over {report.compared_events} events, but that does not "
+            f"show the training is reproducible: {'; '.join(reasons)}."
+        )
+    evidence = report.evidence
+    compared = f"over {report.compared_events} events"
+    steps = evidence.get("optimizer_steps")
+    if evidence.get("level") == "digests":
+        compared = f"over {steps} steps (parameters, gradients, optimizer state)"
+    elif steps:
+        compared += f" and {steps} optimizer {'step' if steps == 1 else 'steps'}"
+    elif evidence.get("model_calls"):
+        calls = evidence["model_calls"]
+        compared += f" ({calls} {'call' if calls == 1 else 'calls'} of the model, no optimizer)"
+    text = f"both runs are bitwise identical {compared}."
+    if report.dead:
+        text = (
+            f"every value the runs used or kept is bitwise identical {compared}; "
+            f"{len(report.dead)} unused scratch {'output' if len(report.dead) == 1 else 'outputs'}"
+            " differ (see notes)."
+        )
+    return "Reproducible:", text
+
+
 def _verdict(report: Report) -> Text:
-    if report.reproducible:
+    if report.reproducible or report.verdict == "inconclusive":
+        label, text = equal_runs_text(report)
         return Text.assemble(
-            ("Reproducible: ", "bold green"),
-            f"both runs are bitwise identical over {report.compared_events} events.",
+            (label + " ", "bold green" if report.reproducible else "bold yellow"), text
         )
     first = report.first_divergence
     kind = _KIND_TEXT.get(first.kind, first.kind) if first else "unknown"
@@ -137,10 +166,10 @@ def _first(report: Report, source: Source) -> Panel:
     if code:
         table.add_row("", Text(code, style="dim"))
     if source.kind == "structure":
-        table.add_row("what", source.detail)
+        table.add_row("what", Text(source.detail))
     else:
         table.add_row("max |A-B|", describe_magnitude(source))
-        table.add_row("why", source.detail)
+        table.add_row("why", Text(source.detail))
     if source.kind == "argument" and len(source.args) == 2:
         table.add_row("args A", source.args[0])
         table.add_row("args B", source.args[1])

@@ -10,7 +10,13 @@ from bisector.checkpoint import CheckpointReport
 from bisector.digests import DigestReport
 
 # The console's wording and helpers, so that both outputs say the same thing.
-from bisector.render.console import _KIND_TEXT, _code_line, describe_magnitude, replay_verdict
+from bisector.render.console import (
+    _KIND_TEXT,
+    _code_line,
+    describe_magnitude,
+    equal_runs_text,
+    replay_verdict,
+)
 from bisector.render.html_blocks import (
     bullets,
     code,
@@ -91,9 +97,9 @@ def _report_sections(report: Report) -> list[str]:
 
 def _report_headline(report: Report) -> str:
     compared = report.compared_events
-    if report.reproducible:
-        text = f"both runs are bitwise identical over {compared} events."
-        return headline(True, "Reproducible:", esc(text), [("events compared", str(compared))])
+    if report.reproducible or report.verdict == "inconclusive":
+        label, text = equal_runs_text(report)
+        return headline(report.reproducible, label, esc(text), [("events compared", str(compared))])
     first = report.first_divergence
     kind = _KIND_TEXT.get(first.kind, first.kind) if first else "unknown"
     share = f"{100 * report.differing_events / compared:.0f}%" if compared else "–"
