@@ -3,7 +3,9 @@ every run that reports a difference (there must be none).
 
 Scripts: the deterministic twins of the test suite (seeded dropout + Adam + scheduler, inference
 without optimizer, a DataLoader with 2 workers), the late-source script on one thread (its
-index_put_ is deterministic then), and the ladder on the seeded twin (digests, 6 steps).
+index_put_ is deterministic then), the ladder on the seeded twin (digests, 6 steps), compiled
+code, and the twins of the scripts written as users write them (tests/test_trust.py). A run is
+counted as a false alarm when it diverges, fails or is inconclusive.
 
     python benchmarks/false_alarms.py [--repeats 20] [--json out.json]
 """
@@ -30,6 +32,15 @@ CASES = {
     "late_source_1_thread": ("late_source.py", ["--steps", "10"], [], {"OMP_NUM_THREADS": "1"}),
     "ladder_deterministic": ("deterministic.py", ["--steps", "6", "--ladder"], [], {}),
     "compiled": ("compiled.py", [], [], {}),
+    # the twins of the scripts written as users write them (tests/test_trust.py)
+    "flip_augment_seeded": ("flip_augment.py", [], ["--seeded"], {}),
+    "pick_index_seeded": ("pick_index.py", [], ["--seeded"], {}),
+    "vocab_gru_sorted": ("vocab_gru.py", [], ["--sorted"], {}),
+    "inference_transform_deterministic": ("inference_transform.py", [], ["--deterministic"], {}),
+    "data_update_one_thread": ("data_update.py", [], ["--one-thread"], {}),
+    "lstm_lm": ("lstm_lm.py", [], [], {}),
+    "transformer_encoder": ("transformer_encoder.py", [], [], {}),
+    "dead_scratch": ("dead_scratch.py", [], [], {}),
 }
 
 
@@ -52,6 +63,7 @@ def run_case(name: str, repeats: int) -> dict:
         "reproducible": codes.count(0),
         "diverged": codes.count(1),
         "errors": codes.count(2),
+        "inconclusive": codes.count(3),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -67,13 +79,14 @@ def main() -> None:
         row = run_case(name, options.repeats)
         rows.append(row)
         print(
-            f"{row['case']:<22} {row['runs']:>3} runs: {row['reproducible']:>3} reproducible, "
-            f"{row['diverged']} diverged, {row['errors']} errors ({row['seconds']} s)",
+            f"{row['case']:<34} {row['runs']:>3} runs: {row['reproducible']:>3} reproducible, "
+            f"{row['diverged']} diverged, {row['inconclusive']} inconclusive, "
+            f"{row['errors']} errors ({row['seconds']} s)",
             flush=True,
         )
     if options.json:
         options.json.write_text(json.dumps(rows, indent=2) + "\n")
-    sys.exit(1 if any(r["diverged"] or r["errors"] for r in rows) else 0)
+    sys.exit(1 if any(r["diverged"] or r["errors"] or r["inconclusive"] for r in rows) else 0)
 
 
 if __name__ == "__main__":

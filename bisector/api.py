@@ -12,7 +12,7 @@ import torch
 from bisector import analysis, digests
 from bisector.capture.digester import Watch
 from bisector.capture.recorder import Recorder, RecordOptions
-from bisector.confirm import ConfirmOptions, confirm
+from bisector.confirm import ConfirmOptions, check_kernel_claims, confirm
 from bisector.errors import MismatchError, TraceError
 from bisector.report import Report
 from bisector.runner import RunOptions, check_script, run_digests, run_ranks, run_recorded
@@ -105,6 +105,9 @@ def _find_ops(script, args, run: RunOptions, options: FindOptions, workdir: Path
         confirm_run = replace(options.confirm.run, start_step=run.start_step)
         confirm_options = replace(options.confirm, run=confirm_run)
         report = confirm(script, args, report, (trace_a, trace_b), workdir, confirm_options)
+    else:  # a kernel claim is checked in any case: a few replays of the op
+        checking = replace(run, echo=False, snapshots=False)
+        report = check_kernel_claims(script, args, report, workdir, checking)
     return report
 
 

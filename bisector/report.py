@@ -16,7 +16,7 @@ from typing import Any
 SCHEMA = 1
 
 # Kinds of source (see DESIGN.md).
-KINDS = ("kernel", "rng", "input", "argument", "structure", "uninitialized")
+KINDS = ("kernel", "rng", "input", "argument", "structure", "uninitialized", "unconfirmed")
 
 
 @dataclass
@@ -27,7 +27,9 @@ class Source:
         kind: "kernel" (the op itself is nondeterministic), "rng" (a random op whose generator
             state differed), "input" (a leaf tensor differs: data, initial weights), "argument"
             (a non-tensor argument differs), "structure" (the op streams stop matching),
-            "uninitialized" (it reads memory made by torch.empty and kin, never written).
+            "uninitialized" (it reads memory made by torch.empty and kin, never written),
+            "unconfirmed" (it looked like a kernel source, but its replay on the captured
+            inputs was bitwise stable: see ``checked`` and ``detail``).
         op: the aten overload, e.g. "aten.index_put_.default" ("leaf.tensor" for leaves).
         module: module path, e.g. "layers.0.self_attn" ("" outside every module).
         phase: "forward", "backward", "optimizer" or "other".
@@ -42,6 +44,9 @@ class Source:
         detail: one sentence saying what differs.
         spread: differing events that depend on this one (its reach in the dataflow graph).
         args: the non-tensor arguments in run A and run B (for "argument" and "structure").
+        checked: for a kernel claim, how it was checked: ``how`` ("replay"), ``runs``,
+            ``distinct_results``, ``result`` ("confirmed", "contradicted", "not checked") and
+            ``why`` (when not checked); None for other kinds.
     """
 
     kind: str
@@ -57,6 +62,7 @@ class Source:
     detail: str = ""
     spread: int | None = None
     args: list[str] = field(default_factory=list)
+    checked: dict[str, Any] | None = None
 
 
 @dataclass

@@ -31,4 +31,4 @@ def _benchmark():
 @pytest.mark.parametrize("case", list(_benchmark().CASES))
 def test_deterministic_script_never_diverges(case):
     row = _benchmark().run_case(case, repeats=int(os.environ.get("BISECTOR_REPEATS", "20")))
-    assert (row["diverged"], row["errors"]) == (0, 0), row
+    assert (row["diverged"], row["errors"], row["inconclusive"]) == (0, 0, 0), row

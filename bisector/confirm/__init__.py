@@ -79,6 +79,7 @@ def confirm(
         return report
     steps = report.first_divergence.step + 1
     report.replay = [vars(r) for r in _replays(script, args, report, workdir, steps, options)]
+    check_claims(report)
     situation = _situation(trace_a, report.sources)
     if options.only_forced:
         from bisector.confirm.interventions import get
@@ -133,6 +134,66 @@ def _replays(script, args, report: Report, workdir: Path, steps: int, options: C
             result.error = f"the capture run reached {result.op} where the source is {source.op}"
         results.append(result)
     return results
+
+
+# Replays of the headline kernel source when nothing else is confirmed (``--no-confirm``).
+CHECK_REPLAYS = 10
+
+
+def check_kernel_claims(
+    script, args: tuple[str, ...], report: Report, workdir: Path, run: RunOptions
+) -> Report:
+    """Replay the kernel sources (the first few) a few times on their captured inputs, and
+    keep the claim "the op is nondeterministic" only where a replay shows it (see
+    ``check_claims``). Cheap: one capture run that stops once the inputs are saved."""
+    if report.first_divergence is None or not any(s.kind == "kernel" for s in report.sources):
+        return report
+    options = ConfirmOptions(replays=CHECK_REPLAYS, run=run)
+    steps = report.first_divergence.step + 1
+    kernels = Report(
+        reproducible=False,
+        first_divergence=report.first_divergence,
+        sources=[s for s in report.sources if s.kind == "kernel"],
+        runs=report.runs,
+    )
+    report.replay = [vars(r) for r in _replays(script, args, kernels, workdir, steps, options)]
+    check_claims(report)
+    return report
+
+
+def check_claims(report: Report) -> None:
+    """Mark each kernel source with how its claim was checked (``source.checked``); a kernel
+    source whose replay on its captured inputs is bitwise stable is not a proven kernel: it
+    becomes ``unconfirmed``, with what bisector compared and how to tell the causes apart."""
+    replays = {r["event"]: r for r in report.replay}
+    for source in report.sources:
+        if source.kind != "kernel":
+            continue
+        replayed = replays.get(source.event)
+        if replayed is None or replayed.get("distinct_results") is None:
+            why = (replayed or {}).get("error") or "not replayed (only the first are)"
+            source.checked = {"how": "replay", "result": "not checked", "why": why}
+            continue
+        runs, distinct = replayed["runs"], replayed["distinct_results"]
+        checked = {"how": "replay", "runs": runs, "distinct_results": distinct}
+        if distinct > 1:
+            source.checked = {**checked, "result": "confirmed"}
+            continue
+        source.checked = {**checked, "result": "contradicted"}
+        source.kind = "unconfirmed"
+        source.detail = (
+            f"its recorded inputs and arguments are equal and its outputs differ, yet {runs} "
+            "replays on its captured inputs gave one result. Either its inputs differ in a way "
+            "bisector does not compare (it compares each input's producer, value fingerprint "
+            "and view geometry, and the non-tensor arguments; not memory alignment, thread "
+            "count or state outside tensors), or the op's algorithm is chosen once per process "
+            "(autotuning such as cudnn.benchmark, a library's heuristics). To tell them apart: "
+            "rerun with the choice pinned (`--try deterministic`, `--try cudnn`): if the runs "
+            "become identical, it was the choice"
+        )
+    first = report.first_divergence
+    if first is not None and report.sources and first is not report.sources[0]:
+        report.first_divergence = report.sources[0]
 
 
 def _pair(

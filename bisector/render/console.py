@@ -20,6 +20,7 @@ _KIND_TEXT = {
     "argument": "a non-tensor argument that differs",
     "structure": "the two runs stop running the same ops",
     "uninitialized": "uninitialised memory read as data",
+    "unconfirmed": "an op whose outputs differ on equal inputs, not reproduced by a replay",
 }
 # Other sources shown one group per line; the rest are counted.
 _MAX_GROUPS = 8
@@ -100,6 +101,18 @@ def replay_verdict(replay: dict) -> str:
     return "deterministic by itself"
 
 
+def describe_check(checked: dict) -> str:
+    """How a kernel claim was checked, in words (shared with the HTML)."""
+    if checked.get("result") == "not checked":
+        return f"not checked: {checked.get('why')}"
+    runs, distinct = checked.get("runs"), checked.get("distinct_results")
+    meaning = {
+        "confirmed": "the op is nondeterministic by itself",
+        "contradicted": "stable: not a proven kernel source",
+    }.get(checked.get("result"), "")
+    return f"replayed {runs} times on its captured inputs: {distinct} distinct results ({meaning})"
+
+
 def describe_magnitude(source: Source) -> str:
     """'3.6e-07' or '>= 3.6e-07' depending on whether the figure is exact or a lower bound."""
     value = source.max_abs_diff
@@ -170,6 +183,8 @@ def _first(report: Report, source: Source) -> Panel:
     else:
         table.add_row("max |A-B|", describe_magnitude(source))
         table.add_row("why", Text(source.detail))
+    if source.checked:
+        table.add_row("checked", Text(describe_check(source.checked)))
     if source.kind == "argument" and len(source.args) == 2:
         table.add_row("args A", source.args[0])
         table.add_row("args B", source.args[1])
