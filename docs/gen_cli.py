@@ -312,8 +312,10 @@ def render() -> str:
         "(`bisector find train.py -- --lr 3e-4`).",
         "",
         "Exit codes: `0` the runs are reproducible, `1` a divergence was found, `2` an error "
-        "(bad input, the script failed, Ctrl-C); an error is one line starting with "
-        "`bisector: error:`.",
+        "(bad input, the script failed, Ctrl-C, or a bug in bisector, said so); an error is one "
+        "line starting with `bisector: error:`; `3` inconclusive: the runs agree, but they do "
+        "not show that the training is reproducible (the model never ran, no parameter changed, "
+        "or training ran in processes bisector did not record).",
         "",
         "| command | what it does |",
         "| --- | --- |",
