@@ -94,6 +94,13 @@ def test_training_in_unrecorded_worker_processes_is_never_called_reproducible(tm
     assert unseen[0]["target"].endswith("train")
 
 
+def test_training_in_spawned_processes_is_named_as_unseen(tmp_path):
+    code, report, _ = find(tmp_path, "spawn_workers.py")
+    assert (code, report["verdict"]) == (3, "inconclusive")
+    (unseen,) = report["evidence"]["unseen_processes"]
+    assert unseen["started"] == "spawn" and "spawn" in unseen["target"]
+
+
 def test_scratch_that_nothing_uses_does_not_make_runs_diverge(tmp_path):
     code, report, _ = find(tmp_path / "dead", "dead_scratch.py")
     assert (code, report["verdict"], report["sources"]) == (0, "reproducible", [])

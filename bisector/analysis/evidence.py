@@ -179,6 +179,5 @@ def _processes(count: int) -> str:
 
 def _least(footers: tuple[dict, dict], key: str) -> int | None:
     values = [f.get(key) for f in footers]
-    if any(v is None for v in values):
-        return None  # a trace of an older bisector: unknown
-    return min(int(v) for v in values)
+    known = [int(v) for v in values if v is not None]
+    return min(known) if len(known) == len(values) else None  # None: an older trace

@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import multiprocessing.process
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # What a note says a process did.
 OPS, BACKWARD, OPTIMIZER, MODEL = "ops", "backward", "optimizer", "model"
@@ -35,7 +37,7 @@ class Processes:
         self.path = Path(path)
         self.pid = pid
         self._noted: set[tuple[int, str]] = set()
-        self._original_start = None
+        self._original_start: Callable[..., Any] | None = None
 
     def install(self) -> None:
         """Note every ``multiprocessing`` process started from now on (removed by ``remove``)."""
@@ -53,12 +55,13 @@ class Processes:
                 )
             return result
 
-        multiprocessing.process.BaseProcess.start = start
+        multiprocessing.process.BaseProcess.start = start  # type: ignore[method-assign,assignment]
         self._original_start = original
 
     def remove(self) -> None:
         if self._original_start is not None:
-            multiprocessing.process.BaseProcess.start = self._original_start
+            restored = self._original_start
+            multiprocessing.process.BaseProcess.start = restored  # type: ignore[method-assign]
             self._original_start = None
 
     def note(self, what: str) -> None:

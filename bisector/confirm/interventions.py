@@ -41,7 +41,10 @@ class Situation:
 
     @property
     def kinds(self) -> set[str]:
-        return {s.kind for s in self.sources}
+        kinds = {s.kind for s in self.sources}
+        if "unconfirmed" in kinds:  # a kernel whose replay was stable: what pins a choice
+            kinds.add("kernel")  # made once per process tells the causes apart
+        return kinds
 
 
 def register(cls: type[Intervention]) -> type[Intervention]:
