@@ -63,6 +63,9 @@ class OpInfo:
             they are uninitialised memory that nobody reads.
         collective: a collective (all_reduce, broadcast, ...): its results are only complete
             once its work is waited for.
+        unsafe_alias: an aten op whose results may be views of an input although its schema
+            says they are new (``unsafe_split``, ``unsafe_chunk``, ``_unsafe_view``: the
+            ``unsafe`` ops, which skip autograd's view tracking).
     """
 
     name: str
@@ -77,6 +80,7 @@ class OpInfo:
     dropout: tuple[int, str] | None = None
     rng_returns: frozenset[int] = frozenset()
     collective: bool = False
+    unsafe_alias: bool = False
 
     def draws_random(self, args: tuple, kwargs: dict) -> bool:
         """True if this call draws random numbers (a tagged op, and not with dropout_p=0)."""
@@ -159,6 +163,9 @@ class OpInfo:
             rng_returns=rng_returns,
             collective=name.startswith(_COLLECTIVE_NAMESPACES)
             and not name.startswith(_NOT_COLLECTIVES),
+            unsafe_alias=name.startswith("aten.")
+            and "unsafe" in name.split(".")[1]
+            and bool(fresh),
         )
 
 

@@ -528,9 +528,7 @@ class Recorder:
         # With no dropout, attention's generator-state results are never initialised.
         unset = info.rng_returns if info.without_dropout(args, kwargs) else ()
         results = info.results(out)
-        if results and refs and info.name.startswith("aten."):
-            # (Only aten's schemas are trusted to name every write: a collective returns the
-            # very tensors it wrote without saying so, and so may a custom op.)
+        if info.unsafe_alias and results:
             results = self._not_aliasing(results, args, kwargs, flat, info)
         for i, t in results:
             written.append(t)
@@ -554,10 +552,12 @@ class Recorder:
 
     @staticmethod
     def _not_aliasing(results: list, args: tuple, kwargs: dict, flat: list, info: OpInfo) -> list:
-        """The results that are new memory. Some ops return views of an input although their
-        schema says fresh (``unsafe_split``, ``unsafe_chunk``, ``_unsafe_view``): such a result
-        is part of the input's value (its reads resolve to the input's producer, its geometry
-        is in the reader's arguments), not a value of its own that would hide the input's."""
+        """The results that are new memory. The ``unsafe`` ops return views of an input although
+        their schema says fresh (``unsafe_split``, ``unsafe_chunk``, ``_unsafe_view``): such a
+        result is part of the input's value (its reads resolve to the input's producer, its
+        geometry is in the reader's arguments), not a value of its own that would hide the
+        input's. (A collective also returns the very tensors it wrote without saying so: those
+        are its writes, and stay results.)"""
         inputs = {s._cdata for s in map(_storage, info.reads(args, kwargs, flat)) if s is not None}
         kept = []
         for i, t in results:
