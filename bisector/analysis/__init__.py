@@ -101,6 +101,7 @@ def compare_traces(
         structure = {**breaks[0].to_dict(), "breaks": [x.to_dict() for x in breaks[:100]]}
     differing = np.flatnonzero(eq.out_differs)
     notes = _notes(a, b)
+    notes += _hash_seed_note(a, b, sources, notes)
     lost = unexplained(graph, found + [e for group in followers for e in group])
     if lost:
         notes.append(
@@ -437,6 +438,22 @@ def _structure_source(a: Trace, b: Trace, brk: Break, spread: int | None) -> Sou
         spread=spread,
         args=[op_a, op_b],
     )
+
+
+def _hash_seed_note(a: Trace, b: Trace, sources: list[Source], notes: list[str]) -> list[str]:
+    """A hint when data built in Python differs and nothing seeded explains it: string hashing
+    is salted per process unless PYTHONHASHSEED is set, so a set's order changes."""
+    first = sources[0] if sources else None
+    if first is None or first.kind not in ("input", "argument", "structure") or notes:
+        return []  # (a note already names a generator that differs)
+    if any("PYTHONHASHSEED" in t.header.get("settings", {}).get("env", {}) for t in (a, b)):
+        return []
+    return [
+        "PYTHONHASHSEED is not set and no seeded generator differs between the runs: if the "
+        "data comes from iterating a set of strings (a vocabulary built with set(), "
+        "set(words) - stop_words), its order changes in every process; sort it, or set "
+        "PYTHONHASHSEED=0 before Python starts (`--try seed-everything` does)"
+    ]
 
 
 def _notes(a: Trace, b: Trace) -> list[str]:
