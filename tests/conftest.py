@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing.process
 import os
 import sys
 from pathlib import Path
@@ -25,9 +26,20 @@ _REGISTRIES = (
 )
 
 
-def _installed() -> dict[str, int]:
-    state = {name: len(getattr(module, name)) for module, name in _REGISTRIES}
+# Functions the recorder wraps while it records (values leaving torch, processes started).
+_PATCHED = (
+    (torch, "save"),
+    (torch.Tensor, "tolist"),
+    (torch.Tensor, "numpy"),
+    (multiprocessing.process.BaseProcess, "start"),
+)
+
+
+def _installed() -> dict[str, object]:
+    state: dict[str, object] = {name: len(getattr(module, name)) for module, name in _REGISTRIES}
     state["dispatch_modes"] = len(_get_current_dispatch_mode_stack())
+    for owner, name in _PATCHED:
+        state[f"{owner.__name__}.{name}"] = getattr(owner, name)
     return state
 
 

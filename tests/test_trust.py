@@ -115,6 +115,30 @@ def test_scratch_that_nothing_uses_does_not_make_runs_diverge(tmp_path):
     assert code == 1 and report["first_divergence"]["op"] == "aten.randn.generator"
 
 
+def test_values_taken_out_of_torch_are_kept_live(tmp_path):
+    def score() -> list:
+        with torch.no_grad():
+            return (torch.arange(6.0) * 2).tolist()  # no op reads the product; it is freed
+
+    with Recorder(tmp_path / "run.trace", RecordOptions()) as recorder:
+        score()
+        torch.save(torch.ones(3) + 1, tmp_path / "out.pt")
+    trace = load(tmp_path / "run.trace")
+    ops = {trace.string("op", e): e for e in range(len(trace))}
+    live = trace.footer["live_at_end"]
+    kept = set(zip(live[::2], live[1::2], strict=True))
+    assert (ops["aten.mul.Tensor"], 0) in kept and (ops["aten.add.Tensor"], 0) in kept
+    assert len(recorder._kept) == 2  # bisector's own read-backs (fingerprints) are not outputs
+
+
+def test_an_output_leaving_through_tolist_counts(tmp_path):
+    code, report, _ = find(tmp_path / "planted", "tolist_output.py")
+    assert code == 1 and report["first_divergence"]["op"] == "aten.index_put_.default"
+    assert report["first_divergence"]["checked"]["result"] == "confirmed"
+    code, report, _ = find(tmp_path / "twin", "tolist_output.py", "--one-thread")
+    assert (code, report["verdict"]) == (0, "reproducible")
+
+
 def test_lstm_workspace_never_decides(tmp_path):
     code, report, _ = find(tmp_path, "lstm_lm.py")
     assert (code, report["verdict"]) == (0, "reproducible"), report["sources"][:3]

@@ -38,6 +38,7 @@ from bisector.capture import settings
 from bisector.capture.compiled import PREFIX as COMPILED_PREFIX
 from bisector.capture.compiled import CompileBoundary
 from bisector.capture.cuda_graphs import CudaGraphs
+from bisector.capture.escapes import Escapes
 from bisector.capture.events import EventBuffer
 from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import (
@@ -222,6 +223,8 @@ class Recorder:
         self.model_calls = 0  # calls of top-level modules that own parameters
         self.parameter_writes = 0  # in-place writes into those parameters while recording
         self._processes = Processes(f"{self.path}.processes", self.pid)
+        self._kept: list[tuple[int, int]] = []  # values taken out of torch (saved, tolist)
+        self._escapes = Escapes(self._keep_value)
         self._optimizer_present: bool | None = None
         self._started = 0.0
         self._captured: set[int] = set()
@@ -243,6 +246,7 @@ class Recorder:
         self._started = time.perf_counter()
         self._processes.path.unlink(missing_ok=True)  # notes of an earlier run of this path
         self._processes.install()
+        self._escapes.install()
         self._modules.install()
         self._compiled.install()
         self._hooks = [
@@ -298,6 +302,7 @@ class Recorder:
             handle.remove()
         self._hooks = []
         self._processes.remove()
+        self._escapes.remove()
         self._modules.remove()
         self._compiled.remove()
         self._graphs.remove()
@@ -371,13 +376,25 @@ class Recorder:
         script still holds (parameters, optimizer state, outputs). A differing value outside
         this set, that nothing read into a differing result, was scratch (see analysis).
         None when there are too many to list (then every value counts as live)."""
-        live: list[int] = []
+        live: list[int] = [x for pair in self._kept[:_MAX_LIVE] for x in pair]
         for _, event, slot, ref, _ in self._states.values():
             if not ref.expired():
                 if len(live) >= _MAX_LIVE:
                     return None
                 live += (event, slot)
         return live
+
+    @_ours
+    def _keep_value(self, t: torch.Tensor) -> None:
+        """The script takes this tensor's value out of torch (``torch.save``, ``.tolist()``,
+        ``.numpy()``): an output, whose difference always counts."""
+        if not self.recording or os.getpid() != self.pid or self._compiled_depth:
+            return
+        frame, _ = self._locator.user_frame(3)
+        with _outside_mode():
+            ref = self._ref(t, _OTHER, self._buffer.string(""), self._location(frame))
+        if ref[0] >= 0:
+            self._kept.append(ref)
 
     # ----- hooks ------------------------------------------------------------------------------
 
