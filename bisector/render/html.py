@@ -13,6 +13,7 @@ from bisector.digests import DigestReport
 from bisector.render.console import (
     _KIND_TEXT,
     _code_line,
+    describe_check,
     describe_magnitude,
     equal_runs_text,
     replay_verdict,
@@ -133,6 +134,8 @@ def _first_card(report: Report, source: Source) -> str:
     else:
         rows.append(("max |A−B|", esc(describe_magnitude(source))))
         rows.append(("why", esc(source.detail)))
+    if source.checked:
+        rows.append(("checked", esc(describe_check(source.checked))))
     if source.kind == "argument" and len(source.args) == 2:
         rows += [("args A", code(source.args[0])), ("args B", code(source.args[1]))]
     if source.spread is not None:
