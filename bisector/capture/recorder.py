@@ -177,7 +177,10 @@ class _OpMode(TorchDispatchMode):
             return func(*args, **kwargs)
         if recorder._graphs.capturing is not None:
             return recorder._on_captured_op(func, args, kwargs)
-        return recorder._on_op(func, args, kwargs)
+        try:  # (``_ours`` inlined: this runs once per op)
+            return recorder._on_op(func, args, kwargs)
+        except Exception as exc:
+            recorder._fail(exc)
 
 
 class Recorder:
@@ -511,8 +514,8 @@ class Recorder:
             info = self._op_infos[func] = OpInfo.of(func)
         return info
 
-    @_ours
     def _on_op(self, func, args: tuple, kwargs: dict):
+        """Record one aten call (the dispatch handler guards it as ``_ours`` does)."""
         info = self._info(func)
         if info.ignored:
             return func(*args, **kwargs)
@@ -534,7 +537,11 @@ class Recorder:
         captured = self._capture(info.name, args, kwargs) if self.options.capture else False
         if info.collective and self._progress is not None:
             self._progress.waiting(info.name)
-        out = _call_users(func, args, kwargs)
+        try:
+            out = func(*args, **kwargs)
+        except Exception as exc:
+            _mark_users(exc)
+            raise
         if info.collective:
             complete_collective(info.name, out)
             if self._progress is not None:
@@ -828,9 +835,13 @@ def _call_users(func, args: tuple, kwargs: dict):
     try:
         return func(*args, **kwargs)
     except Exception as exc:
-        with contextlib.suppress(AttributeError, TypeError):
-            setattr(exc, _USERS, True)
+        _mark_users(exc)
         raise
+
+
+def _mark_users(exc: Exception) -> None:
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(exc, _USERS, True)
 
 
 @contextlib.contextmanager
