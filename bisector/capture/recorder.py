@@ -539,13 +539,13 @@ class Recorder:
             self._progress.waiting(info.name)
         try:
             out = func(*args, **kwargs)
+            if info.collective:  # waiting for its data is part of the user's op (a peer may
+                complete_collective(info.name, out)  # have died: that error is theirs)
         except Exception as exc:
             _mark_users(exc)
             raise
-        if info.collective:
-            complete_collective(info.name, out)
-            if self._progress is not None:
-                self._progress.waiting(None)
+        if info.collective and self._progress is not None:
+            self._progress.waiting(None)
 
         no_data = [info.no_data] * len(written)
         n_written = len(written)
