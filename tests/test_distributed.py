@@ -26,6 +26,7 @@ def test_source_on_rank_1_is_found_and_the_allreduce_named_as_spreader(tmp_path)
         0,
     )
     assert first["location"].endswith(f"{SCRIPT}:{source_line(SCRIPTS / SCRIPT)}")
+    assert first["checked"]["result"] == "not checked"  # said, not implied
     # rank 0 computed nothing nondeterministic: what differs there came through the all-reduce
     assert all(s["rank"] == 1 for s in report["sources"]), report["sources"]
     spreader = report["spreaders"][0]
