@@ -62,7 +62,7 @@ class VoxelEncoder(nn.Module):
 torch.manual_seed(0)
 model = VoxelEncoder().eval()
 dataset = PointClouds(4, Normalize([20.0, 20.0, 2.0], [11.5, 11.5, 1.15]))
-loader = DataLoader(dataset, batch_size=2, num_workers=0, collate_fn=list)  # variable sizes
+loader = DataLoader(dataset, batch_size=4, num_workers=0, collate_fn=list)  # variable sizes
 total = torch.zeros(())  # sum of the scene scores
 with torch.no_grad():
     for clouds in loader:
