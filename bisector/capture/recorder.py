@@ -625,6 +625,9 @@ class Recorder:
         """Refs of the tensors a compiled call reads, and the (phase, module, location) of the
         call, taken before it runs; ``backward_of``: the context of the forward call whose
         backward this is."""
+        if os.getpid() != self.pid:  # compiled code in a forked process: not ours to record
+            self._processes.note(OPS)
+            return [], (_OTHER, 0, 0)
         if backward_of is not None:
             context = (_BACKWARD, backward_of[1], backward_of[2])
         else:
@@ -644,6 +647,8 @@ class Recorder:
     ) -> None:
         """Record one call of code seen only at its boundary (compiled code, a CUDA graph
         replay): it read ``reads``, wrote ``written`` in place and returned ``outputs``."""
+        if os.getpid() != self.pid:
+            return
         refs, (phase, module_id, location_id) = reads
         if module is not None:
             name_of = self._modules.name_of(module)
