@@ -148,7 +148,10 @@ def test_lstm_workspace_never_decides(tmp_path):
 def test_parameter_updates_through_data_are_no_extra_sources(tmp_path):
     code, report, _ = find(tmp_path / "planted", "data_update.py")
     assert code == 1
-    assert [s["kind"] for s in report["sources"]] == ["kernel"], report["sources"]
+    # the race itself, once or more (a call can give equal results by chance), and no input
+    # source where the parameters are read after their update through .data
+    assert kinds(report) == {"kernel"}, report["sources"]
+    assert {s["op"] for s in report["sources"]} == {"aten.index_put_.default"}
     assert report["evidence"]["parameter_writes"] > 0
     code, report, _ = find(tmp_path / "twin", "data_update.py", "--one-thread")
     assert (code, report["verdict"]) == (0, "reproducible")
