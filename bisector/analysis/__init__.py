@@ -83,7 +83,8 @@ def compare_traces(
     spread = reach(graph, found)
 
     sources = [_source(a, view, eq, event, spread.get(event)) for event in found[:MAX_SOURCES]]
-    proof.blame_unseen(sources, proof.unseen_processes(a, b))
+    unseen = proof.unseen_processes(a, b)
+    proof.blame_unseen(sources, unseen)
     live = proof.live_rows(a, b, alignment)
     dead = [s for s in sources if proof.is_dead(s, a, eq.row_differs, live)]
     if dead:
@@ -129,9 +130,9 @@ def compare_traces(
                     + ", ".join(str(e["what"]) for e in environment[:4])
                     + ")"
                 )
-    only_dead = bool(dead) and proof.unexplained_by(graph, [s.event for s in dead]) == 0
+    only_dead = bool(dead) and unexplained(graph, [s.event for s in dead]) == 0
     live_difference = bool(sources) or (len(differing) > 0 and not only_dead)
-    verdict, evidence, more_notes = proof.judge(a, b, live_difference)
+    verdict, evidence, more_notes = proof.judge(a, b, live_difference, unseen)
     notes += more_notes
     report = Report(
         reproducible=verdict == proof.REPRODUCIBLE,

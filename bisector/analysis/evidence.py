@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 
 from bisector.analysis.align import Alignment
-from bisector.analysis.graph import Dataflow, unexplained
 from bisector.capture.processes import describe, unseen_training
 from bisector.report import Source
 from bisector.trace import OUT_PARTIAL, Trace
@@ -70,11 +69,6 @@ def is_dead(source: Source, a: Trace, row_differs: np.ndarray, live: np.ndarray 
     return bool(differing.any()) and not bool((live[start:end] & differing).any())
 
 
-def unexplained_by(graph: Dataflow, roots: list[int]) -> int:
-    """Differing events that the given sources do not reach."""
-    return unexplained(graph, roots)
-
-
 def dead_note(dead: list[Source]) -> str:
     first = dead[0]
     where = f"{first.op} in {first.module or '(no module)'} at {first.location or '?'}"
@@ -115,13 +109,14 @@ def blame_unseen(sources: list[Source], unseen: list[dict]) -> None:
             )
 
 
-def judge(a: Trace, b: Trace, differs: bool) -> tuple[str, dict, list[str]]:
+def judge(a: Trace, b: Trace, differs: bool, unseen: list[dict]) -> tuple[str, dict, list[str]]:
     """The verdict of a comparison: (verdict, evidence, notes).
 
     Args:
         a, b: the two traces.
         differs: a live difference was found (sources or differing events not explained as
             dead).
+        unseen: the processes that trained unrecorded (``unseen_processes``).
     """
     footers = (a.footer, b.footer)
     steps = min(int(f.get("steps") or 0) for f in footers)
@@ -135,7 +130,6 @@ def judge(a: Trace, b: Trace, differs: bool) -> tuple[str, dict, list[str]]:
     }
     notes: list[str] = []
     processes = [p for f in footers for p in (f.get("processes") or [])]
-    unseen = unseen_processes(a, b)
     if unseen and differs:  # else the verdict itself says it
         notes.append(
             f"torch work ran unrecorded in {_processes(len(unseen))} that the script started: "

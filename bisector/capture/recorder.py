@@ -205,7 +205,6 @@ class Recorder:
         self._mode: _OpMode | None = None
         self._hooks: list = []
         self._modules = ModuleTracker(self._root_enter, guard=self._guard)
-        self.internal_error: str | None = None  # our traceback, when our own code failed
         self._locator = Locator()
         self._buffer = EventBuffer(self.options.chunk_events)
         self._op_infos: dict[Any, OpInfo] = {}
@@ -361,12 +360,11 @@ class Recorder:
     def _fail(self, exc: Exception) -> None:
         """Our own code raised ``exc``: keep what was recorded (the trace is finished with
         status ``internal-error``), take everything out, and raise InternalFailure. An
-        exception of the user's own op (marked by ``_call_users``) passes on untouched."""
+        exception of the user's own op (marked by ``_mark_users``) passes on untouched."""
         if getattr(exc, _USERS, False) or os.getpid() != self.pid:
             raise exc  # the user's, or in a forked process: the trace is the parent's
         details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        self.internal_error = details
         if self.status in ("recording", "waiting"):
             # the writer itself may be what failed: the footer is lost then
             with contextlib.suppress(Exception):
@@ -411,11 +409,7 @@ class Recorder:
         self._optimizers.add(type(optimizer).__name__)
         if optimizer not in self._seen_optimizers:  # its parameters are trained too
             self._seen_optimizers.add(optimizer)
-            for group in optimizer.param_groups:
-                for param in group["params"]:
-                    storage = _storage(param)
-                    if storage is not None:
-                        self._parameter_storages.add(storage._cdata)
+            self._count_writes_into(p for group in optimizer.param_groups for p in group["params"])
         self._stepped.append(optimizer)
 
     @_ours
@@ -464,11 +458,15 @@ class Recorder:
         owns = self._owns_parameters.get(module)
         if owns is None:
             owns = self._owns_parameters[module] = next(module.parameters(), None) is not None
-            if owns:  # in-place writes into these storages are training
-                self._parameter_storages.update(
-                    s._cdata for s in map(_storage, module.parameters()) if s is not None
-                )
+            if owns:
+                self._count_writes_into(module.parameters())
         return owns
+
+    def _count_writes_into(self, parameters) -> None:
+        """In-place writes into these tensors' storages are training (``parameter_writes``)."""
+        self._parameter_storages.update(
+            s._cdata for s in map(_storage, parameters) if s is not None
+        )
 
     def _root_enter(self, module: torch.nn.Module) -> None:
         model = self._owns_parameters_of(module)

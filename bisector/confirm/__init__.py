@@ -78,7 +78,8 @@ def confirm(
     if report.reproducible or report.first_divergence is None:
         return report
     steps = report.first_divergence.step + 1
-    report.replay = [vars(r) for r in _replays(script, args, report, workdir, steps, options)]
+    replayed = _replays(script, args, report.sources, ("kernel", "rng"), workdir, steps, options)
+    report.replay = [vars(r) for r in replayed]
     check_claims(report)
     situation = _situation(trace_a, report.sources)
     if options.only_forced:
@@ -108,12 +109,21 @@ def _situation(trace: Trace, sources: list[Source]) -> Situation:
     )
 
 
-def _replays(script, args, report: Report, workdir: Path, steps: int, options: ConfirmOptions):
-    """A capture run saving the inputs of the first kernel/rng sources, then their replays."""
+def _replays(
+    script,
+    args,
+    sources: list[Source],
+    kinds: tuple[str, ...],
+    workdir: Path,
+    steps: int,
+    options: ConfirmOptions,
+):
+    """A capture run saving the inputs of the first sources of these kinds, then their
+    replays."""
     wanted = [
         s
-        for s in report.sources
-        if s.kind in ("kernel", "rng") and not s.op.startswith(COMPILED_PREFIX)  # not one op
+        for s in sources
+        if s.kind in kinds and not s.op.startswith(COMPILED_PREFIX)  # not one op
     ][:_MAX_REPLAYS]
     if not wanted:
         return []
@@ -150,13 +160,8 @@ def check_kernel_claims(
         return report
     options = ConfirmOptions(replays=CHECK_REPLAYS, run=run)
     steps = report.first_divergence.step + 1
-    kernels = Report(
-        reproducible=False,
-        first_divergence=report.first_divergence,
-        sources=[s for s in report.sources if s.kind == "kernel"],
-        runs=report.runs,
-    )
-    report.replay = [vars(r) for r in _replays(script, args, kernels, workdir, steps, options)]
+    replayed = _replays(script, args, report.sources, ("kernel",), workdir, steps, options)
+    report.replay = [vars(r) for r in replayed]
     check_claims(report)
     return report
 
@@ -191,9 +196,6 @@ def check_claims(report: Report) -> None:
             "rerun with the choice pinned (`--try deterministic`, `--try cudnn`): if the runs "
             "become identical, it was the choice"
         )
-    first = report.first_divergence
-    if first is not None and report.sources and first is not report.sources[0]:
-        report.first_divergence = report.sources[0]
 
 
 def _pair(
