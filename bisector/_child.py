@@ -123,6 +123,8 @@ def main() -> None:
         code = EXIT_SCRIPT_RAISED
         error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     finally:
+        if options.intervene and (options.trace or options.digests):
+            _write_notes((options.trace or options.digests) + ".intervened")
         undo()
     if launched is not None:
         _write_status(status_file, rank, code, error)
@@ -143,6 +145,18 @@ def _restore_pythonpath(original: str, package_root: str) -> None:
         if entry and os.path.abspath(entry) == package_root:
             del sys.path[i]
             break
+
+
+def _write_notes(path: str) -> None:
+    """What the interventions noted in this run (see interventions.child_notes), for the
+    parent's check that they took effect."""
+    from bisector.confirm.interventions import child_notes
+
+    try:
+        with open(path, "w") as file:
+            json.dump(child_notes(), file)
+    except OSError:
+        pass
 
 
 def _terminated(signum, frame) -> None:

@@ -84,6 +84,17 @@ _HTML = typer.Option(
 _QUIET = typer.Option(
     False, "--quiet", "-q", help="Print nothing but errors (no progress, no report on screen)."
 )
+_USER_PATH = typer.Option(
+    None,
+    "--user-path",
+    help="A folder or file of your own code (repeatable), besides the script's folder and the "
+    "working folder: a report's line is the innermost line in your code, with the library "
+    "line beside it.",
+)
+
+
+def _absolute(paths: list[Path] | None) -> tuple[str, ...]:
+    return tuple(str(p.resolve()) for p in paths or ())
 
 
 def _launch(nproc, nnodes, node_rank, master_addr, master_port, rank_timeout) -> Launch | None:
@@ -163,13 +174,19 @@ def find(
     master_addr: str | None = _MASTER_ADDR,
     master_port: int | None = _MASTER_PORT,
     rank_timeout: float = _RANK_TIMEOUT,
+    user_paths: list[Path] | None = _USER_PATH,
 ) -> None:
     """Run SCRIPT twice in fresh processes, record every operator, name the first one whose
     outputs differ while its inputs were identical, and confirm the cause."""
     launch = _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port, rank_timeout)
     display = _Progress(enabled=not quiet)
     run = RunOptions(
-        steps=steps, timeout=timeout, echo=show_output, launch=launch, on_progress=display.update
+        steps=steps,
+        timeout=timeout,
+        echo=show_output,
+        launch=launch,
+        on_progress=display.update,
+        user_paths=_absolute(user_paths),
     )
     confirm = None
     if not no_confirm:
@@ -226,11 +243,16 @@ def record(
     master_addr: str | None = _MASTER_ADDR,
     master_port: int | None = _MASTER_PORT,
     rank_timeout: float = _RANK_TIMEOUT,
+    user_paths: list[Path] | None = _USER_PATH,
 ) -> None:
     """Run SCRIPT once and save its trace, to compare later with `bisector diff`."""
     launch = _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port, rank_timeout)
     run = RunOptions(
-        steps=None if all_steps else steps, timeout=timeout, echo=show_output, launch=launch
+        steps=None if all_steps else steps,
+        timeout=timeout,
+        echo=show_output,
+        launch=launch,
+        user_paths=_absolute(user_paths),
     )
     out = _console()
     if launch is not None:

@@ -35,7 +35,10 @@ class Source:
         phase: "forward", "backward", "optimizer" or "other".
         step: optimizer steps completed before the event.
         rank: the process rank (0 unless distributed).
-        location: "file.py:LINE" in the user's code ("" when unknown).
+        location: "file.py:LINE" in the user's code ("" when unknown): the innermost frame in
+            the user's own files (see capture/lines.py).
+        library: "file.py:LINE" of the innermost library frame inside that line (the library
+            code that issued the op: Lightning, transformers, PyG's generated code), "" if none.
         max_abs_diff: how large the difference is (see ``max_abs_diff_bound``).
         max_abs_diff_bound: "lower" when ``max_abs_diff`` is a lower bound derived from the
             recorded stats (the sum and largest absolute value of each output), "exact" when
@@ -57,6 +60,7 @@ class Source:
     rank: int
     location: str
     max_abs_diff: float | None
+    library: str = ""
     max_abs_diff_bound: str = "lower"
     event: int = 0
     detail: str = ""
@@ -98,10 +102,14 @@ class Report:
         cause: one line naming the first source (set by confirmation).
         fix: the smallest change that made the runs identical, with the user's line, or None.
         confirmations: one entry per intervention pair: intervention, outcome ("fixes",
-            "amplifier", "no-effect", "fails"), reproducible, error, first_divergence, and
-            for a pair that still differs growth_ratio, param_diff, baseline_param_diff (the
-            largest parameter difference with and without the intervention).
-        replay: one entry per replayed source op: op, event, runs, distinct_results, repro.
+            "amplifier", "no-effect", "fails", "did-not-apply" with ``not_applied``: why the
+            change did not take effect in a run), reproducible, error, first_divergence,
+            overrides (the script's own attempts to undo the change, each ``{"what",
+            "line"}``: the change held), and for a pair that still differs growth_ratio,
+            param_diff, baseline_param_diff (the largest parameter difference with and
+            without the intervention).
+        replay: one entry per replayed source op: op, event, runs, distinct_results, repro,
+            error (why it could not run: inputs not captured or not savable, with the reason).
         growth: per step, differing events and the largest gradient, parameter and
             optimizer-state differences (exact from snapshots, else lower bounds).
         environment: what differs between the two processes: ``{"what", "a", "b"}`` for

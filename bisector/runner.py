@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bisector.capture.lines import USER_PATHS_ENV
 from bisector.digests import Digests
 from bisector.digests import load as load_digests
 from bisector.errors import BisectorError, InternalError, Interrupted, ScriptError, TraceError
@@ -90,6 +91,8 @@ class RunOptions:
             plain process.
         on_progress: called about twice a second while the run goes, with what it is (e.g.
             "run B with sdpa-math") and its progress: {"step", "events", "seconds"}.
+        user_paths: folders or files of the user's own code besides the script's folder and
+            the working folder (see capture/lines.py).
     """
 
     steps: int | None = 2
@@ -103,6 +106,7 @@ class RunOptions:
     start_step: int = 0
     launch: Launch | None = None
     on_progress: Callable[[str, dict], None] | None = None
+    user_paths: tuple[str, ...] = ()
 
 
 # Set in a child started through torchrun: the PYTHONPATH the script must see.
@@ -316,6 +320,9 @@ def _run_child(
         command += ["-m", "bisector._child", *extra]
     if options.steps is not None:
         command += ["--steps", str(options.steps)]
+    if options.user_paths:
+        named = [*options.user_paths, env.get(USER_PATHS_ENV, "")]
+        env[USER_PATHS_ENV] = os.pathsep.join(filter(None, named))
     if options.interventions:
         from bisector.confirm.interventions import child_env
 

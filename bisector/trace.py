@@ -44,11 +44,27 @@ FORMAT_VERSION = 1
 
 PHASES = ("forward", "backward", "optimizer", "other")
 
+# A location string: the user's "file.py:LINE", then, where library code issued the op, a tab and
+# the innermost library frame's "file.py:LINE" (either part may be empty).
+LOCATION_SEPARATOR = "\t"
+
+
+def join_location(user: str, library: str) -> str:
+    """The location string of an event from its user line and library line."""
+    return f"{user}{LOCATION_SEPARATOR}{library}" if library else user
+
+
+def split_location(text: str) -> tuple[str, str]:
+    """(user line, library line) of a location string."""
+    user, _, library = text.partition(LOCATION_SEPARATOR)
+    return user, library
+
+
 # One row per event.
 EVENT_COLUMNS: dict[str, str] = {
     "op": "<u4",  # string id of the aten overload, or of "leaf.parameter" etc. for leaves
     "module": "<u4",  # string id of the module path ("layers.0.self_attn")
-    "location": "<u4",  # string id of "file.py:LINE" in the user's code
+    "location": "<u4",  # string id of "file.py:LINE" (user's line, tab, library's: see below)
     "args": "<u4",  # string id of the canonical form of the non-tensor arguments
     "phase": "u1",  # index into PHASES
     "step": "<u4",  # optimizer steps completed before this event

@@ -25,7 +25,7 @@ from bisector.capture.cuda_graphs import REPLAY_OP
 from bisector.capture.ops import UNINITIALISED_OPS
 from bisector.errors import MismatchError
 from bisector.report import Report, RunInfo, Source
-from bisector.trace import FLAG_RANDOM, OUT_NODATA, PHASES, Trace
+from bisector.trace import FLAG_RANDOM, OUT_NODATA, PHASES, Trace, split_location
 
 # Sources beyond this many are counted (``sources_total``) but not listed one by one.
 MAX_SOURCES = 1000
@@ -281,11 +281,24 @@ def _run_info(name: str, trace: Trace) -> RunInfo:
 
 def location(trace: Trace, event: int) -> str:
     """The user's line of an event, relative to the run's working folder when inside it."""
-    text = trace.string("location", event)
+    return _relative(trace, split_location(trace.string("location", event))[0])
+
+
+def library_location(trace: Trace, event: int) -> str:
+    """The library's line that issued the event inside the user's line ("" when none)."""
+    return _relative(trace, split_location(trace.string("location", event))[1])
+
+
+def _relative(trace: Trace, text: str) -> str:
+    """A path relative to the run's working folder when inside it, to site-packages when an
+    installed package's."""
     path, _, line = text.rpartition(":")
     cwd = str(trace.header.get("cwd", ""))
+    installed = path.rfind(f"{os.sep}site-packages{os.sep}")
     if path and cwd and path.startswith(os.path.join(cwd, "")):
         path = os.path.relpath(path, cwd)
+    elif installed >= 0:
+        path = path[installed + len("/site-packages/") :]
     return f"{path}:{line}" if path else text
 
 
@@ -378,6 +391,7 @@ def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
         step=int(a.columns["step"][event]),
         rank=a.rank,
         location=location(a, event),
+        library=library_location(a, event),
         max_abs_diff=_magnitude(a, b, eq, event),
         event=event,
         detail=detail,
@@ -433,6 +447,7 @@ def _structure_source(a: Trace, b: Trace, brk: Break, spread: int | None) -> Sou
         step=int(trace.columns["step"][index]),
         rank=a.rank,
         location=location(trace, index),
+        library=library_location(trace, index),
         max_abs_diff=None,
         event=brk.a,
         detail=brk.reason,

@@ -139,6 +139,7 @@ def _spreader(trace: Trace, source: Source, origins) -> dict[str, Any]:
         "phase": source.phase,
         "step": source.step,
         "location": source.location,
+        "library": source.library,
         "from_ranks": [r for r, _ in origins],
         "origin": described,
         "ranks": [],

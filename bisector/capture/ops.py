@@ -3,16 +3,12 @@
 ``OpInfo`` caches, per overload, what its schema says: which arguments it writes, which results
 alias an input (views), whether it is random or returns uninitialised memory. ``canonical_args``
 turns the non-tensor arguments of a call into a string that is equal in two processes exactly
-when the arguments are (no addresses, no hash seeds). ``Locator`` finds the user's line.
+when the arguments are (no addresses, no hash seeds).
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import sysconfig
 from dataclasses import dataclass
-from types import CodeType, FrameType
 
 import torch
 from torch.utils._pytree import arg_tree_leaves
@@ -225,68 +221,3 @@ def canonical_args(flat: list[object]) -> str:
         else:
             parts.append(type(value).__name__)
     return ", ".join(parts)
-
-
-def _internal_prefixes() -> tuple[str, ...]:
-    """Folders whose frames are never 'the user's line': torch, bisector, the standard library."""
-    import bisector
-
-    folders = {
-        os.path.dirname(torch.__file__),
-        os.path.dirname(bisector.__file__),
-        sysconfig.get_paths()["stdlib"],
-        sysconfig.get_paths()["platstdlib"],
-    }
-    return tuple(os.path.join(os.path.realpath(f), "") for f in folders) + tuple(
-        os.path.join(f, "") for f in folders
-    )
-
-
-# Internal frames in which ops only move data in from another process (a DataLoader worker's
-# batch rebuilt from shared memory): they are not computation, and when they run depends on the
-# workers' timing, so they are not recorded. The tensors they make become leaves when used.
-_TRANSFER_FILES = (os.path.join("torch", "multiprocessing", "reductions.py"),)
-
-_INTERNAL, _TRANSFER = 1, 2
-
-
-class Locator:
-    """Finds the innermost frame outside torch, bisector and the standard library.
-
-    Results are cached per code object, so a call costs a short walk up the stack.
-    """
-
-    def __init__(self) -> None:
-        self._prefixes = _internal_prefixes()
-        self._kinds: dict[CodeType, int] = {}
-
-    def _kind(self, code: CodeType) -> int:
-        kind = self._kinds.get(code)
-        if kind is None:
-            filename = code.co_filename
-            kind = 0
-            if filename.startswith(self._prefixes) or filename.startswith("<frozen"):
-                kind = _INTERNAL
-                if filename.endswith(_TRANSFER_FILES):
-                    kind |= _TRANSFER
-            self._kinds[code] = kind
-        return kind
-
-    def user_frame(self, skip: int = 2) -> tuple[FrameType | None, bool]:
-        """(innermost user frame of the calling thread or None, whether the call only moves
-        data in from another process)."""
-        frame: FrameType | None = sys._getframe(skip)
-        transfer = False
-        while frame is not None:
-            kind = self._kind(frame.f_code)
-            if not kind:
-                break
-            transfer |= kind == _INTERNAL | _TRANSFER
-            frame = frame.f_back
-        return frame, transfer
-
-
-def in_custom_backward(frame: FrameType) -> bool:
-    """True if the frame is the ``backward`` of a user-defined autograd Function."""
-    code = frame.f_code
-    return code.co_name == "backward" and code.co_argcount >= 1 and code.co_varnames[0] == "ctx"

@@ -40,14 +40,9 @@ from bisector.capture.compiled import CompileBoundary
 from bisector.capture.cuda_graphs import CudaGraphs
 from bisector.capture.escapes import Escapes
 from bisector.capture.events import EventBuffer
+from bisector.capture.lines import Locator, in_custom_backward
 from bisector.capture.modules import ModuleTracker
-from bisector.capture.ops import (
-    Locator,
-    OpInfo,
-    canonical_args,
-    complete_collective,
-    in_custom_backward,
-)
+from bisector.capture.ops import OpInfo, canonical_args, complete_collective
 from bisector.capture.processes import BACKWARD, MODEL, OPS, OPTIMIZER, Processes
 from bisector.trace import (
     FLAG_RANDOM,
@@ -140,6 +135,8 @@ class RecordOptions:
             unrecorded, at full speed); the trace's events keep their true step numbers.
         progress_file: keep this rank's progress there (see capture/progress.py), for the
             watchdog of a torchrun job.
+        user_paths: folders or files of the user's own code, besides the script's folder and
+            the working folder: an event's line is the innermost line there (capture/lines.py).
     """
 
     steps: int | None = None
@@ -151,6 +148,7 @@ class RecordOptions:
     snapshot_dir: str | None = None
     start_step: int = 0
     progress_file: str | None = None
+    user_paths: tuple[str, ...] = ()
 
 
 class _OpMode(TorchDispatchMode):
@@ -205,7 +203,7 @@ class Recorder:
         self._mode: _OpMode | None = None
         self._hooks: list = []
         self._modules = ModuleTracker(self._root_enter, guard=self._guard)
-        self._locator = Locator()
+        self._locator = Locator(self.options.user_paths)
         self._buffer = EventBuffer(self.options.chunk_events)
         self._op_infos: dict[Any, OpInfo] = {}
         self._location_ids: dict[tuple[Any, int], int] = {}
@@ -391,9 +389,9 @@ class Recorder:
         ``.numpy()``): an output, whose difference always counts."""
         if not self.recording or os.getpid() != self.pid or self._compiled_depth:
             return
-        frame, _ = self._locator.user_frame(3)
+        user, library, _ = self._locator.locate(3)
         with _outside_mode():
-            ref = self._ref(t, _OTHER, self._buffer.string(""), self._location(frame))
+            ref = self._ref(t, _OTHER, self._buffer.string(""), self._location(user, library))
         if ref[0] >= 0:
             self._kept.append(ref)
 
@@ -411,6 +409,30 @@ class Recorder:
             self._seen_optimizers.add(optimizer)
             self._count_writes_into(p for group in optimizer.param_groups for p in group["params"])
         self._stepped.append(optimizer)
+        return self._closure_outside_optimizer(args, kwargs)
+
+    def _closure_outside_optimizer(self, args: tuple, kwargs: dict):
+        """Wrap a closure passed to ``step`` (LBFGS, Lightning's automatic optimization) so
+        that the forward and backward it runs get their own phase and module, not the
+        optimizer's. Returns the hook's (args, kwargs), or None when there is no closure."""
+        positional = len(args) > 1 and callable(args[1])
+        closure = args[1] if positional else kwargs.get("closure")
+        if not callable(closure):
+            return None
+        recorder = self
+
+        @functools.wraps(closure)
+        def outside_optimizer(*a, **k):
+            depth, recorder._optimizer_depth = recorder._optimizer_depth, 0
+            try:
+                return closure(*a, **k)
+            finally:
+                recorder._optimizer_depth = depth
+                recorder._forward_open = False
+
+        if positional:
+            return (args[0], outside_optimizer, *args[2:]), kwargs
+        return args, {**kwargs, "closure": outside_optimizer}
 
     @_ours
     def _optimizer_post(self, optimizer, args, kwargs) -> None:
@@ -517,12 +539,12 @@ class Recorder:
         info = self._info(func)
         if info.ignored:
             return func(*args, **kwargs)
-        frame, transfer = self._locator.user_frame(2)
+        user, library, transfer = self._locator.locate(2)
         if transfer:
             return func(*args, **kwargs)
         flat = arg_tree_leaves(*args, **kwargs)
         tensors = [a for a in flat if isinstance(a, torch.Tensor)]
-        phase, module_id, location_id = self._context(tensors, frame)
+        phase, module_id, location_id = self._context(tensors, user, library)
         refs = [self._ref(t, phase, module_id, location_id) for t in info.reads(args, kwargs, flat)]
         args_id = self._buffer.string(canonical_args(flat))
 
@@ -629,8 +651,8 @@ class Recorder:
         if backward_of is not None:
             context = (_BACKWARD, backward_of[1], backward_of[2])
         else:
-            frame, _ = self._locator.user_frame(2)
-            context = self._context(tensors, frame)
+            user, library, _ = self._locator.locate(2)
+            context = self._context(tensors, user, library)
         with _outside_mode():  # leaves are fingerprinted here, as in the dispatch handler
             return [self._ref(t, *context) for t in tensors], context
 
@@ -690,14 +712,19 @@ class Recorder:
             return False
         from bisector.confirm.replay import save_inputs
 
-        save_inputs(Path(self.options.capture_dir) / f"event-{index}.pt", op, args, kwargs)
+        path = Path(self.options.capture_dir) / f"event-{index}.pt"
+        try:
+            save_inputs(path, op, args, kwargs)
+        except (TypeError, OSError, RuntimeError) as exc:  # the replay says why it is missing
+            path.with_suffix(".error").write_text(f"{type(exc).__name__}: {exc}")
         self._captured.add(index)
         return True
 
-    def _context(self, tensors: list[torch.Tensor], frame) -> tuple[int, int, int]:
-        """(phase, module id, location id) of the call being dispatched from ``frame``."""
+    def _context(self, tensors: list[torch.Tensor], user, library) -> tuple[int, int, int]:
+        """(phase, module id, location id) of the call being dispatched from the ``user`` frame
+        (and the ``library`` frame inside it)."""
         node = torch._C._current_autograd_node()
-        location_id = self._location(frame)
+        location_id = self._location(user, library)
         if self._optimizer_depth:
             return _OPTIMIZER, self._buffer.string(self._optimizer_module(tensors)), location_id
         if node is not None:
@@ -706,7 +733,7 @@ class Recorder:
             if created is None:
                 return _BACKWARD, self._buffer.string(self._accumulate_module(node)), location_id
             module_id, forward_location = created
-            if frame is None or not in_custom_backward(frame):
+            if user is None or not in_custom_backward(user):
                 location_id = forward_location
             return _BACKWARD, module_id, location_id
         module_id = self._buffer.string(self._modules.current)
@@ -737,13 +764,11 @@ class Recorder:
                 return self._modules.owner_of(named[1])
         return ""
 
-    def _location(self, frame) -> int:
-        if frame is None:
-            return self._buffer.string("")
-        key = (frame.f_code, frame.f_lineno)
+    def _location(self, user, library) -> int:
+        key = self._locator.cache_key(user, library)
         location_id = self._location_ids.get(key)
         if location_id is None:
-            location_id = self._buffer.string(f"{frame.f_code.co_filename}:{frame.f_lineno}")
+            location_id = self._buffer.string(self._locator.describe(user, library))
             self._location_ids[key] = location_id
         return location_id
 

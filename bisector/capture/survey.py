@@ -10,7 +10,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import arg_tree_leaves
 
-from bisector.capture.ops import Locator
+from bisector.capture.lines import Locator
+from bisector.trace import split_location
 
 
 class Survey(TorchDispatchMode):
@@ -45,8 +46,8 @@ class Survey(TorchDispatchMode):
             key = (str(func), device)
             entry = self.ops.get(key)
             if entry is None:
-                frame, _ = self._locator.user_frame(2)
-                where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame else ""
+                user, library, _ = self._locator.locate(2)
+                where = split_location(self._locator.describe(user, library))[0]
                 self.ops[key] = [1, where]
             else:
                 entry[0] += 1

@@ -8,7 +8,7 @@ difference per step, and a verdict: the cause, the evidence, and the smallest fi
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,9 +18,9 @@ import numpy as np
 from bisector import analysis
 from bisector.capture import snapshots
 from bisector.capture.compiled import PREFIX as COMPILED_PREFIX
-from bisector.confirm.interventions import Intervention, Situation, choose
-from bisector.confirm.replay import replay
-from bisector.errors import ScriptError
+from bisector.confirm.interventions import Intervention, RunFacts, Situation, choose
+from bisector.confirm.replay import Replay, replay
+from bisector.errors import InternalError, ScriptError
 from bisector.report import Report, Source
 from bisector.runner import RunOptions, run_recorded
 from bisector.trace import PHASES, Trace
@@ -97,11 +97,10 @@ def confirm(
 
 
 def _situation(trace: Trace, sources: list[Source]) -> Situation:
-    ops = frozenset(trace.strings[i] for i in np.unique(trace.columns["op"]))
     footer = trace.footer
     return Situation(
         sources=sources,
-        ops=ops,
+        ops=_ops(trace),
         gpus=tuple(trace.header.get("versions", {}).get("gpus", [])),
         settings=footer.get("settings_at_end") or trace.header.get("settings", {}),
         optimizers=frozenset(footer.get("optimizers", [])),
@@ -123,23 +122,33 @@ def _replays(
     wanted = [
         s
         for s in sources
-        if s.kind in kinds and not s.op.startswith(COMPILED_PREFIX)  # not one op
+        if s.kind in kinds
+        and s.step < steps  # the capture run stops after these steps
+        and not s.op.startswith(COMPILED_PREFIX)  # not one op
     ][:_MAX_REPLAYS]
     if not wanted:
         return []
     folder = workdir / "replay"
     capture = tuple(sorted(s.event for s in wanted))
     run = replace(options.run, steps=steps, echo=False, capture=capture, capture_dir=str(folder))
-    # If the script fails, whatever was captured before the failure is still replayed.
-    with contextlib.suppress(ScriptError):
+    # If the run fails, whatever was captured before the failure is still replayed.
+    missed = "the capture run ended before reaching the op"
+    try:
         run_recorded(script, args, workdir / "capture.trace", run, name="capture")
+    except (ScriptError, InternalError) as exc:
+        failure = _error_line(exc) if isinstance(exc, ScriptError) else str(exc)
+        missed = f"the capture run failed: {failure}"
     results = []
     for source in wanted:
         inputs = folder / f"event-{source.event}.pt"
-        if not inputs.exists():
+        if not inputs.exists() and not inputs.with_suffix(".error").exists():
+            error = f"its inputs were not captured: {missed}"
+            results.append(Replay(source.op, source.event, 0, None, "", error))
             continue
         seed = 0 if source.kind == "rng" else None  # same generator state on every run
         result = replay(inputs, source.event, options.replays, seed=seed)
+        if result.op == "?":  # its inputs could not be read or saved
+            result.op = source.op
         if result.op != source.op and result.error is None:
             result.error = f"the capture run reached {result.op} where the source is {source.op}"
         results.append(result)
@@ -228,6 +237,13 @@ def _pair(
         return entry
     paired = analysis.compare(a, b, runs=[run_a, run_b])
     entry["reproducible"] = paired.reproducible
+    facts = [_facts(trace) for trace in (a, b)]
+    overrides = [o for f in facts for o in f.notes.get("overrides", [])]
+    entry["overrides"] = list({(o["what"], o["line"]): o for o in overrides}.values())
+    not_applied = next(filter(None, (intervention.check(f) for f in facts)), None)
+    if not_applied is not None:  # the pair says nothing about the change
+        entry.update(outcome="did-not-apply", not_applied=not_applied)
+        return entry
     if paired.reproducible:
         entry["outcome"] = "fixes"
         return entry
@@ -238,6 +254,20 @@ def _pair(
     entry["outcome"], entry["growth_ratio"] = _amplification(base, changed)
     entry["param_diff"], entry["baseline_param_diff"] = changed, base
     return entry
+
+
+def _facts(trace: Trace) -> RunFacts:
+    """What a run of a pair shows about the intervention applied to it."""
+    try:
+        notes = json.loads(Path(f"{trace.path}.intervened").read_text())
+    except (OSError, ValueError):
+        notes = {}
+    return RunFacts(ops=_ops(trace), footer=trace.footer, notes=notes)
+
+
+def _ops(trace: Trace) -> frozenset[str]:
+    """Every op name recorded in a trace."""
+    return frozenset(trace.strings[i] for i in np.unique(trace.columns["op"]))
 
 
 def _amplification(base: float, changed: float) -> tuple[str, float]:

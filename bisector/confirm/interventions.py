@@ -2,8 +2,13 @@
 
 Each intervention is one small class: its name, a one-line summary, when it applies (from the
 sources found and the runs' traces), how it is applied inside the child process before the
-script runs (and undone after), environment variables it needs before Python starts, and the
-fix it stands for when it makes the runs identical. A registry filled by a decorator holds them.
+script runs (and undone after), environment variables it needs before Python starts, the fix
+it stands for when it makes the runs identical, and how to tell from a run of the pair that the
+change took effect (``check``). A registry filled by a decorator holds them.
+
+Switches hold against the script: a script that sets ``cudnn.benchmark = True`` or calls
+``torch.use_deterministic_algorithms(False)`` itself after the intervention keeps the
+intervention's value, and the line that tried is noted (``child_notes``) for the report.
 """
 
 from __future__ import annotations
@@ -47,6 +52,42 @@ class Situation:
         return kinds
 
 
+@dataclass(frozen=True)
+class RunFacts:
+    """What one run of a pair shows about the intervention applied to it.
+
+    Attributes:
+        ops: every op name recorded.
+        footer: the trace's footer (settings at the end, optimizers that stepped, processes).
+        notes: what the child noted while the intervention was applied (``child_notes``).
+    """
+
+    ops: frozenset[str]
+    footer: dict
+    notes: dict
+
+
+# What the interventions applied in this process noted (the child writes it for the parent):
+# {"overrides": [{"what": ..., "line": ...}], "<intervention>": {...}}.
+_NOTES: dict = {}
+
+
+def child_notes() -> dict:
+    """What the interventions applied in this process noted, as JSON-ready data."""
+    return {key: list(value) if isinstance(value, list) else value for key, value in _NOTES.items()}
+
+
+def _note_override(what: str) -> None:
+    """The script tried to undo an intervention: remember what and from which line."""
+    from bisector.capture.lines import Locator
+    from bisector.trace import split_location
+
+    locator = Locator()
+    user, library, _ = locator.locate(3)
+    line = split_location(locator.describe(user, library))[0]
+    _NOTES.setdefault("overrides", []).append({"what": what, "line": line})
+
+
 def register(cls: type[Intervention]) -> type[Intervention]:
     """Class decorator: add an intervention to the catalogue."""
     _CATALOGUE[cls.name] = cls
@@ -78,9 +119,14 @@ class Intervention:
         """Change the process before the script runs; return a function that undoes it."""
         return lambda: None
 
+    def check(self, run: RunFacts) -> str | None:
+        """Why the change did not take effect in this run, or None if it did."""
+        return None
+
 
 def apply_interventions(names: list[str]) -> Undo:
     """Apply interventions by name in this process; returns one function undoing them all."""
+    _NOTES.clear()
     return _chain([get(name).apply() for name in names])
 
 
@@ -100,21 +146,69 @@ def _patch(owner, attribute: str, value) -> Undo:
     return lambda: setattr(owner, attribute, original)
 
 
-def _wrap_classmethod(owner, name: str, change_kwargs) -> Undo:
-    """Make the classmethod ``owner.name`` pass ``change_kwargs(kwargs)`` instead of kwargs.
+def _pin(owner, attribute: str, keeps: Callable[..., bool], what: str) -> Undo:
+    """Make the setter ``owner.attribute`` ignore calls that would undo an intervention
+    (``keeps(*args)`` false), noting the line that made them. ``what`` is formatted with
+    the call's first argument."""
+    original = getattr(owner, attribute)
 
-    The wrapper stays a classmethod, so a subclass calling it still gets itself as ``cls``;
-    undoing puts the original descriptor back.
-    """
-    original = owner.__dict__[name]
-    function = original.__func__
+    @functools.wraps(original)
+    def pinned(*args, **kwargs):
+        if keeps(*args, **kwargs):
+            return original(*args, **kwargs)
+        _note_override(what.format(*args))
+        return None
 
-    @functools.wraps(function)
-    def wrapper(cls, *args, **kwargs):
-        return function(cls, *args, **change_kwargs(kwargs))
+    return _patch(owner, attribute, pinned)
 
-    setattr(owner, name, classmethod(wrapper))
-    return lambda: setattr(owner, name, original)
+
+def _pin_flag(name: str, value: bool) -> Undo:
+    """Hold ``torch.backends.cudnn.<name>`` at ``value``: set it, then ignore the script's
+    assignments (``cudnn.<name> = ...`` and ``cudnn.flags(...)``) that would change it."""
+    import torch
+
+    cudnn = torch.backends.cudnn
+    prop = type(cudnn).__dict__[name]  # a ContextProp: its setter is what assignment calls
+    setter = f"_set_cudnn_{name}"
+    undo_value = _patch(cudnn, name, value)
+    what = f"torch.backends.cudnn.{name} = {{0}}"
+    return _chain(
+        [
+            undo_value,
+            _pin(prop, "setter", lambda v: bool(v) == value, what),
+            _pin(torch._C, setter, lambda v: bool(v) == value, what),
+        ]
+    )
+
+
+# Ops of fused attention kernels (SDPA's flash, memory-efficient and cuDNN backends).
+_FUSED_ATTENTION = ("flash_attention", "efficient_attention", "cudnn_attention", "fused_attention")
+
+
+def _fused_attention_ran(run: RunFacts) -> str | None:
+    fused = sorted(op for op in run.ops if any(k in op for k in _FUSED_ATTENTION))
+    return f"a fused attention kernel still ran ({fused[0]})" if fused else None
+
+
+def _setting_is(run: RunFacts, key: str, wanted) -> str | None:
+    value = (run.footer.get("settings_at_end") or {}).get(key)
+    if value is None or value == wanted:
+        return None
+    return f"{key} was {value!r} at the end of the run"
+
+
+def _truthy(value, *args, **kwargs) -> bool:
+    return bool(value)
+
+
+def _falsy(value, *args, **kwargs) -> bool:
+    return not value
+
+
+def _count(name: str, what: str) -> None:
+    """Count one use of an intervention's change in this process (for ``check``)."""
+    counts = _NOTES.setdefault(name, {})
+    counts[what] = counts.get(what, 0) + 1
 
 
 def _attention(situation: Situation) -> bool:
@@ -143,11 +237,14 @@ class SdpaMath(Intervention):
 
         return _patch(F, "scaled_dot_product_attention", math_only)
 
+    def check(self, run: RunFacts) -> str | None:
+        return _fused_attention_ran(run)
+
 
 @register
 class EagerAttention(Intervention):
     name = "eager-attention"
-    summary = 'load transformers models with attn_implementation="eager"'
+    summary = 'transformers models use attn_implementation="eager" (however they are built)'
     fix = 'load the model with `attn_implementation="eager"`'
 
     def applies(self, situation: Situation) -> bool:
@@ -158,14 +255,37 @@ class EagerAttention(Intervention):
             import transformers
         except ImportError:
             return lambda: None
-
-        def eager(kwargs: dict) -> dict:
-            return {**kwargs, "attn_implementation": "eager"}
-
-        # The Auto classes load through these two, so patching the base class covers them.
         owner = transformers.PreTrainedModel
-        names = [n for n in ("from_pretrained", "_from_config") if n in owner.__dict__]
-        return _chain([_wrap_classmethod(owner, name, eager) for name in names])
+        # Every way a model is made (Model(config), from_config, from_pretrained, and a later
+        # set_attn_implementation) asks this check which implementation to use: transformers
+        # 4.5x and 5.x. Older releases choose in the classmethod _autoset_attn_implementation.
+        if "_check_and_adjust_attn_implementation" in owner.__dict__:
+            original = owner._check_and_adjust_attn_implementation
+
+            @functools.wraps(original)
+            def eager(self, attn_implementation=None, *args, **kwargs):
+                _count("eager-attention", "models")
+                return original(self, "eager", *args, **kwargs)
+
+            return _patch(owner, "_check_and_adjust_attn_implementation", eager)
+        descriptor = owner.__dict__["_autoset_attn_implementation"]
+        function = descriptor.__func__
+
+        @functools.wraps(function)
+        def autoset(cls, config, *args, **kwargs):
+            _count("eager-attention", "models")
+            config._attn_implementation_internal = "eager"
+            config = function(cls, config, *args, **kwargs)
+            config._attn_implementation_internal = "eager"
+            return config
+
+        owner._autoset_attn_implementation = classmethod(autoset)
+        return lambda: setattr(owner, "_autoset_attn_implementation", descriptor)
+
+    def check(self, run: RunFacts) -> str | None:
+        if not run.notes.get("eager-attention", {}).get("models"):
+            return "no transformers model was built in the run"
+        return _fused_attention_ran(run)
 
 
 @register
@@ -186,13 +306,23 @@ class Deterministic(Intervention):
 
         before = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(True)
-        return lambda: torch.use_deterministic_algorithms(before)
+        what = "torch.use_deterministic_algorithms({0})"
+        return _chain(
+            [
+                lambda: torch.use_deterministic_algorithms(before),
+                _pin(torch, "use_deterministic_algorithms", _truthy, what),
+                _pin(torch._C, "_set_deterministic_algorithms", _truthy, what),
+            ]
+        )
+
+    def check(self, run: RunFacts) -> str | None:
+        return _setting_is(run, "deterministic_algorithms", True)
 
 
 @register
 class Cudnn(Intervention):
     name = "cudnn"
-    summary = "cudnn.deterministic = True, cudnn.benchmark = False"
+    summary = "cudnn.deterministic = True, cudnn.benchmark = False (held against the script)"
     fix = "set `torch.backends.cudnn.deterministic = True` and `cudnn.benchmark = False`"
 
     def applies(self, situation: Situation) -> bool:
@@ -200,10 +330,12 @@ class Cudnn(Intervention):
         return bool(situation.gpus) and convolution and "kernel" in situation.kinds
 
     def apply(self) -> Undo:
-        import torch
+        return _chain([_pin_flag("deterministic", True), _pin_flag("benchmark", False)])
 
-        cudnn = torch.backends.cudnn
-        return _chain([_patch(cudnn, "deterministic", True), _patch(cudnn, "benchmark", False)])
+    def check(self, run: RunFacts) -> str | None:
+        return _setting_is(run, "cudnn_deterministic", True) or _setting_is(
+            run, "cudnn_benchmark", False
+        )
 
 
 @register
@@ -228,10 +360,24 @@ class NoTf32(Intervention):
         precision = torch.get_float32_matmul_precision()
         undos = [
             _patch(torch.backends.cuda.matmul, "allow_tf32", False),
-            _patch(torch.backends.cudnn, "allow_tf32", False),
+            lambda: torch.set_float32_matmul_precision(precision),
         ]
         torch.set_float32_matmul_precision("highest")
-        return _chain([*undos, lambda: torch.set_float32_matmul_precision(precision)])
+        highest = "torch.set_float32_matmul_precision({0!r})"
+        return _chain(
+            [
+                *undos,
+                _pin_flag("allow_tf32", False),
+                _pin(torch._C, "_set_cublas_allow_tf32", _falsy, "matmul.allow_tf32 = {0}"),
+                _pin(torch, "set_float32_matmul_precision", lambda p: p == "highest", highest),
+                _pin(torch._C, "_set_float32_matmul_precision", lambda p: p == "highest", highest),
+            ]
+        )
+
+    def check(self, run: RunFacts) -> str | None:
+        return _setting_is(run, "matmul_allow_tf32", False) or _setting_is(
+            run, "float32_matmul_precision", "highest"
+        )
 
 
 @register
@@ -249,25 +395,63 @@ class SingleThread(Intervention):
 
         before = torch.get_num_threads()
         torch.set_num_threads(1)
-        return lambda: torch.set_num_threads(before)
+        return _chain(
+            [
+                lambda: torch.set_num_threads(before),
+                _pin(torch, "set_num_threads", lambda n: n == 1, "torch.set_num_threads({0})"),
+            ]
+        )
+
+    def check(self, run: RunFacts) -> str | None:
+        return _setting_is(run, "num_threads", 1)
+
+
+# The Adam family: adaptive optimizers whose update normalises the gradient.
+_ADAM_FAMILY = ("Adam", "AdamW", "NAdam", "RAdam", "Adamax")
+# Keys of an Adam parameter group that SGD would misread (weight_decay: Adam's is not L2).
+_ADAM_KEYS = (
+    "betas",
+    "eps",
+    "weight_decay",
+    "amsgrad",
+    "decoupled_weight_decay",
+    "momentum_decay",
+    "foreach",
+    "fused",
+    "capturable",
+    "differentiable",
+    "maximize",
+)
 
 
 @register
 class AdamToSgd(Intervention):
     name = "adam-to-sgd"
-    summary = "replace Adam/AdamW by SGD with the same parameters and learning rate"
+    summary = "Adam-family optimizers (however built) become SGD with the same groups and lr"
     fix = ""  # never a fix worth suggesting: it changes the training itself
 
     def applies(self, situation: Situation) -> bool:
-        return bool({"Adam", "AdamW"} & situation.optimizers) and bool(situation.sources)
+        return bool(set(_ADAM_FAMILY) & situation.optimizers) and bool(situation.sources)
 
     def apply(self) -> Undo:
         import torch
 
-        def sgd(params, lr=1e-3, *args, **kwargs):
-            return torch.optim.SGD(params, lr=lr)
+        def as_sgd(self, params, lr=1e-3, *args, **kwargs):
+            # Whatever the call (positional or keyword params, param groups, fused/foreach,
+            # a subclass, a framework's wrapper): the object becomes an SGD optimizer.
+            _count("adam-to-sgd", type(self).__name__)
+            groups = list(params)
+            if groups and isinstance(groups[0], dict):
+                groups = [{k: v for k, v in g.items() if k not in _ADAM_KEYS} for g in groups]
+            self.__class__ = torch.optim.SGD
+            torch.optim.SGD.__init__(self, groups, lr=lr)
 
-        return _chain([_patch(torch.optim, name, sgd) for name in ("Adam", "AdamW")])
+        owners = [getattr(torch.optim, name) for name in _ADAM_FAMILY]
+        return _chain([_patch(owner, "__init__", as_sgd) for owner in owners])
+
+    def check(self, run: RunFacts) -> str | None:
+        left = sorted(set(_ADAM_FAMILY) & set(run.footer.get("optimizers") or ()))
+        return f"{', '.join(left)} still stepped" if left else None
 
 
 @register
@@ -288,6 +472,12 @@ class NoCompile(Intervention):
             return model
 
         return _patch(torch, "compile", identity)
+
+    def check(self, run: RunFacts) -> str | None:
+        from bisector.capture.compiled import PREFIX
+
+        compiled = sorted(op for op in run.ops if op.startswith(PREFIX))
+        return f"compiled code still ran ({compiled[0]})" if compiled else None
 
 
 @register
@@ -342,6 +532,10 @@ class SerialDataloader(Intervention):
             original(self, *args, **kwargs)
 
         return _patch(DataLoader, "__init__", serial)
+
+    def check(self, run: RunFacts) -> str | None:
+        workers = [p for p in run.footer.get("processes") or () if p.get("dataloader_worker")]
+        return f"{len(workers)} DataLoader worker processes still ran" if workers else None
 
 
 def choose(situation: Situation, forced: tuple[str, ...] = ()) -> list[Intervention]:

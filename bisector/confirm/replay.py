@@ -63,6 +63,8 @@ def encode(value: Any) -> Any:
         return {"__device__": str(value)}
     if isinstance(value, (torch.layout, torch.memory_format)):
         return {"__torch__": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.Generator):  # its state now, before the op draws from it
+        return {"__generator__": value.get_state(), "device": str(value.device)}
     raise TypeError(f"cannot save an argument of type {type(value).__name__}")
 
 
@@ -108,6 +110,10 @@ def decode(value, device):
             return torch.device(device or value["__device__"])
         if "__torch__" in value:
             return getattr(torch, value["__torch__"])
+        if "__generator__" in value:  # a fresh generator in the saved state, for every run
+            generator = torch.Generator(device or value["device"])
+            generator.set_state(value["__generator__"])
+            return generator
     return value
 
 
@@ -184,6 +190,10 @@ def replay(
     ``seed``: reseed torch before each run. For a random op this asks whether it is
     deterministic given its generator state (then the state is what differed between runs).
     """
+    unsaved = inputs.with_suffix(".error")
+    if unsaved.exists():
+        reason = unsaved.read_text().strip()
+        return Replay("?", event, 0, None, "", f"its inputs could not be saved ({reason})")
     try:
         op = str(torch.load(inputs, weights_only=True)["op"])
         script = write_repro(inputs)

@@ -92,6 +92,24 @@ def levels_table(levels: list[dict]) -> Table:
     return table
 
 
+# What each confirmation outcome means (shared with the HTML report).
+OUTCOMES = {
+    "fixes": "both runs bitwise identical",
+    "amplifier": "still differ, but the difference grows at another rate: an amplifier, "
+    "not the cause",
+    "no-effect": "still differ",
+    "fails": "the script fails",
+    "did-not-apply": "the change did not take effect, so the pair says nothing",
+}
+
+
+def held_against(overrides: list[dict]) -> str:
+    """The script's own attempts to undo an intervention, which it held against."""
+    shown = [f"{o['what']} at {o['line'] or '?'}" for o in overrides[:3]]
+    more = f" and {len(overrides) - 3} more" if len(overrides) > 3 else ""
+    return f"held against the script's own {', '.join(shown)}{more}"
+
+
 def replay_verdict(replay: dict) -> str:
     """What a replay's count of distinct results says about the op (shared with the HTML)."""
     if replay["distinct_results"] > 1:
@@ -178,6 +196,8 @@ def _first(report: Report, source: Source) -> Panel:
     code = _code_line(source.location)
     if code:
         table.add_row("", Text(code, style="dim"))
+    if source.library:
+        table.add_row("in library", source.library)
     if source.kind == "structure":
         table.add_row("what", Text(source.detail))
     else:
@@ -215,15 +235,10 @@ def _verdict_panel(report: Report) -> Panel:
             )
         elif r.get("error"):
             evidence.append(f"replay of {r['op']}: {r['error']}")
-    meaning = {
-        "fixes": "both runs bitwise identical",
-        "amplifier": "still differ, but the difference grows at another rate: an amplifier, "
-        "not the cause",
-        "no-effect": "still differ",
-        "fails": "the script fails",
-    }
     for c in report.confirmations:
-        text = f"with {c['intervention']}: {meaning.get(c['outcome'], c['outcome'])}"
+        text = f"with {c['intervention']}: {OUTCOMES.get(c['outcome'], c['outcome'])}"
+        if c.get("not_applied"):
+            text += f" ({c['not_applied']})"
         if c["outcome"] == "amplifier" and c.get("param_diff") is not None:
             text += (
                 f" (max parameter |A-B| {c['param_diff']:.3g} with it, "
@@ -236,6 +251,8 @@ def _verdict_panel(report: Report) -> Panel:
             text += f" (first at {c['first_divergence']})"
         if c.get("error"):
             text += f" ({c['error']})"
+        if c.get("overrides"):
+            text += f"; {held_against(c['overrides'])}"
         evidence.append(text)
     for i, line in enumerate(evidence or ["no replay or intervention applied"]):
         table.add_row("Evidence" if i == 0 else "", line)

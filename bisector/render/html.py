@@ -12,10 +12,12 @@ from bisector.digests import DigestReport
 # The console's wording and helpers, so that both outputs say the same thing.
 from bisector.render.console import (
     _KIND_TEXT,
+    OUTCOMES,
     _code_line,
     describe_check,
     describe_magnitude,
     equal_runs_text,
+    held_against,
     replay_verdict,
 )
 from bisector.render.html_blocks import (
@@ -39,15 +41,6 @@ from bisector.render.html_digest import digest_sections
 from bisector.render.html_tree import module_tree
 from bisector.render.svg import curve_plot
 from bisector.report import Report, RunInfo, Source
-
-# What each confirmation outcome means (as the console's Verdict panel says it).
-_OUTCOME = {
-    "fixes": "both runs bitwise identical",
-    "amplifier": "still differ, but the difference grows at another rate: an amplifier, "
-    "not the cause",
-    "no-effect": "still differ",
-    "fails": "the script fails",
-}
 
 
 def render_html(report: Report | DigestReport | CheckpointReport) -> str:
@@ -129,6 +122,8 @@ def _first_card(report: Report, source: Source) -> str:
         ("when", esc(f"{source.phase}, step {source.step}, rank {source.rank}")),
         ("line", line),
     ]
+    if source.library:
+        rows.append(("in library", code(source.library)))
     if source.kind == "structure":
         rows.append(("what", esc(source.detail)))
     else:
@@ -180,7 +175,7 @@ def _confirmations(confirmations: list[dict[str, Any]]) -> str:
     rows = []
     for c in confirmations:
         outcome = str(c["outcome"])
-        what = esc(_OUTCOME.get(outcome, outcome))
+        what = esc(OUTCOMES.get(outcome, outcome))
         if c.get("param_diff") is not None and c.get("baseline_param_diff") is not None:
             what += esc(
                 f" (max parameter |A−B| {num(c['param_diff'])} with it, "
@@ -188,6 +183,10 @@ def _confirmations(confirmations: list[dict[str, Any]]) -> str:
             )
         if c.get("first_divergence") and outcome != "fixes":
             what += f"; still first differs at {code(c['first_divergence'])}"
+        if c.get("not_applied"):
+            what += esc(f" ({c['not_applied']})")
+        if c.get("overrides"):
+            what += esc(f"; {held_against(c['overrides'])}")
         if c.get("error"):
             what += f'<br><span class="error">{esc(c["error"])}</span>'
         name = code(c["intervention"])

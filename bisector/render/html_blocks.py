@@ -215,6 +215,7 @@ table.compact th, table.compact td { padding-right: 32px; }
 .pill.fixes { background: var(--green-bg); color: var(--green); }
 .pill.amplifier { background: var(--amber-bg); color: var(--amber); }
 .pill.fails { background: var(--red-bg); color: var(--red); }
+.pill.did-not-apply { background: var(--red-bg); color: var(--red); }
 .muted, .caption { color: var(--muted); }
 .caption { font-size: 12.5px; margin: 6px 0 0; }
 .error { color: var(--red); }

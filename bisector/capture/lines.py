@@ -1,0 +1,167 @@
+"""Which line of code an op comes from: the user's own line first, the library frame beside it.
+
+A stack seen from an op has three kinds of frames: *internal* ones (torch, bisector, Python's
+standard library), which are never anybody's line; *library* frames (installed packages such as
+Lightning, transformers or PyG, and code generated at run time: PyG's ``propagate`` written to a
+temp file, ``<string>`` and ``<eval_with_key>`` code); and the *user's* frames: files under the
+user's folders (the script's folder, the working folder, and folders named with ``--user-path``
+or ``BISECTOR_USER_PATHS``), outside site-packages.
+
+The headline line of an event is the innermost user frame; beside it the innermost library
+frame when one lies in between (the library code that issued the op). With no user frame on the
+stack (a thread a library started), the innermost library file that was not generated takes
+the headline. Kinds are cached per code object, so a call costs one short walk up the stack.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Iterable
+from types import CodeType, FrameType
+
+import torch
+
+from bisector.trace import join_location
+
+# Folders the user names as their own code (os.pathsep-separated), besides the script's folder.
+USER_PATHS_ENV = "BISECTOR_USER_PATHS"
+
+_USER, _INTERNAL, _TRANSFER, _LIBRARY, _GENERATED = 0, 1, 2, 4, 8
+
+# Internal frames in which ops only move data in from another process (a DataLoader worker's
+# batch rebuilt from shared memory): they are not computation, and when they run depends on the
+# workers' timing, so they are not recorded. The tensors they make become leaves when used.
+_TRANSFER_FILES = (os.path.join("torch", "multiprocessing", "reductions.py"),)
+
+
+def _folder(path: str) -> str:
+    return os.path.join(os.path.realpath(path), "")
+
+
+def _prefixes(folders) -> tuple[str, ...]:
+    return tuple({_folder(f) for f in folders} | {os.path.join(f, "") for f in folders})
+
+
+def _internal_prefixes() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(torch's and bisector's folders, the standard library's): frames there are never
+    anybody's line. (In a virtual environment the standard library's folder can hold
+    site-packages: packages there are libraries, not internal.)"""
+    import bisector
+
+    ours = (os.path.dirname(torch.__file__), os.path.dirname(bisector.__file__))
+    paths = sysconfig.get_paths()
+    return _prefixes(ours), _prefixes((paths["stdlib"], paths["platstdlib"]))
+
+
+def user_folders(extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """The user's own folders: the script's (``sys.argv[0]``, else ``__main__``'s file), the
+    working folder, and those named in ``extra`` or in BISECTOR_USER_PATHS."""
+    named = [*extra, *filter(None, os.environ.get(USER_PATHS_ENV, "").split(os.pathsep))]
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else None
+    script = script or getattr(sys.modules.get("__main__"), "__file__", None)
+    folders = [os.path.dirname(os.path.abspath(script))] if script else []
+    folders += [os.getcwd(), *named]
+    return tuple(dict.fromkeys(_folder(f) for f in folders))
+
+
+class Locator:
+    """Finds an op's user frame and the library frame beside it (see the module docstring).
+
+    Args:
+        user_paths: more folders (or files) of the user's own code.
+    """
+
+    def __init__(self, user_paths: Iterable[str] = ()) -> None:
+        user_paths = tuple(user_paths)
+        self._ours, self._stdlib = _internal_prefixes()
+        self._user = user_folders(user_paths)
+        # Files the user named, and the script: theirs even where they lie directly in the temp
+        # folder, which is otherwise where libraries write generated code.
+        named = [*user_paths, *filter(None, os.environ.get(USER_PATHS_ENV, "").split(os.pathsep))]
+        if sys.argv and sys.argv[0].endswith(".py"):
+            named.append(sys.argv[0])
+        self._named = tuple(os.path.realpath(p) for p in named)
+        self._temp = os.path.realpath(tempfile.gettempdir())
+        installed = [sysconfig.get_paths()[k] for k in ("purelib", "platlib")] + _site_packages()
+        self._installed = tuple(_folder(p) for p in installed if p)
+        self._kinds: dict[CodeType, int] = {}
+
+    def _kind(self, code: CodeType) -> int:
+        kind = self._kinds.get(code)
+        if kind is None:
+            kind = self._kinds[code] = self._classify(code.co_filename)
+        return kind
+
+    def _classify(self, filename: str) -> int:
+        if filename.startswith("<frozen") or filename.startswith(self._ours):
+            return _INTERNAL | (_TRANSFER if filename.endswith(_TRANSFER_FILES) else 0)
+        if filename.startswith("<"):  # <string>, <eval_with_key>.N: made at run time
+            return _LIBRARY | _GENERATED
+        path = os.path.realpath(filename)
+        if any(path == named or path.startswith(named + os.sep) for named in self._named):
+            return _USER
+        if os.path.dirname(path) == self._temp:  # a generated file (PyG's propagate)
+            return _LIBRARY | _GENERATED
+        if path.startswith(self._installed) or _in_site_packages(path):
+            return _LIBRARY
+        if filename.startswith(self._stdlib):
+            return _INTERNAL
+        return _USER if path.startswith(self._user) else _LIBRARY
+
+    def locate(self, skip: int = 2) -> tuple[FrameType | None, FrameType | None, bool]:
+        """(the innermost user frame or None, the innermost library frame inside it or None,
+        whether the call only moves data in from another process), for the calling thread."""
+        frame: FrameType | None = sys._getframe(skip)
+        library: FrameType | None = None
+        transfer = False
+        while frame is not None:
+            kind = self._kind(frame.f_code)
+            if kind == _USER:
+                return frame, library, transfer
+            if kind & _LIBRARY:
+                library = library or frame
+            elif library is None:
+                transfer |= kind == _INTERNAL | _TRANSFER
+            frame = frame.f_back
+        return None, library, transfer
+
+    def describe(self, user: FrameType | None, library: FrameType | None) -> str:
+        """The location string of an event (see ``trace.join_location``)."""
+        if user is None and library is not None and not self._kind(library.f_code) & _GENERATED:
+            user, library = library, None  # no user frame: the library's line leads
+        return join_location(_line(user), _line(library))
+
+    def cache_key(self, user: FrameType | None, library: FrameType | None) -> tuple:
+        """A key equal for two calls exactly when ``describe`` is."""
+        return (
+            None if user is None else user.f_code,
+            0 if user is None else user.f_lineno,
+            None if library is None else library.f_code,
+            0 if library is None else library.f_lineno,
+        )
+
+
+def _line(frame: FrameType | None) -> str:
+    return "" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def _site_packages() -> list[str]:
+    import site
+
+    folders = list(getattr(site, "getsitepackages", lambda: [])())
+    user_site = getattr(site, "getusersitepackages", lambda: None)()
+    return folders + ([user_site] if isinstance(user_site, str) else [])
+
+
+def _in_site_packages(path: str) -> bool:
+    parts = path.split(os.sep)
+    return "site-packages" in parts or "dist-packages" in parts
+
+
+def in_custom_backward(frame: FrameType) -> bool:
+    """True if the frame is the ``backward`` of a user-defined autograd Function."""
+    code = frame.f_code
+    return code.co_name == "backward" and code.co_argcount >= 1 and code.co_varnames[0] == "ctx"
