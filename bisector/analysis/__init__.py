@@ -309,10 +309,10 @@ def difference_bounds(a: Trace, b: Trace, rows) -> np.ndarray:
     keep the larger.
     """
     ca, cb = a.columns, b.columns
-    by_max = np.abs(ca["out_absmax"][rows].astype(np.float64) - cb["out_absmax"][rows])
-    numel = np.maximum(ca["out_numel"][rows], 1).astype(np.float64)
-    by_sum = np.abs(ca["out_sum"][rows] - cb["out_sum"][rows]) / numel
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"):  # inf - inf (a logit mask's -inf): unknown, NaN
+        by_max = np.abs(ca["out_absmax"][rows].astype(np.float64) - cb["out_absmax"][rows])
+        numel = np.maximum(ca["out_numel"][rows], 1).astype(np.float64)
+        by_sum = np.abs(ca["out_sum"][rows] - cb["out_sum"][rows]) / numel
         return np.fmax(by_max, by_sum)
 
 
