@@ -94,6 +94,9 @@ ALL_COLUMNS = {**EVENT_COLUMNS, **INPUT_COLUMNS, **OUTPUT_COLUMNS}
 _MAX_CHUNK_BYTES = MAX_INFLATED - (1 << 16)
 
 FLAG_RANDOM = 1  # the call drew random numbers (a seeded random op, dropout not 0)
+FLAG_WIDE = 2  # more tensor inputs than MAX_ROWS: only the first MAX_ROWS are recorded
+# Tensor inputs and outputs recorded per event at most (their counts are 16-bit).
+MAX_ROWS = 65535
 
 OUT_HASHED = 1  # out_fp and stats are valid
 OUT_NODATA = 2  # uninitialised memory (empty*): carries no data, equal by definition

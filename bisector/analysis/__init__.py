@@ -25,7 +25,15 @@ from bisector.capture.cuda_graphs import REPLAY_OP
 from bisector.capture.ops import UNINITIALISED_OPS
 from bisector.errors import MismatchError
 from bisector.report import Report, RunInfo, Source
-from bisector.trace import FLAG_RANDOM, OUT_NODATA, PHASES, Trace, split_location
+from bisector.trace import (
+    FLAG_RANDOM,
+    FLAG_WIDE,
+    MAX_ROWS,
+    OUT_NODATA,
+    PHASES,
+    Trace,
+    split_location,
+)
 
 # Sources beyond this many are counted (``sources_total``) but not listed one by one.
 MAX_SOURCES = 1000
@@ -369,6 +377,12 @@ def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
             "differs; bisector sees the replay, not the kernels inside: run the captured code "
             "without the graph (eagerly) to look inside"
         )
+    elif kind == "kernel" and a.columns["flags"][event] & FLAG_WIDE:
+        kind = "unconfirmed"
+        detail = (
+            f"its outputs differ, but it reads more than {MAX_ROWS} distinct tensors and bisector "
+            f"records the first {MAX_ROWS}: a difference in the others is not seen"
+        )
     elif kind == "kernel" and namespace not in _BUILTIN_NAMESPACES:
         detail += (
             f"; it is a custom op ({namespace}: an extension or a torch.library op): bisector "
@@ -502,8 +516,9 @@ def _notes(a: Trace, b: Trace) -> list[str]:
     seed_b = b.footer.get("seeds_at_end", {}).get("torch_initial_seed")
     if seed_a is not None and seed_b is not None and seed_a != seed_b:
         notes.append(
-            "torch's seed differs between the runs (torch.manual_seed was not called, or was "
-            "called with a value that changes)"
+            "torch's seed differs at the end of the runs (torch.manual_seed was not called, was "
+            "called with a value that changes, or torch.seed() reseeded from the system after "
+            "it)"
         )
     for key in ("python_random", "numpy_random"):
         start_a = a.header.get("seeds_at_start", {}).get(key)

@@ -46,6 +46,8 @@ from bisector.capture.ops import OpInfo, canonical_args, complete_collective
 from bisector.capture.processes import BACKWARD, MODEL, OPS, OPTIMIZER, Processes
 from bisector.trace import (
     FLAG_RANDOM,
+    FLAG_WIDE,
+    MAX_ROWS,
     PHASES,
     TraceWriter,
 )
@@ -57,6 +59,17 @@ _MAX_NODES = 1 << 20
 # Live values listed in a footer at most (two numbers each); past it, the list is cut short
 # and the analysis takes every value as live (no difference is dismissed as scratch).
 _MAX_LIVE = 1 << 22
+
+
+def _wide(refs: list) -> tuple[list, int]:
+    """An op with more tensor inputs than an event holds (``torch.stack`` of a batch of 65536
+    samples): repeated inputs (views of one storage, the same value) are kept once; if that is
+    still too many, the first MAX_ROWS are kept and the event is flagged FLAG_WIDE (the analysis
+    never calls it a kernel: a difference in the others would not be seen)."""
+    refs = list(dict.fromkeys(refs))
+    if len(refs) <= MAX_ROWS:
+        return refs, 0
+    return refs[:MAX_ROWS], FLAG_WIDE
 
 
 class StopRun(BaseException):
@@ -580,10 +593,16 @@ class Recorder:
             no_data.append(info.no_data or i in unset)
 
         index = self._buffer.count
+        # Past MAX_ROWS fresh results (unbind-like ops make views, not these), the rest is
+        # not followed: where it is read, it is fingerprinted as a leaf.
+        del written[MAX_ROWS:]
         for slot, t in enumerate(written):
             self._buffer.add_output(t, no_data[slot], previous[slot], index)
             self._register(t, index, slot, bump=slot < n_written)
         flags = FLAG_RANDOM if info.draws_random(args, kwargs) else 0
+        if len(refs) > MAX_ROWS:  # (see _wide)
+            refs, wide = _wide(refs)
+            flags |= wide
         self._buffer.add_event(
             info.name, module_id, location_id, args_id, phase, self.step, refs, len(written), flags
         )
