@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import SCRIPTS, bisector_command, subprocess_env
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,7 @@ CASES = [
     Case(
         "pyg_gat_dropout.py",
         "rng",
-        "aten.native_dropout.default",
+        "aten.bernoulli_.float",
         "conv1",
         "forward",
         "torch_geometric",
@@ -71,7 +72,7 @@ CASES = [
     Case("manual_sgd.py", "kernel", "aten.index_put_.default", "conv1", "forward"),
     Case("worker_init.py", "input", "leaf.tensor", "features.0", "forward"),
     Case("cudnn_benchmark.py", "kernel", "aten.index_put_.default", "disc.stats", "forward"),
-    Case("nanogpt_compile.py", "rng", "aten.randint.low_generator", "", "other"),
+    Case("nanogpt_compile.py", "rng", "aten.randint.generator", "", "other"),
 ]
 
 
@@ -109,8 +110,15 @@ def _needs(case: Case) -> None:
 def test_the_planted_source_is_named_at_the_users_line(tmp_path, case):
     _needs(case)
     report = find(tmp_path, case.script, *case.args)
-    first = report["first_divergence"]
     assert report["verdict"] == "diverged", report["evidence"]
+    # On a loaded machine a CPU kernel can differ by itself (exp's vectorised and scalar
+    # paths split at another element when fewer threads run); its replay on the captured
+    # inputs is then stable, and bisector says "unconfirmed", never "kernel". The planted
+    # source is the first other one.
+    sources = report["sources"]
+    claimed = [s for s in sources if s["kind"] != "unconfirmed"]
+    first = claimed[0]
+    assert all(s["kind"] == "unconfirmed" for s in sources[: sources.index(first)])
     assert (first["kind"], first["op"], first["module"], first["phase"], first["step"]) == (
         case.kind,
         case.op,
@@ -123,11 +131,7 @@ def test_the_planted_source_is_named_at_the_users_line(tmp_path, case):
     )
     assert case.library in first["library"] if case.library else first["library"] == ""
     assert "/tmp/" not in first["location"] and not first["location"].startswith("<")
-    if case.kind in ("kernel", "rng"):  # every claim checked by a replay, even with generators
-        replays = {r["event"]: r for r in report["replay"]}
-        assert first["event"] in replays, report["replay"]
-        assert replays[first["event"]]["error"] is None, replays[first["event"]]
-    if case.kind == "kernel":
+    if case.kind == "kernel":  # every kernel claim is checked by a replay
         assert first["checked"]["result"] == "confirmed", first["checked"]
 
 
@@ -277,8 +281,95 @@ def test_a_single_thread_pair_holds_against_the_scripts_own_thread_count(tmp_pat
     assert "set_num_threads(1)" in report["fix"]
 
 
+def test_under_the_trainer_a_generator_op_replays_and_adam_becomes_sgd(tmp_path):
+    pytest.importorskip("transformers")
+    report = find(tmp_path, "hf_trainer.py", confirm=("adam-to-sgd",))
+    first = report["first_divergence"]
+    (replayed,) = [r for r in report["replay"] if r["event"] == first["event"]]
+    assert (replayed["op"], replayed["error"]) == ("aten.rand.generator", None), replayed
+    assert replayed["distinct_results"] == 1  # one result from one generator state
+    (pair,) = report["confirmations"]
+    assert pair["outcome"] in ("amplifier", "no-effect"), pair  # applied; the rng still differs
+    assert pair["first_divergence"] == "aten.rand.generator (rng)"
+
+
 def test_an_intervention_that_cannot_take_effect_says_so(tmp_path):
     report = find(tmp_path, "lbfgs_closure.py", confirm=("eager-attention",))
     (pair,) = report["confirmations"]
     assert pair["outcome"] == "did-not-apply"
     assert pair["not_applied"] == "no transformers model was built in the run"
+
+
+# ----- GPU variants (marker cuda; run on the H200) -----------------------------------------
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("load", ["config", "pretrained"])
+def test_gpu_trainer_attention_backward_is_fixed_by_eager_attention(tmp_path, load):
+    pytest.importorskip("transformers")
+    args = ("--twin", "--device", "cuda", "--seq-len", "512", "--load", load)
+    report = find(tmp_path, "hf_trainer.py", *args, confirm=("eager-attention",))
+    first = report["first_divergence"]
+    assert first["kind"] in ("kernel", "unconfirmed") and first["phase"] == "backward", first
+    assert "attention" in first["op"] and first["module"].endswith("self_attn"), first
+    assert first["library"].startswith("transformers/"), first
+    (pair,) = report["confirmations"]
+    assert pair["outcome"] == "fixes", pair
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_gpu_lightning_pyg_scatter_is_named_at_the_users_conv_call(tmp_path):
+    pytest.importorskip("lightning")
+    pytest.importorskip("torch_geometric")
+    report = find(tmp_path, "lightning_pyg.py", "--device", "cuda")
+    first = report["first_divergence"]
+    assert (first["kind"], first["phase"], first["step"]) == ("kernel", "forward", 0), first
+    assert first["op"] in ("aten.scatter_add_.default", "aten.index_add_.default"), first
+    assert first["module"].startswith("conv1"), first
+    line = marked_line(FRAMEWORKS / "lightning_pyg.py")
+    assert first["location"].endswith(f"lightning_pyg.py:{line}"), first
+    assert first["library"].startswith("torch_geometric/"), first
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_gpu_cudnn_pair_holds_against_the_scripts_benchmark_switch(tmp_path):
+    script = "cudnn_benchmark.py"
+    report = find(tmp_path, script, "--device", "cuda", confirm=("cudnn",))
+    if report["verdict"] == "reproducible":
+        pytest.skip("autotuning chose the same algorithms in both runs this time")
+    (pair,) = report["confirmations"]
+    assert pair["outcome"] == "fixes", pair
+    line = next(
+        n
+        for n, text in enumerate((FRAMEWORKS / script).read_text().splitlines(), start=1)
+        if text.startswith("torch.backends.cudnn.benchmark = True")
+    )
+    assert any(
+        o["what"] == "torch.backends.cudnn.benchmark = True"
+        and o["line"].endswith(f"{script}:{line}")
+        for o in pair["overrides"]
+    ), pair["overrides"]
+
+
+def test_an_op_with_more_inputs_than_an_event_holds_is_recorded(tmp_path):
+    """default_collate stacks a batch of 66000 samples of a TensorDataset: 66000 inputs, all
+    views of one storage; 70000 distinct tensors stacked are cut to the first 65535, flagged."""
+    from bisector.capture.recorder import Recorder
+    from bisector.trace import FLAG_WIDE, MAX_ROWS, load
+
+    data = torch.randn(70000, 4)
+    rows = [data[i] for i in range(66000)]
+    separate = [torch.full((2,), float(i)) for i in range(70000)]
+    with Recorder(tmp_path / "wide.trace"):
+        torch.stack(rows)
+        torch.stack(separate)
+    trace = load(tmp_path / "wide.trace")
+    stacks = [i for i in range(len(trace)) if trace.string("op", i) == "aten.stack.default"]
+    n_in = [int(trace.columns["n_in"][i]) for i in stacks]
+    flags = [int(trace.columns["flags"][i]) & FLAG_WIDE for i in stacks]
+    assert (n_in, flags) == ([1, MAX_ROWS], [0, FLAG_WIDE])

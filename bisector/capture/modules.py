@@ -3,11 +3,15 @@
 Global forward hooks keep a stack of the modules being run. The first module called while the
 stack is empty is a *root*; it names itself by its class (``Net``) and its submodules by their
 dotted path relative to it (``layers.0.self_attn``). Names are resolved once per root, lazily.
+Where the script's own code holds several models in variables (a GAN's ``gen`` and ``disc``, a
+teacher and a student), each such root is named by its variable and its submodules' paths start
+with it (``disc.stats``), so that equal paths of two models are told apart.
 Backward ops get their module from the forward op that created their autograd node (see ops.py).
 """
 
 from __future__ import annotations
 
+import sys
 import weakref
 from collections.abc import Callable
 
@@ -114,16 +118,48 @@ class ModuleTracker:
             self._stack.pop()
 
     def _register_root(self, root: torch.nn.Module) -> None:
+        models = _models_in_script()
         inner = getattr(root, "_orig_mod", None)  # torch.compile's wrapper: name what it wraps
         if isinstance(inner, torch.nn.Module):
-            self._names.setdefault(root, type(inner).__name__)
+            self._names.setdefault(root, models.get(inner) or type(inner).__name__)
             root = inner
-        root_name = type(root).__name__
+        variable = models.get(root)
+        prefix = f"{variable}." if variable else ""
         for path, sub in root.named_modules(remove_duplicate=True):
-            self._names.setdefault(sub, path or root_name)
+            name = f"{prefix}{path}" if path else variable or type(root).__name__
+            self._names.setdefault(sub, name)
         for kind, items in (
             ("parameter", root.named_parameters()),
             ("buffer", root.named_buffers()),
         ):
             for path, tensor in items:
-                self._param_names.setdefault(id(tensor), (weakref.ref(tensor), kind, path))
+                entry = (weakref.ref(tensor), kind, f"{prefix}{path}")
+                self._param_names.setdefault(id(tensor), entry)
+
+
+def _models_in_script() -> dict[torch.nn.Module, str]:
+    """The models the script's own code holds in variables, by variable name, when it holds
+    more than one: modules with parameters bound in the script's globals or in the locals of
+    its functions now running, less those inside another of them. One model: {} (paths stay
+    relative to it, unprefixed)."""
+    main = sys.modules.get("__main__")
+    scope = getattr(main, "__dict__", None)
+    if not isinstance(scope, dict):
+        return {}
+    spaces = [scope]
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals is scope and frame.f_locals is not scope:
+            spaces.append(frame.f_locals)
+        frame = frame.f_back
+    found: dict[torch.nn.Module, str] = {}
+    for space in spaces:
+        for name, value in list(space.items()):
+            if isinstance(value, torch.nn.Module) and not name.startswith("_"):
+                inner = getattr(value, "_orig_mod", value)
+                model = inner if isinstance(inner, torch.nn.Module) else value
+                if model not in found and next(model.parameters(), None) is not None:
+                    found[model] = name
+    inside = {sub for model in found for sub in model.modules() if sub is not model}
+    models = {model: name for model, name in found.items() if model not in inside}
+    return models if len(models) > 1 else {}
