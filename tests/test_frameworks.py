@@ -73,6 +73,7 @@ CASES = [
     Case("worker_init.py", "input", "leaf.tensor", "features.0", "forward"),
     Case("cudnn_benchmark.py", "kernel", "aten.index_put_.default", "disc.stats", "forward"),
     Case("nanogpt_compile.py", "rng", "aten.randint.generator", "", "other"),
+    Case("transformer_fastpath.py", "kernel", "aten.index_put_.default", "head", "forward"),
 ]
 
 
@@ -82,6 +83,17 @@ def marked_line(script: Path) -> int:
         if line.rstrip().endswith("# SOURCE"):
             return number
     raise AssertionError(f"no line ends with # SOURCE in {script}")
+
+
+def held_against(pair: dict, script: str, statement: str) -> bool:
+    """True if the pair noted the script's own ``statement`` (the line of the script that
+    starts with it) as an attempt to undo the intervention, which held."""
+    lines = (FRAMEWORKS / script).read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, start=1) if text.startswith(statement))
+    return any(
+        o["what"].startswith(statement) and o["line"].endswith(f"{script}:{line}")
+        for o in pair["overrides"]
+    )
 
 
 def find(tmp_path: Path, script: str, *args: str, confirm: tuple[str, ...] = ()) -> dict:
@@ -146,8 +158,6 @@ def test_the_twin_is_reproducible(tmp_path, case):
 
 
 def test_adam_to_sgd_turns_every_adam_family_optimizer_into_sgd():
-    import torch
-
     from bisector.confirm.interventions import apply_interventions, child_notes
 
     original = torch.optim.Adam.__init__
@@ -181,8 +191,6 @@ def test_adam_to_sgd_turns_every_adam_family_optimizer_into_sgd():
 
 
 def test_switches_hold_against_the_script_and_the_line_that_tried_is_noted():
-    import torch
-
     from bisector.confirm.interventions import apply_interventions, child_notes
 
     before = (torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
@@ -218,7 +226,6 @@ def test_switches_hold_against_the_script_and_the_line_that_tried_is_noted():
 @pytest.mark.parametrize("load", ["config", "from_config", "pretrained"])
 def test_eager_attention_reaches_models_however_built(tmp_path, load):
     transformers = pytest.importorskip("transformers")
-    import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from bisector.confirm.interventions import apply_interventions
@@ -269,15 +276,7 @@ def test_a_single_thread_pair_holds_against_the_scripts_own_thread_count(tmp_pat
     report = find(tmp_path, script, confirm=("single-thread",))
     (pair,) = report["confirmations"]
     assert pair["outcome"] == "fixes", pair
-    line = next(
-        n
-        for n, text in enumerate((FRAMEWORKS / script).read_text().splitlines(), start=1)
-        if text.startswith("torch.set_num_threads(")
-    )
-    assert any(
-        o["what"].startswith("torch.set_num_threads(") and o["line"].endswith(f"{script}:{line}")
-        for o in pair["overrides"]
-    ), pair["overrides"]
+    assert held_against(pair, script, "torch.set_num_threads(")
     assert "set_num_threads(1)" in report["fix"]
 
 
@@ -310,7 +309,7 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 @pytest.mark.parametrize("load", ["config", "pretrained"])
 def test_gpu_trainer_attention_backward_is_fixed_by_eager_attention(tmp_path, load):
     pytest.importorskip("transformers")
-    args = ("--twin", "--device", "cuda", "--seq-len", "512", "--load", load)
+    args = ("--twin", "--device", "cuda", "--seq-len", "1024", "--load", load)
     report = find(tmp_path, "hf_trainer.py", *args, confirm=("eager-attention",))
     first = report["first_divergence"]
     assert first["kind"] in ("kernel", "unconfirmed") and first["phase"] == "backward", first
@@ -344,16 +343,7 @@ def test_gpu_cudnn_pair_holds_against_the_scripts_benchmark_switch(tmp_path):
         pytest.skip("autotuning chose the same algorithms in both runs this time")
     (pair,) = report["confirmations"]
     assert pair["outcome"] == "fixes", pair
-    line = next(
-        n
-        for n, text in enumerate((FRAMEWORKS / script).read_text().splitlines(), start=1)
-        if text.startswith("torch.backends.cudnn.benchmark = True")
-    )
-    assert any(
-        o["what"] == "torch.backends.cudnn.benchmark = True"
-        and o["line"].endswith(f"{script}:{line}")
-        for o in pair["overrides"]
-    ), pair["overrides"]
+    assert held_against(pair, script, "torch.backends.cudnn.benchmark = True")
 
 
 def test_an_op_with_more_inputs_than_an_event_holds_is_recorded(tmp_path):
