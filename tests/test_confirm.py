@@ -215,3 +215,28 @@ def test_set_order_structure_is_fixed_by_seeding_the_hash(tmp_path):
     assert result.returncode == 1, "set order never differed in 4 pairs"
     assert report["first_divergence"]["kind"] == "structure"
     assert _by_name(report)["seed-everything"]["outcome"] == "fixes"
+
+
+def test_a_replay_that_cannot_run_says_why(tmp_path):
+    """Inputs that could not be saved, and a capture run that failed before the op: each is a
+    replay entry with the reason, never a silent gap."""
+    from bisector.confirm import ConfirmOptions, _replays
+    from bisector.confirm.replay import replay
+    from bisector.report import Source
+    from bisector.runner import RunOptions
+
+    unsaved = tmp_path / "event-7.pt"
+    unsaved.with_suffix(".error").write_text("TypeError: cannot save an argument of type Foo")
+    result = replay(unsaved, 7)
+    assert result.distinct_results is None
+    assert result.error == (
+        "its inputs could not be saved (TypeError: cannot save an argument of type Foo)"
+    )
+
+    late = Source("kernel", "aten.addmm.default", "fc1", "forward", 0, 0, "raises.py:18", None)
+    late.event = 10_000  # never reached: the script raises in its second step
+    options = ConfirmOptions(run=RunOptions(steps=None))
+    (result,) = _replays(SCRIPTS / "raises.py", (), [late], ("kernel",), tmp_path, 2, options)
+    assert result.op == "aten.addmm.default" and result.distinct_results is None
+    assert result.error.startswith("its inputs were not captured: the capture run failed: ")
+    assert "loss exploded at step 1" in result.error

@@ -268,19 +268,28 @@ class EagerAttention(Intervention):
                 return original(self, "eager", *args, **kwargs)
 
             return _patch(owner, "_check_and_adjust_attn_implementation", eager)
+        # The layers read config._attn_implementation when they are built; a config that went
+        # through a model already is marked autoset and not asked again: set it on the way in.
         descriptor = owner.__dict__["_autoset_attn_implementation"]
         function = descriptor.__func__
+        init = owner.__init__
 
         @functools.wraps(function)
         def autoset(cls, config, *args, **kwargs):
-            _count("eager-attention", "models")
             config._attn_implementation_internal = "eager"
             config = function(cls, config, *args, **kwargs)
             config._attn_implementation_internal = "eager"
             return config
 
+        @functools.wraps(init)
+        def eager_init(self, config, *args, **kwargs):
+            _count("eager-attention", "models")
+            config._attn_implementation_internal = "eager"
+            init(self, config, *args, **kwargs)
+
         owner._autoset_attn_implementation = classmethod(autoset)
-        return lambda: setattr(owner, "_autoset_attn_implementation", descriptor)
+        undo = _patch(owner, "__init__", eager_init)
+        return _chain([lambda: setattr(owner, "_autoset_attn_implementation", descriptor), undo])
 
     def check(self, run: RunFacts) -> str | None:
         if not run.notes.get("eager-attention", {}).get("models"):
