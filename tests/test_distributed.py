@@ -90,3 +90,34 @@ def test_record_per_rank_then_diff_one_rank(tmp_path):
         assert "Rank 1:" in result.stdout
     result = run_cli("diff", str(tmp_path / "a.rank1.trace"), str(tmp_path / "b.rank1.trace"))
     assert result.returncode == 1 and "index_put_" in result.stdout
+
+
+FSDP2 = "fsdp2_rank1_atomic.py"
+
+
+@pytest.mark.parametrize("reshard", ["yes", "no"])
+def test_fsdp2_records_without_crashing_and_finds_the_source_on_its_rank(tmp_path, reshard):
+    """FSDP2 frees unsharded parameters (storage resized to 0) and keeps DTensor shards:
+    recording once crashed both ranks with SIGSEGV. The shards are fingerprinted as each rank
+    holds them, and the source is found on rank 1; the reduce-scatter carries it to rank 0."""
+    args = ("--", "--reshard-after-forward", reshard)
+    result, report = find_json(tmp_path, FSDP2, *LAUNCH, *args)
+    assert result.returncode == 1, result.stdout[-3000:]
+    first = report["first_divergence"]
+    assert (first["rank"], first["kind"], first["op"], first["module"], first["phase"]) == (
+        1,
+        "kernel",
+        "aten.index_put_.default",
+        "pool",
+        "forward",
+    )
+    assert first["location"].endswith(f"{FSDP2}:{source_line(SCRIPTS / FSDP2)}")
+    spreader = report["spreaders"][0]
+    assert spreader["op"] == "c10d._reduce_scatter_base_.default", spreader
+    assert spreader["from_ranks"] == [1] and spreader["ranks"] == [0]
+
+
+def test_fsdp2_twin_is_reproducible(tmp_path):
+    result, report = find_json(tmp_path, FSDP2, *LAUNCH, "--", "--deterministic")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert report["verdict"] == "reproducible" and report["compared_events"] > 600

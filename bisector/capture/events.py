@@ -11,7 +11,7 @@ from array import array
 import numpy as np
 import torch
 
-from bisector.capture.fingerprint import Collector, hashable
+from bisector.capture.fingerprint import Collector, hashable, plain_values
 from bisector.trace import OUT_HASHED, OUT_NODATA, OUT_PARTIAL, OUT_UNHASHABLE, TraceWriter
 
 _EVENT_COLUMNS = ("op", "module", "location", "args", "phase", "step", "n_in", "n_out", "flags")
@@ -78,6 +78,7 @@ class EventBuffer:
             previous: for a partial in-place write, (event, slot) of the value it overwrote.
         """
         c = self.columns
+        t = plain_values(t)
         if no_data:
             kind = OUT_NODATA
             self.collector.add_blank()

@@ -107,17 +107,36 @@ class _Weights:
 _WEIGHTS = _Weights()
 
 
+def plain_values(tensor: torch.Tensor) -> torch.Tensor:
+    """The plain tensor whose bits stand for ``tensor``: itself, or, for a wrapper subclass that
+    holds one plain tensor (a DTensor: the shard or replica this rank holds), that tensor."""
+    kind = type(tensor)
+    if kind is torch.Tensor or kind is torch.nn.Parameter:
+        return tensor
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    try:
+        names, _ = flatten() if flatten is not None else ((), None)
+    except Exception:  # a subclass of its own kind: compared as unhashable
+        return tensor
+    inner = [v for v in (getattr(tensor, n, None) for n in names) if isinstance(v, torch.Tensor)]
+    if len(inner) == 1 and type(inner[0]) in (torch.Tensor, torch.nn.Parameter):
+        return inner[0]
+    return tensor
+
+
 def hashable(tensor: torch.Tensor) -> bool:
     """True if the tensor has plain bits we can read.
 
-    Sparse, quantized, nested and meta tensors, tensor subclasses, and dtypes of no whole byte
-    size have not.
+    Sparse, quantized, nested and meta tensors, tensor subclasses (DTensor), tensors whose
+    storage was resized to nothing, and dtypes of no whole byte size have not.
     """
     kind = type(tensor)
     if kind is not torch.Tensor and kind is not torch.nn.Parameter:
         return False
     if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_meta:
         return False
+    if tensor.numel() and not tensor.untyped_storage().nbytes():
+        return False  # its storage was freed (FSDP resizes unsharded parameters to 0): no bits
     return tensor.element_size() in _WORD_DTYPE or tensor.is_complex()
 
 

@@ -40,6 +40,7 @@ from bisector.capture.compiled import CompileBoundary
 from bisector.capture.cuda_graphs import CudaGraphs
 from bisector.capture.escapes import Escapes
 from bisector.capture.events import EventBuffer
+from bisector.capture.fingerprint import hashable
 from bisector.capture.lines import Locator, in_custom_backward
 from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import OpInfo, canonical_args, complete_collective
@@ -858,7 +859,7 @@ class Recorder:
             kind = "parameter" if isinstance(t, torch.nn.Parameter) else "tensor"
             name = canonical_args([t])
         whole = t
-        if not _covers_storage(t):
+        if hashable(t) and not _covers_storage(t):
             # Another view may read other parts of this storage later: fingerprint all of it.
             whole = torch.empty(0, dtype=torch.uint8, device=t.device).set_(storage)
         index = self._buffer.count
