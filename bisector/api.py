@@ -158,6 +158,8 @@ def _check_observer(
 def _find_ranks(script, args, run: RunOptions, options: FindOptions, workdir: Path) -> Report:
     """Both runs through torchrun, compared rank by rank (see analysis/ranks.py)."""
     from bisector.analysis.ranks import compare_ranks
+    from bisector.analysis.replicas import describe as describe_drift
+    from bisector.analysis.replicas import drift
 
     ranks_a = run_ranks(script, args, workdir / "a.trace", run, name="A")
     ranks_b = run_ranks(script, args, workdir / "b.trace", run, name="B")
@@ -172,6 +174,9 @@ def _find_ranks(script, args, run: RunOptions, options: FindOptions, workdir: Pa
         pairs.append((rank, trace, traces_b[rank][1]))
         runs += [info, traces_b[rank][0]]
     report = compare_ranks(pairs, runs)
+    report.replicas = drift({rank: Path(f"{trace.path}.replicas") for rank, _, trace in ranks_a})
+    if report.replicas is not None:
+        report.notes.insert(0, describe_drift(report.replicas))
     if options.ladder:
         report.notes.append("--ladder is not applied to torchrun jobs yet: every op was recorded")
     if options.check_observer:

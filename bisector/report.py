@@ -135,6 +135,11 @@ class Report:
         observer: with ``--check-observer``: whether a plain run's training state equals the
             recorded run's (``checked``, ``equal``, ``steps``, ``tensors``, ``differing``,
             ``max_abs_diff``, ``verdict``); None when not asked.
+        replicas: in a job of several ranks, the first value that the ranks held differently
+            within run A although every rank should hold it alike (DDP parameters, replicated
+            DTensors, buffers): ``{"step", "kind", "name", "groups", "values"}`` (``groups``:
+            the ranks grouped by the value they held, the largest group first); None when
+            they agreed or the job had one rank.
     """
 
     reproducible: bool
@@ -161,6 +166,7 @@ class Report:
     verdict: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
     dead: list[Source] = field(default_factory=list)
+    replicas: dict[str, Any] | None = None
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:

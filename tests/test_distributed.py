@@ -41,6 +41,7 @@ def test_deterministic_ddp_twin_is_reproducible(tmp_path):
     result, report = find_json(tmp_path, SCRIPT, *LAUNCH, "--", "--deterministic")
     assert result.returncode == 0, result.stdout
     assert report["reproducible"] and report["compared_events"] > 400
+    assert report["replicas"] is None  # every step, every rank held the same weights
 
 
 def test_a_rank_that_raises_is_named_and_the_other_traces_kept(tmp_path):
@@ -121,3 +122,48 @@ def test_fsdp2_twin_is_reproducible(tmp_path):
     result, report = find_json(tmp_path, FSDP2, *LAUNCH, "--", "--deterministic")
     assert result.returncode == 0, result.stdout[-3000:]
     assert report["verdict"] == "reproducible" and report["compared_events"] > 600
+
+
+def test_a_replica_that_drifts_on_one_rank_is_found_from_one_run(tmp_path):
+    """Rank 1's optimizer has another learning rate: both runs are bitwise alike (reproducible),
+    but within each run rank 1's weights are not rank 0's after step 0."""
+    args = ("--", "--deterministic", "--drift-on-rank", "1")
+    result, report = find_json(tmp_path, SCRIPT, *LAUNCH, *args)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert report["verdict"] == "reproducible"
+    drift = report["replicas"]
+    assert (drift["step"], drift["kind"], drift["groups"]) == (0, "parameter", [[0], [1]])
+    assert drift["name"].startswith("module.") and drift["values"] == 4, drift
+    assert "replicas differ across ranks" in result.stdout
+
+
+def test_drift_reads_each_ranks_replicas(tmp_path):
+    """A parameter that drifts comes before buffers that do, a line cut short is ignored."""
+    import json
+
+    from bisector.analysis.replicas import describe, drift
+
+    def write(rank: int, steps: list[dict]) -> None:
+        lines = [json.dumps({"step": s, "rank": rank, "values": v}) for s, v in enumerate(steps)]
+        (tmp_path / f"r{rank}").write_text("\n".join(lines) + '\n{"step": 2, "ra')
+
+    same = {"w": ["parameter", "01"], "bn.running_mean": ["buffer", "0a"]}
+    write(0, [same, same])
+    write(1, [{**same, "bn.running_mean": ["buffer", "0b"]}, {**same, "w": ["parameter", "02"]}])
+    write(2, [same, same])
+    paths = {rank: tmp_path / f"r{rank}" for rank in range(3)}
+    found = drift(paths)
+    assert found == {
+        "step": 1,
+        "kind": "parameter",
+        "name": "w",
+        "groups": [[0, 2], [1]],
+        "values": 1,
+    }
+    assert drift({0: paths[0], 2: paths[2]}) is None
+    (tmp_path / "r3").write_text(
+        json.dumps({"step": 0, "rank": 3, "values": {**same, "bn.running_mean": ["buffer", "0c"]}})
+    )
+    buffers = drift({0: paths[0], 3: tmp_path / "r3"})
+    assert (buffers["kind"], buffers["groups"]) == ("buffer", [[0], [3]])
+    assert describe(buffers).startswith("buffers differ across ranks")

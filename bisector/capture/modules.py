@@ -96,6 +96,15 @@ class ModuleTracker:
             return None
         return entry[1], entry[2]
 
+    def named_values(self) -> list[tuple[str, str, torch.Tensor]]:
+        """(kind, name, tensor) of every live parameter and buffer of the roots seen."""
+        found = []
+        for ref, kind, name in self._param_names.values():
+            tensor = ref()
+            if tensor is not None:
+                found.append((kind, name, tensor))
+        return found
+
     def owner_of(self, name: str) -> str:
         """Module path that owns a qualified parameter name ("fc.weight" -> "fc")."""
         return name.rpartition(".")[0]

@@ -45,6 +45,7 @@ from bisector.capture.lines import Locator, in_custom_backward
 from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import OpInfo, canonical_args, complete_collective
 from bisector.capture.processes import BACKWARD, MODEL, OPS, OPTIMIZER, Processes
+from bisector.capture.replicas import job_rank, write_step
 from bisector.trace import (
     FLAG_RANDOM,
     FLAG_WIDE,
@@ -237,6 +238,7 @@ class Recorder:
         self.model_calls = 0  # calls of top-level modules that own parameters
         self.parameter_writes = 0  # in-place writes into those parameters while recording
         self._processes = Processes(f"{self.path}.processes", self.pid)
+        self._replicas_path = Path(f"{self.path}.replicas")
         self._kept: list[tuple[int, int]] = []  # values taken out of torch (saved, tolist)
         self._escapes = Escapes(self._keep_value)
         self._optimizer_present: bool | None = None
@@ -259,6 +261,7 @@ class Recorder:
         self._buffer.writer = self._writer
         self._started = time.perf_counter()
         self._processes.path.unlink(missing_ok=True)  # notes of an earlier run of this path
+        self._replicas_path.unlink(missing_ok=True)
         self._processes.install()
         self._escapes.install()
         self._modules.install()
@@ -458,6 +461,8 @@ class Recorder:
         self._optimizer_steps += 1
         if self.options.snapshot_dir and self.recording:
             self._snapshot()
+        if self.recording:
+            self._note_replicas()
         self._stepped.clear()
         self._compiled_depth = 0  # a failed compiled backward must not hide ops for ever
         self.step += 1
@@ -467,6 +472,15 @@ class Recorder:
             self._progress.update(self._buffer.count, self.step)
         self._maybe_start()
         self._check_stop()
+
+    def _note_replicas(self) -> None:
+        """In a job of several ranks, fingerprint what every rank should hold alike (see
+        capture/replicas.py): one host wait per step."""
+        rank = job_rank()
+        if rank is None:
+            return
+        with _outside_mode():
+            write_step(self._replicas_path, self.step, rank, self._modules.named_values())
 
     def _snapshot(self) -> None:
         """Save the training state after this step (one host copy per step, not per op)."""

@@ -5,6 +5,8 @@ rank 1's difference to rank 0. Run with torchrun --nproc-per-node 2.
 --deterministic: every rank pools with a one-hot matmul (the deterministic twin).
 --raise-on-rank N: that rank raises at step 1.
 --hang-on-rank N: that rank sleeps at step 1 while the others wait in the all-reduce.
+--drift-on-rank N: that rank's optimizer gets twice the learning rate (a rank-dependent
+setting): its replica of the weights drifts from the others' at step 0, in every run alike.
 """
 
 import argparse
@@ -22,6 +24,7 @@ parser.add_argument("--steps", type=int, default=3)
 parser.add_argument("--deterministic", action="store_true")
 parser.add_argument("--raise-on-rank", type=int, default=None)
 parser.add_argument("--hang-on-rank", type=int, default=None)
+parser.add_argument("--drift-on-rank", type=int, default=None)
 args = parser.parse_args()
 
 dist.init_process_group("gloo")
@@ -42,7 +45,8 @@ class SegmentSum(nn.Module):
 
 
 model = DistributedDataParallel(SegmentNet(SegmentSum()))
-optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+lr = 2e-3 if rank == args.drift_on_rank else 1e-3
+optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 data = torch.Generator().manual_seed(1 + rank)  # each rank its own shard
 x = torch.randn(60000, 16, generator=data)
 segments = torch.randint(0, SEGMENTS, (60000,), generator=data)
