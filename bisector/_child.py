@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--capture", default="", help="event indices whose inputs to save")
     parser.add_argument("--capture-dir", default=None)
+    parser.add_argument("--capture-rank", type=int, default=None, help="only this rank saves")
     parser.add_argument("--snapshot-dir", default=None)
     parser.add_argument("--intervene", default="", help="interventions to apply, comma-separated")
     parser.add_argument("script")
@@ -87,6 +88,8 @@ def main() -> None:
             recorder = _DigestRun(options.digests, options.steps, options.digests + ".progress")
         else:
             capture = frozenset(int(i) for i in options.capture.split(",") if i)
+            if options.capture_rank is not None and options.capture_rank != int(rank):
+                capture = frozenset()  # event numbers are another rank's
             record_options = RecordOptions(
                 steps=options.steps,
                 exit_on_stop=True,
@@ -96,6 +99,7 @@ def main() -> None:
                 snapshot_dir=options.snapshot_dir,
                 start_step=options.start_step,
                 progress_file=options.trace + ".progress",
+                stop_when_captured=launched is None,
             )
             recorder = Recorder(options.trace, record_options)
         undo = apply_interventions([n for n in options.intervene.split(",") if n])

@@ -181,14 +181,14 @@ def _find_ranks(script, args, run: RunOptions, options: FindOptions, workdir: Pa
         report.notes.append("--ladder is not applied to torchrun jobs yet: every op was recorded")
     if options.check_observer:
         report.notes.append("--check-observer is not applied to torchrun jobs yet")
-    for source in report.sources:  # said, so that no kernel claim looks checked when it is not
-        if source.kind == "kernel":
-            why = "replays of torchrun jobs are not made yet (the op is named from the traces only)"
-            source.checked = {"how": "replay", "result": "not checked", "why": why}
+    # Kernel claims are replayed on the source's rank (a capture job in which that rank saves
+    # the op's inputs; the op is replayed in one process).
+    checking = replace(run, echo=False, snapshots=False)
+    report = check_kernel_claims(script, args, report, workdir, checking)
     if options.confirm is not None and not report.reproducible:
         report.notes.append(
-            "the cause is not confirmed for torchrun jobs yet (replay, interventions): "
-            "try a suspect by hand, e.g. torch.use_deterministic_algorithms(True)"
+            "pairs of runs with interventions are not made for torchrun jobs yet: try a suspect "
+            "by hand, e.g. torch.use_deterministic_algorithms(True)"
         )
     return report
 

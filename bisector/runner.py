@@ -84,6 +84,7 @@ class RunOptions:
         timeout: seconds before a run is stopped (None: no limit).
         echo: let the script's output through to our stdout/stderr as well as the log.
         capture: event indices whose op inputs the run saves (for a replay), in ``capture_dir``.
+        capture_rank: in a torchrun job, the rank whose events ``capture`` numbers.
         interventions: names of interventions applied in the child (see confirm/).
         snapshots: save the training state after each step next to the trace (``.steps/``).
         start_step: record ops only from this optimizer step on (earlier steps run unrecorded).
@@ -101,6 +102,7 @@ class RunOptions:
     echo: bool = False
     capture: tuple[int, ...] = ()
     capture_dir: str | None = None
+    capture_rank: int | None = None
     interventions: tuple[str, ...] = ()
     snapshots: bool = False
     start_step: int = 0
@@ -159,10 +161,7 @@ def run_recorded(
         ScriptError: the script raised, exited non-zero, or recorded no op.
         Interrupted: Ctrl-C; the trace written so far is kept.
     """
-    extra = ["--trace", str(trace)]
-    if options.capture and options.capture_dir:
-        extra += ["--capture", ",".join(map(str, options.capture))]
-        extra += ["--capture-dir", options.capture_dir]
+    extra = ["--trace", str(trace), *_capture_flags(options)]
     if options.snapshots:
         extra += ["--snapshot-dir", str(trace.with_suffix(".steps"))]
     if options.start_step:
@@ -247,7 +246,7 @@ def run_ranks(
     template = trace.with_name(f"{trace.stem}.rank{{rank}}{trace.suffix}")
     for stale in trace.parent.glob(f"{trace.stem}.rank*"):
         stale.unlink()
-    extra = ["--trace", str(template)]
+    extra = ["--trace", str(template), *_capture_flags(options)]
     if options.start_step:
         extra += ["--start-step", str(options.start_step)]
     path, output, code, seconds = _run_child(script, args, template, extra, options, name)
@@ -264,6 +263,15 @@ def run_ranks(
             f"{path.name} ran without calling any torch operator on any rank", output=output
         )
     return results
+
+
+def _capture_flags(options: RunOptions) -> list[str]:
+    if not (options.capture and options.capture_dir):
+        return []
+    flags = ["--capture", ",".join(map(str, options.capture)), "--capture-dir", options.capture_dir]
+    if options.capture_rank is not None:
+        flags += ["--capture-rank", str(options.capture_rank)]
+    return flags
 
 
 def run_plain(script: str | os.PathLike, args: tuple[str, ...], path: Path, options: RunOptions):

@@ -26,7 +26,10 @@ def test_source_on_rank_1_is_found_and_the_allreduce_named_as_spreader(tmp_path)
         0,
     )
     assert first["location"].endswith(f"{SCRIPT}:{source_line(SCRIPTS / SCRIPT)}")
-    assert first["checked"]["result"] == "not checked"  # said, not implied
+    # replayed on rank 1: a capture job in which rank 1 saves the op's inputs
+    assert first["checked"]["result"] == "confirmed", first["checked"]
+    (replayed,) = [r for r in report["replay"] if r["rank"] == 1 and r["event"] == first["event"]]
+    assert replayed["distinct_results"] > 1
     # rank 0 computed nothing nondeterministic: what differs there came through the all-reduce
     assert all(s["rank"] == 1 for s in report["sources"]), report["sources"]
     spreader = report["spreaders"][0]
@@ -113,6 +116,7 @@ def test_fsdp2_records_without_crashing_and_finds_the_source_on_its_rank(tmp_pat
         "forward",
     )
     assert first["location"].endswith(f"{FSDP2}:{source_line(SCRIPTS / FSDP2)}")
+    assert first["checked"]["result"] == "confirmed", first["checked"]
     spreader = report["spreaders"][0]
     assert spreader["op"] == "c10d._reduce_scatter_base_.default", spreader
     assert spreader["from_ranks"] == [1] and spreader["ranks"] == [0]

@@ -152,6 +152,8 @@ class RecordOptions:
             watchdog of a torchrun job.
         user_paths: folders or files of the user's own code, besides the script's folder and
             the working folder: an event's line is the innermost line there (capture/lines.py).
+        stop_when_captured: with ``exit_on_stop``, end the run once every input asked for is
+            saved (not in a job of several ranks: the others would wait for this one).
     """
 
     steps: int | None = None
@@ -164,6 +166,7 @@ class RecordOptions:
     start_step: int = 0
     progress_file: str | None = None
     user_paths: tuple[str, ...] = ()
+    stop_when_captured: bool = True
 
 
 class _OpMode(TorchDispatchMode):
@@ -623,7 +626,12 @@ class Recorder:
         )
         if self._progress is not None:
             self._progress.update(self._buffer.count, self.step)
-        if captured and self._captured >= self.options.capture and self.options.exit_on_stop:
+        if (
+            captured
+            and self._captured >= self.options.capture
+            and self.options.exit_on_stop
+            and self.options.stop_when_captured
+        ):
             self.stop()  # everything asked for is saved: no need to run further
             raise StopRun("captured the inputs asked for")
         return out

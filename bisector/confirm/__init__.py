@@ -22,7 +22,7 @@ from bisector.confirm.interventions import Intervention, RunFacts, Situation, ch
 from bisector.confirm.replay import Replay, replay
 from bisector.errors import InternalError, ScriptError
 from bisector.report import Report, Source
-from bisector.runner import RunOptions, run_recorded
+from bisector.runner import RunOptions, run_ranks, run_recorded
 from bisector.trace import PHASES, Trace
 
 # Fixes in order of preference: the smallest, most targeted change first.
@@ -118,7 +118,8 @@ def _replays(
     options: ConfirmOptions,
 ):
     """A capture run saving the inputs of the first sources of these kinds, then their
-    replays."""
+    replays (in a torchrun job: one capture job per rank that has such sources; that rank
+    saves, and the op is replayed in one process)."""
     wanted = [
         s
         for s in sources
@@ -126,33 +127,46 @@ def _replays(
         and s.step < steps  # the capture run stops after these steps
         and not s.op.startswith(COMPILED_PREFIX)  # not one op
     ][:_MAX_REPLAYS]
-    if not wanted:
-        return []
-    folder = workdir / "replay"
-    capture = tuple(sorted(s.event for s in wanted))
+    results = []
+    for rank in sorted({s.rank for s in wanted}):
+        mine = [s for s in wanted if s.rank == rank]
+        job = options.run.launch is not None
+        folder = workdir / "replay" / f"rank{rank}" if job else workdir / "replay"
+        missed = _capture(script, args, mine, rank, folder, workdir, steps, options)
+        results += [_replay_one(source, folder, missed, options) for source in mine]
+    return results
+
+
+def _capture(script, args, sources, rank, folder, workdir, steps, options) -> str:
+    """Run the script once saving the sources' inputs; returns why an input may be missing.
+    If the run fails, whatever was captured before the failure is still replayed."""
+    capture = tuple(sorted(s.event for s in sources))
     run = replace(options.run, steps=steps, echo=False, capture=capture, capture_dir=str(folder))
-    # If the run fails, whatever was captured before the failure is still replayed.
-    missed = "the capture run ended before reaching the op"
     try:
-        run_recorded(script, args, workdir / "capture.trace", run, name="capture")
+        if options.run.launch is None:
+            run_recorded(script, args, workdir / "capture.trace", run, name="capture")
+        else:
+            run = replace(run, capture_rank=rank)
+            run_ranks(script, args, workdir / f"capture-rank{rank}.trace", run, name="capture")
     except (ScriptError, InternalError) as exc:
         failure = _error_line(exc) if isinstance(exc, ScriptError) else str(exc)
-        missed = f"the capture run failed: {failure}"
-    results = []
-    for source in wanted:
-        inputs = folder / f"event-{source.event}.pt"
-        if not inputs.exists() and not inputs.with_suffix(".error").exists():
-            error = f"its inputs were not captured: {missed}"
-            results.append(Replay(source.op, source.event, 0, None, "", error))
-            continue
-        seed = 0 if source.kind == "rng" else None  # same generator state on every run
-        result = replay(inputs, source.event, options.replays, seed=seed)
-        if result.op == "?":  # its inputs could not be read or saved
-            result.op = source.op
-        if result.op != source.op and result.error is None:
-            result.error = f"the capture run reached {result.op} where the source is {source.op}"
-        results.append(result)
-    return results
+        return f"the capture run failed: {failure}"
+    return "the capture run ended before reaching the op"
+
+
+def _replay_one(source: Source, folder: Path, missed: str, options: ConfirmOptions) -> Replay:
+    inputs = folder / f"event-{source.event}.pt"
+    if not inputs.exists() and not inputs.with_suffix(".error").exists():
+        error = f"its inputs were not captured: {missed}"
+        return Replay(source.op, source.event, 0, None, "", error, rank=source.rank)
+    seed = 0 if source.kind == "rng" else None  # same generator state on every run
+    result = replay(inputs, source.event, options.replays, seed=seed)
+    result.rank = source.rank
+    if result.op == "?":  # its inputs could not be read or saved
+        result.op = source.op
+    if result.op != source.op and result.error is None:
+        result.error = f"the capture run reached {result.op} where the source is {source.op}"
+    return result
 
 
 # Replays of the headline kernel source when nothing else is confirmed (``--no-confirm``).
@@ -179,11 +193,11 @@ def check_claims(report: Report) -> None:
     """Mark each kernel source with how its claim was checked (``source.checked``); a kernel
     source whose replay on its captured inputs is bitwise stable is not a proven kernel: it
     becomes ``unconfirmed``, with what bisector compared and how to tell the causes apart."""
-    replays = {r["event"]: r for r in report.replay}
+    replays = {(r.get("rank", 0), r["event"]): r for r in report.replay}
     for source in report.sources:
         if source.kind != "kernel":
             continue
-        replayed = replays.get(source.event)
+        replayed = replays.get((source.rank, source.event))
         if replayed is None or replayed.get("distinct_results") is None:
             why = (replayed or {}).get("error") or "not replayed (only the first are)"
             source.checked = {"how": "replay", "result": "not checked", "why": why}

@@ -35,6 +35,7 @@ class Replay:
         repro: path of the standalone repro script.
         error: why the replay could not run, if it could not.
         seed: the seed set before each run (random ops), or None.
+        rank: the rank whose op it is (0 unless distributed).
     """
 
     op: str
@@ -44,6 +45,7 @@ class Replay:
     repro: str
     error: str | None = None
     seed: int | None = None
+    rank: int = 0
 
 
 def encode(value: Any) -> Any:
