@@ -122,8 +122,9 @@ def test_fsdp2_records_without_crashing_and_finds_the_source_on_its_rank(tmp_pat
     assert spreader["from_ranks"] == [1] and spreader["ranks"] == [0]
 
 
-def test_fsdp2_twin_is_reproducible(tmp_path):
-    result, report = find_json(tmp_path, FSDP2, *LAUNCH, "--", "--deterministic")
+@pytest.mark.parametrize("precision", [(), ("--bf16",)], ids=["fp32", "bf16"])
+def test_fsdp2_twin_is_reproducible(tmp_path, precision):
+    result, report = find_json(tmp_path, FSDP2, *LAUNCH, "--", "--deterministic", *precision)
     assert result.returncode == 0, result.stdout[-3000:]
     assert report["verdict"] == "reproducible" and report["compared_events"] > 600
 

@@ -6,6 +6,8 @@ difference into both ranks' shards. Run with torchrun --nproc-per-node 2.
 --deterministic: every rank pools with a one-hot matmul (the deterministic twin).
 --reshard-after-forward {yes,no}: FSDP2 frees the unsharded parameters after the forward (yes,
 the default: their storage is resized to 0 and gathered again for the backward) or keeps them.
+--bf16: a mixed precision policy (parameters gathered and computed in bfloat16, gradients
+reduced in float32).
 """
 
 import argparse
@@ -13,7 +15,7 @@ import argparse
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from _common import SegmentNet
 
@@ -21,6 +23,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=3)
 parser.add_argument("--deterministic", action="store_true")
 parser.add_argument("--reshard-after-forward", choices=["yes", "no"], default="yes")
+parser.add_argument("--bf16", action="store_true")
 args = parser.parse_args()
 
 dist.init_process_group("gloo")
@@ -33,18 +36,20 @@ SEGMENTS = 100
 class SegmentSum(nn.Module):
     def forward(self, rows, segments):
         if rank == 1 and not args.deterministic:
-            out = torch.zeros(SEGMENTS, rows.shape[1])
-            out.index_put_((segments,), rows, accumulate=True)  # SOURCE
-            return out
+            out = torch.zeros(SEGMENTS, rows.shape[1])  # summed in float32 (also under --bf16)
+            out.index_put_((segments,), rows.float(), accumulate=True)  # SOURCE
+            return out.to(rows.dtype)
         one_hot = nn.functional.one_hot(segments, SEGMENTS).to(rows.dtype)
         return one_hot.T @ rows
 
 
 model = SegmentNet(SegmentSum())
-reshard = args.reshard_after_forward == "yes"
+options = {"reshard_after_forward": args.reshard_after_forward == "yes"}
+if args.bf16:
+    options["mp_policy"] = MixedPrecisionPolicy(torch.bfloat16, reduce_dtype=torch.float32)
 for layer in (model.proj, model.head):
-    fully_shard(layer, reshard_after_forward=reshard)
-fully_shard(model, reshard_after_forward=reshard)
+    fully_shard(layer, **options)
+fully_shard(model, **options)
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 data = torch.Generator().manual_seed(1 + rank)  # each rank its own data
 x = torch.randn(60000, 16, generator=data)
