@@ -172,3 +172,16 @@ def test_drift_reads_each_ranks_replicas(tmp_path):
     buffers = drift({0: paths[0], 3: tmp_path / "r3"})
     assert (buffers["kind"], buffers["groups"]) == ("buffer", [[0], [3]])
     assert describe(buffers).startswith("buffers differ across ranks")
+
+
+@pytest.mark.parametrize("mode", ["fsdp1", "tp"])
+def test_fsdp1_and_tensor_parallel_are_recorded_and_shards_are_not_replicas(tmp_path, mode):
+    """FSDP1's flat parameter is a plain tensor holding each rank's own shard, tensor
+    parallelism's weights are sharded DTensors: none is compared across ranks (no false drift);
+    the replicated bias of tensor parallelism is, and agrees."""
+    result, report = find_json(tmp_path, "sharding_modes.py", *LAUNCH, "--", "--mode", mode)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert report["verdict"] == "reproducible" and report["replicas"] is None
+    written = tmp_path / "runs" / "a.rank0.trace.replicas"  # none when nothing is replicated
+    replicas = written.read_text() if written.exists() else ""
+    assert ('"2.bias"' in replicas) == (mode == "tp") and "flat_param" not in replicas

@@ -37,6 +37,7 @@ class ModuleTracker:
         self._param_names: dict[int, tuple[weakref.ref, str, str]] = {}
         self._stack: list[str] = []
         self._handles: list = []
+        self._roots: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
     @property
     def current(self) -> str:
@@ -96,14 +97,9 @@ class ModuleTracker:
             return None
         return entry[1], entry[2]
 
-    def named_values(self) -> list[tuple[str, str, torch.Tensor]]:
-        """(kind, name, tensor) of every live parameter and buffer of the roots seen."""
-        found = []
-        for ref, kind, name in self._param_names.values():
-            tensor = ref()
-            if tensor is not None:
-                found.append((kind, name, tensor))
-        return found
+    def roots(self) -> list[torch.nn.Module]:
+        """The live root modules seen, in the order they were first called."""
+        return list(self._roots)
 
     def owner_of(self, name: str) -> str:
         """Module path that owns a qualified parameter name ("fc.weight" -> "fc")."""
@@ -127,6 +123,7 @@ class ModuleTracker:
             self._stack.pop()
 
     def _register_root(self, root: torch.nn.Module) -> None:
+        self._roots.add(root)
         models = _models_in_script()
         inner = getattr(root, "_orig_mod", None)  # torch.compile's wrapper: name what it wraps
         if isinstance(inner, torch.nn.Module):

@@ -45,7 +45,7 @@ from bisector.capture.lines import Locator, in_custom_backward
 from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import OpInfo, canonical_args, complete_collective
 from bisector.capture.processes import BACKWARD, MODEL, OPS, OPTIMIZER, Processes
-from bisector.capture.replicas import job_rank, write_step
+from bisector.capture.replicas import job_rank, replicated_values, write_step
 from bisector.trace import (
     FLAG_RANDOM,
     FLAG_WIDE,
@@ -483,7 +483,8 @@ class Recorder:
         if rank is None:
             return
         with _outside_mode():
-            write_step(self._replicas_path, self.step, rank, self._modules.named_values())
+            named = replicated_values(self._modules.roots())
+            write_step(self._replicas_path, self.step, rank, named)
 
     def _snapshot(self) -> None:
         """Save the training state after this step (one host copy per step, not per op)."""

@@ -1,9 +1,9 @@
 """Replicas across ranks, from one run: what each rank holds that every rank should hold alike.
 
-In a job of several ranks, DDP keeps a full copy of every parameter on each rank, and so do
-FSDP's replicated DTensors; after each optimizer step those copies must be bitwise equal. At the
-end of each recorded step every rank writes a fingerprint of each such value (parameters and
-buffers, not the shards each rank holds of a sharded parameter) to ``<trace>.replicas``, one
+In a job of several ranks, DDP keeps a full copy of every parameter on each rank, and tensor
+parallelism keeps replicated DTensors (biases); after each optimizer step those copies must be
+bitwise equal. At the end of each recorded step every rank writes a fingerprint of each such
+value (see ``replicated_values``; never the shards each rank holds) to ``<trace>.replicas``, one
 JSON line per step; ``analysis.replicas.drift`` then finds the first step and value where the
 ranks disagree, so that "rank 1's replica of proj.weight differs after step 0" comes from a
 single run (an optimizer built with another learning rate on one rank, a rank-dependent seed,
@@ -30,13 +30,27 @@ def job_rank() -> int | None:
     return distributed.get_rank() if distributed.get_world_size() > 1 else None
 
 
-def _replicated(tensor: torch.Tensor) -> torch.Tensor | None:
-    """The full local copy of a value every rank holds alike, or None (a shard, no plain bits)."""
-    placements = getattr(tensor, "placements", None)
-    if placements is not None and not all(p.is_replicate() for p in placements):
-        return None  # each rank holds its own shard
-    values = plain_values(tensor)
-    return values if hashable(values) else None
+def replicated_values(roots: list[torch.nn.Module]) -> list[tuple[str, str, torch.Tensor]]:
+    """(kind, name, tensor) of the values every rank holds a full copy of: the parameters and
+    buffers of a DistributedDataParallel model, and DTensors replicated on every mesh dimension
+    (tensor parallelism's replicated biases, FSDP2 with replicated placements). Shards are
+    not (FSDP2's DTensors, FSDP1's flat parameters, any parameter of another wrapper)."""
+    ddp = torch.nn.parallel.DistributedDataParallel
+    found = []
+    for root in roots:
+        replicated_module = isinstance(root, ddp)
+        for kind, items in (
+            ("parameter", root.named_parameters()),
+            ("buffer", root.named_buffers()),
+        ):
+            for name, tensor in items:
+                placements = getattr(tensor, "placements", None)
+                if placements is None:
+                    if replicated_module:
+                        found.append((kind, name, tensor))
+                elif all(p.is_replicate() for p in placements):
+                    found.append((kind, name, tensor))
+    return found
 
 
 def write_step(
@@ -46,7 +60,8 @@ def write_step(
 
     ``named``: (kind, name, tensor) with kind "parameter" or "buffer".
     """
-    kept = [(kind, name, r) for kind, name, t in named if (r := _replicated(t)) is not None]
+    kept = [(kind, name, plain_values(t)) for kind, name, t in named]
+    kept = [(kind, name, t) for kind, name, t in kept if hashable(t)]
     if not kept:
         return
     with torch.no_grad():
