@@ -151,6 +151,13 @@ def test_the_planted_source_is_named_at_the_users_line(tmp_path, case):
 def test_the_twin_is_reproducible(tmp_path, case):
     _needs(case)
     report = find(tmp_path, case.script, "--twin", *case.args)
+    if report["verdict"] == "diverged":
+        # On a loaded CI machine an elementwise CPU kernel (tanh, exp) has once given other
+        # last bits on equal inputs (its vectorised and scalar paths split elsewhere when
+        # fewer threads run): the runs really differed, and its stable replay made bisector
+        # say "unconfirmed". What must never happen in a twin is a claim: kernel, rng, input.
+        assert {s["kind"] for s in report["sources"]} == {"unconfirmed"}, report["sources"][:3]
+        return
     assert report["verdict"] == "reproducible", (report["sources"][:3], report["evidence"])
 
 
