@@ -302,11 +302,12 @@ def _relative(trace: Trace, text: str) -> str:
     installed package's."""
     path, _, line = text.rpartition(":")
     cwd = str(trace.header.get("cwd", ""))
-    installed = path.rfind(f"{os.sep}site-packages{os.sep}")
+    marker = f"{os.sep}site-packages{os.sep}"
+    installed = path.rfind(marker)
     if path and cwd and path.startswith(os.path.join(cwd, "")):
         path = os.path.relpath(path, cwd)
     elif installed >= 0:
-        path = path[installed + len("/site-packages/") :]
+        path = path[installed + len(marker) :]
     return f"{path}:{line}" if path else text
 
 

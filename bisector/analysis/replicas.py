@@ -43,7 +43,7 @@ def drift(paths: dict[int, Path]) -> dict | None:
                 groups.setdefault(values[name][1], []).append(rank)
             if len(groups) > 1:
                 kind = next(iter(by_rank.values()))[name][0]
-                differing.setdefault(kind, []).append((name, groups))
+                differing.get(kind, []).append((name, groups))  # (another kind: ignored)
         for kind, values in differing.items():
             if values and kind not in found:
                 name, groups = values[0]
@@ -56,7 +56,7 @@ def drift(paths: dict[int, Path]) -> dict | None:
                     "values": len(values),
                 }
     # A parameter that drifts is the finding; buffers only when the parameters agree.
-    return found.get("parameter") or found.get("buffer") or next(iter(found.values()), None)
+    return found.get("parameter") or found.get("buffer")
 
 
 def describe(found: dict) -> str:

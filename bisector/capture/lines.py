@@ -56,10 +56,15 @@ def _internal_prefixes() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return _prefixes(ours), _prefixes((paths["stdlib"], paths["platstdlib"]))
 
 
-def user_folders(extra: Iterable[str] = ()) -> tuple[str, ...]:
+def named_paths(extra: Iterable[str] = ()) -> list[str]:
+    """The folders and files the user names as their own code: ``extra`` (``--user-path``)
+    and those in BISECTOR_USER_PATHS."""
+    return [*extra, *filter(None, os.environ.get(USER_PATHS_ENV, "").split(os.pathsep))]
+
+
+def user_folders(named: list[str]) -> tuple[str, ...]:
     """The user's own folders: the script's (``sys.argv[0]``, else ``__main__``'s file), the
-    working folder, and those named in ``extra`` or in BISECTOR_USER_PATHS."""
-    named = [*extra, *filter(None, os.environ.get(USER_PATHS_ENV, "").split(os.pathsep))]
+    working folder, and the ``named`` ones (see ``named_paths``)."""
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else None
     script = script or getattr(sys.modules.get("__main__"), "__file__", None)
     folders = [os.path.dirname(os.path.abspath(script))] if script else []
@@ -75,12 +80,11 @@ class Locator:
     """
 
     def __init__(self, user_paths: Iterable[str] = ()) -> None:
-        user_paths = tuple(user_paths)
+        named = named_paths(user_paths)
         self._ours, self._stdlib = _internal_prefixes()
-        self._user = user_folders(user_paths)
+        self._user = user_folders(named)
         # Files the user named, and the script: theirs even where they lie directly in the temp
         # folder, which is otherwise where libraries write generated code.
-        named = [*user_paths, *filter(None, os.environ.get(USER_PATHS_ENV, "").split(os.pathsep))]
         if sys.argv and sys.argv[0].endswith(".py"):
             named.append(sys.argv[0])
         self._named = tuple(os.path.realpath(p) for p in named)

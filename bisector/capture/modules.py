@@ -98,7 +98,7 @@ class ModuleTracker:
         return entry[1], entry[2]
 
     def roots(self) -> list[torch.nn.Module]:
-        """The live root modules seen, in the order they were first called."""
+        """The live root modules seen (in no particular order)."""
         return list(self._roots)
 
     def owner_of(self, name: str) -> str:

@@ -128,9 +128,9 @@ def _replays(
         and not s.op.startswith(COMPILED_PREFIX)  # not one op
     ][:_MAX_REPLAYS]
     results = []
+    job = options.run.launch is not None
     for rank in sorted({s.rank for s in wanted}):
         mine = [s for s in wanted if s.rank == rank]
-        job = options.run.launch is not None
         folder = workdir / "replay" / f"rank{rank}" if job else workdir / "replay"
         missed = _capture(script, args, mine, rank, folder, workdir, steps, options)
         results += [_replay_one(source, folder, missed, options) for source in mine]

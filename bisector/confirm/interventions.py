@@ -79,13 +79,20 @@ def child_notes() -> dict:
 
 def _note_override(what: str) -> None:
     """The script tried to undo an intervention: remember what and from which line."""
-    from bisector.capture.lines import Locator
     from bisector.trace import split_location
 
-    locator = Locator()
+    locator = _locator()
     user, library, _ = locator.locate(3)
     line = split_location(locator.describe(user, library))[0]
     _NOTES.setdefault("overrides", []).append({"what": what, "line": line})
+
+
+@functools.cache
+def _locator():
+    """One Locator for the overrides of this process (made on the first one)."""
+    from bisector.capture.lines import Locator
+
+    return Locator()
 
 
 def register(cls: type[Intervention]) -> type[Intervention]:
