@@ -64,11 +64,11 @@ def main() -> None:
     if launched is not None:  # started by torchrun with our folder put on PYTHONPATH
         _restore_pythonpath(launched, package_root)
     rank = os.environ.get("RANK", "0")
-    if options.trace:
-        options.trace = options.trace.replace("{rank}", rank)
-    if options.digests:
-        options.digests = options.digests.replace("{rank}", rank)
-    status_file = (options.trace or options.digests or "") + ".status"
+    # Under torchrun every rank writes its own files: "{rank}" in a path is this rank.
+    for name in ("trace", "digests", "snapshot_dir", "plain_state"):
+        if getattr(options, name):
+            setattr(options, name, getattr(options, name).replace("{rank}", rank))
+    status_file = (options.trace or options.digests or options.plain_state or "") + ".status"
     if launched is not None:
         # torchrun stops the other ranks with SIGTERM when one fails: finish their traces.
         signal.signal(signal.SIGTERM, _terminated)
@@ -109,9 +109,14 @@ def main() -> None:
 
     code: int = 0
     error: str | None = None
+    global _stage
     try:
         with recorder:
-            runpy.run_path(script, run_name="__main__")
+            _stage = "running"
+            try:
+                runpy.run_path(script, run_name="__main__")
+            finally:
+                _stage = "after"  # the recorder finishes the trace: not to be interrupted
     except StopRun:
         code = 0
     except InternalFailure as exc:  # ours, not the script's: our traceback, for the log
@@ -163,8 +168,19 @@ def _write_notes(path: str) -> None:
         pass
 
 
+# Where the rank is: "before" the user's script, "running" it, "after" it (writing its files).
+_stage = "before"
+
+
 def _terminated(signum, frame) -> None:
-    raise KeyboardInterrupt("terminated by the launcher")
+    """torchrun's SIGTERM: stop the script as Ctrl-C would, so that the trace is finished.
+    Once only (a second one while the trace is written is ignored), and never outside the
+    script: before it there is nothing to keep, after it the rank is ending anyway."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if _stage == "before":
+        os._exit(130)
+    if _stage == "running":
+        raise KeyboardInterrupt("terminated by the launcher")
 
 
 def _write_status(path: str, rank: str, code: int, error: str | None) -> None:

@@ -14,8 +14,9 @@ from bisector.capture.digester import Watch
 from bisector.capture.recorder import Recorder, RecordOptions
 from bisector.confirm import ConfirmOptions, check_kernel_claims, confirm
 from bisector.errors import MismatchError, TraceError
+from bisector.pairs import Pair, diff_jobs, digest_pair, job_files, record_pair
 from bisector.report import Report
-from bisector.runner import RunOptions, check_script, run_digests, run_ranks, run_recorded
+from bisector.runner import RunOptions, check_script
 from bisector.trace import load
 
 
@@ -78,8 +79,9 @@ def find(
     check_script(script)
     workdir = Path(options.workdir) if options.workdir else _new_workdir()
     args = tuple(args)
-    if options.run.launch is not None:
-        return _find_ranks(script, args, replace(options.run, steps=steps), options, workdir)
+    launch = options.run.launch
+    if launch is not None and launch.nnodes > 1:
+        return _find_on_node(script, args, replace(options.run, steps=steps), options, workdir)
     ladder = options.ladder
     if ladder is None:
         ladder = steps is None or steps > LADDER_FROM
@@ -89,62 +91,104 @@ def find(
 
 
 def _find_ops(script, args, run: RunOptions, options: FindOptions, workdir: Path) -> Report:
-    """Record every op of both runs (from ``run.start_step``), compare, confirm if asked."""
+    """Record every op of both runs (from ``run.start_step``), compare, confirm if asked.
+    A torchrun job (``run.launch``) is recorded and compared rank by rank."""
     # snapshots: for the exact growth of the difference, and for the observer check
     run = replace(run, snapshots=options.confirm is not None or options.check_observer)
-    run_a, trace_a = run_recorded(script, args, workdir / "a.trace", run, name="A")
-    run_b, trace_b = run_recorded(script, args, workdir / "b.trace", run, name="B")
-    report = analysis.compare(trace_a, trace_b, runs=[run_a, run_b])
+    pair = record_pair(script, args, workdir, run)
+    report = pair.report
     if options.check_observer:
-        # compiled code that ran eagerly under the recorder (a torch without the boundary)
-        compiled = "torch.compile" in (trace_a.footer.get("modules") or []) and not (
-            trace_a.footer.get("compiled_calls")
-        )
-        report.observer = _check_observer(script, args, run, workdir, report, compiled)
+        report.observer = _check_observer(script, args, run, workdir, pair)
     if options.confirm is not None:
         confirm_run = replace(options.confirm.run, start_step=run.start_step)
         confirm_options = replace(options.confirm, run=confirm_run)
-        report = confirm(script, args, report, (trace_a, trace_b), workdir, confirm_options)
+        report = confirm(script, args, pair, workdir, confirm_options)
     else:  # a kernel claim is checked in any case: a few replays of the op
         checking = replace(run, echo=False, snapshots=False)
         report = check_kernel_claims(script, args, report, workdir, checking)
     return report
 
 
-def _check_observer(
-    script, args, run: RunOptions, workdir: Path, report: Report, compiled: bool
-) -> dict:
+def _find_on_node(script, args, run: RunOptions, options: FindOptions, workdir: Path) -> Report:
+    """``find`` on one node of a job of several: the same command runs on every node, so
+    every node must start the same jobs. Runs A and B (and the observer's plain run) are the
+    same on every node; the ladder's second level, replays and intervention pairs depend on
+    what this node's ranks found, so they are not made."""
+    options = replace(options, confirm=None)
+    run = replace(run, snapshots=options.check_observer)
+    pair = record_pair(script, args, workdir, run)
+    report = pair.report
+    if options.check_observer:
+        report.observer = _check_observer(script, args, run, workdir, pair)
+    ranks = run.launch.ranks()
+    which = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks[0]}-{ranks[-1]}"
+    report.notes.append(
+        f"one node of {run.launch.nnodes}: {which} compared, every op of "
+        "the steps asked for; no ladder, replays or pairs with interventions (each node would "
+        "choose its own next jobs, and the nodes' jobs must match). To compare every rank, "
+        "collect the nodes' traces on one machine and `bisector diff` them (docs/distributed.md)"
+    )
+    return report
+
+
+def _check_observer(script, args, run: RunOptions, workdir: Path, pair: Pair) -> dict:
     """Run the script once without recording, as many steps as run A recorded, and compare
-    the training state after the last step with run A's snapshot of it."""
+    the training state after the last step with run A's snapshot of it (every rank's, for a
+    torchrun job)."""
     from bisector.capture import snapshots
     from bisector.runner import run_plain
 
-    taken = sorted((workdir / "a.steps").glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    if not taken:
-        return {"checked": False, "why": "run A saved no training state (no optimizer step)"}
-    last = taken[-1]
-    steps = int(last.stem.split("-")[1]) + 1
-    plain = workdir / "plain.pt"
+    report = pair.report
+    taken = {}
+    for rank, trace in pair.traces_a().items():
+        folder = Path(trace.path).with_suffix(".steps")
+        numbers = sorted(int(p.stem.split("-")[1]) for p in folder.glob("step-*.pt"))
+        if not numbers:
+            return {"checked": False, "why": "run A saved no training state (no optimizer step)"}
+        taken[rank] = (folder, numbers)
+    steps = min(numbers[-1] for _, numbers in taken.values()) + 1
+    job = run.launch is not None
+    plain = workdir / ("plain.rank{rank}.pt" if job else "plain.pt")
     run_plain(script, args, plain, replace(run, steps=steps, start_step=0, snapshots=False))
-    if not plain.exists():
-        return {"checked": False, "why": "the plain run saved no training state"}
-    result = {"checked": True, "steps": steps, **snapshots.compare_in_order(plain, last)}
+    compared = {}
+    for rank, (folder, _) in taken.items():
+        mine = Path(str(plain).replace("{rank}", str(rank)))
+        if not mine.exists():
+            why = "the plain run saved no training state" + (f" on rank {rank}" if job else "")
+            return {"checked": False, "why": why}
+        compared[rank] = snapshots.compare_in_order(mine, folder / f"step-{steps - 1}.pt")
+    result = {
+        "checked": True,
+        "steps": steps,
+        "equal": all(c["equal"] for c in compared.values()),
+        "tensors": sum(c["tensors"] for c in compared.values()),
+        "differing": sum(c["differing"] for c in compared.values()),
+        "max_abs_diff": max(c["max_abs_diff"] for c in compared.values()),
+    }
+    if job:
+        result["ranks"] = compared
+    # compiled code that ran eagerly under the recorder (a torch without the boundary)
+    footer = next(iter(pair.traces_a().values())).footer
+    compiled = "torch.compile" in (footer.get("modules") or []) and not footer.get("compiled_calls")
+    ranks = f", on each of {len(compared)} ranks," if job else ""
+    differ = [rank for rank, c in compared.items() if not c["equal"]]
+    where = f" (on rank {', '.join(map(str, differ))})" if job and differ else ""
     if result["equal"]:
         result["verdict"] = (
-            f"recording changed nothing: after {steps} steps a plain run's parameters, "
+            f"recording changed nothing: after {steps} steps{ranks} a plain run's parameters, "
             "gradients and optimizer state are bitwise those of the recorded run"
         )
     elif report.reproducible and compiled:
         result["verdict"] = (
-            f"a plain run differs ({result['differing']} of {result['tensors']} tensors, max "
-            f"|A-B| {result['max_abs_diff']:.3g}): it ran torch.compile'd code, the recorded "
+            f"a plain run differs ({result['differing']} of {result['tensors']} tensors{where}, "
+            f"max |A-B| {result['max_abs_diff']:.3g}): it ran torch.compile'd code, the recorded "
             "runs ran it eagerly; the two recorded runs agree"
         )
     elif report.reproducible:
         result["verdict"] = (
             f"recording changed the numbers: {result['differing']} of {result['tensors']} "
-            f"tensors differ from a plain run (max |A-B| {result['max_abs_diff']:.3g}) while "
-            "both recorded runs agree; please report this to bisector"
+            f"tensors{where} differ from a plain run (max |A-B| {result['max_abs_diff']:.3g}) "
+            "while both recorded runs agree; please report this to bisector"
         )
     else:
         result["verdict"] = (
@@ -155,65 +199,25 @@ def _check_observer(
     return result
 
 
-def _find_ranks(script, args, run: RunOptions, options: FindOptions, workdir: Path) -> Report:
-    """Both runs through torchrun, compared rank by rank (see analysis/ranks.py)."""
-    from bisector.analysis.ranks import compare_ranks
-    from bisector.analysis.replicas import describe as describe_drift
-    from bisector.analysis.replicas import drift
-
-    ranks_a = run_ranks(script, args, workdir / "a.trace", run, name="A")
-    ranks_b = run_ranks(script, args, workdir / "b.trace", run, name="B")
-    traces_b = {rank: (info, trace) for rank, info, trace in ranks_b}
-    if set(traces_b) != {rank for rank, _, _ in ranks_a}:
-        raise MismatchError(
-            f"run A recorded ranks {[r for r, _, _ in ranks_a]} and run B ranks "
-            f"{sorted(traces_b)}: the two runs did not start the same processes"
-        )
-    pairs, runs = [], []
-    for rank, info, trace in ranks_a:
-        pairs.append((rank, trace, traces_b[rank][1]))
-        runs += [info, traces_b[rank][0]]
-    report = compare_ranks(pairs, runs)
-    report.replicas = drift({rank: Path(f"{trace.path}.replicas") for rank, _, trace in ranks_a})
-    if report.replicas is not None:
-        report.notes.insert(0, describe_drift(report.replicas))
-    if options.ladder:
-        report.notes.append("--ladder is not applied to torchrun jobs yet: every op was recorded")
-    if options.check_observer:
-        report.notes.append("--check-observer is not applied to torchrun jobs yet")
-    # Kernel claims are replayed on the source's rank (a capture job in which that rank saves
-    # the op's inputs; the op is replayed in one process).
-    checking = replace(run, echo=False, snapshots=False)
-    report = check_kernel_claims(script, args, report, workdir, checking)
-    if options.confirm is not None and not report.reproducible:
-        report.notes.append(
-            "pairs of runs with interventions are not made for torchrun jobs yet: try a suspect "
-            "by hand, e.g. torch.use_deterministic_algorithms(True)"
-        )
-    return report
-
-
 def _find_by_ladder(script, args, steps: int | None, options: FindOptions, workdir: Path):
     """Digests of every step first; then every op of the first step that differs only."""
     run = replace(options.run, steps=steps)
     started = time.perf_counter()
-    run_a, a = run_digests(script, args, workdir / "a.digests", run, name="A")
-    run_b, b = run_digests(script, args, workdir / "b.digests", run, name="B")
-    if not a.steps and not b.steps:  # no optimizer stepped: there are no steps to bisect
+    runs, compared = digest_pair(script, args, workdir, run)
+    if not compared.steps_compared:  # no optimizer stepped: there are no steps to bisect
         report = _find_ops(script, args, run, options, workdir)
         report.notes.append("no optimizer step was seen, so every op was recorded at once")
         return report
-    compared = digests.compare(a, b)
     level = {
         "level": "digests",
-        "steps": f"0-{max(a.steps)} (values only)" if a.steps else "none",
+        "steps": f"0-{compared.steps_compared - 1} (values only)",
         "found": _digest_finding(compared),
         "seconds": round(time.perf_counter() - started, 2),
         "first_step": compared.first_step,
         "first_values": compared.first[:20],
     }
     if compared.reproducible:
-        report = Report(reproducible=True, first_divergence=None, sources=[], runs=[run_a, run_b])
+        report = Report(reproducible=True, first_divergence=None, sources=[], runs=runs)
         report.verdict = "reproducible"
         report.evidence = {"level": "digests", "optimizer_steps": compared.steps_compared}
         report.environment, report.notes = compared.environment, compared.notes
@@ -251,7 +255,9 @@ def _digest_finding(compared: digests.DigestReport) -> str:
     for value in values:
         kinds[value["kind"]] = kinds.get(value["kind"], 0) + 1
     spread = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
-    found = f"step {compared.first_step}: {first['kind']} {first['name']} differs first ({spread})"
+    on = f" on rank {compared.first_rank}" if compared.first_rank is not None else ""
+    found = f"step {compared.first_step}: {first['kind']} {first['name']} differs first{on}"
+    found += f" ({spread})"
     generators = [v["name"] for v in compared.first if v["kind"] == "rng"]
     if generators:
         found += f"; generator states differ: {', '.join(generators)}"
@@ -262,13 +268,16 @@ def _op_finding(report: Report) -> str:
     first = report.first_divergence
     if first is None:
         return "these ops are bitwise identical"
-    return f"{first.op} in {first.module or '(no module)'}, {first.phase}, step {first.step}"
+    on = f", rank {first.rank}" if len(report.runs) > 2 else ""  # a torchrun job
+    return f"{first.op} in {first.module or '(no module)'}, {first.phase}, step {first.step}{on}"
 
 
 def diff(path_a: str | os.PathLike, path_b: str | os.PathLike):
     """Compare two finished runs from what they left: traces, digest files or checkpoints.
 
-    The kind of each file is read from its content, not its name.
+    The kind of each file is read from its content, not its name. A torchrun job's files are
+    named as ``record`` was given them: ``a.trace`` stands for ``a.rank0.trace``,
+    ``a.rank1.trace``, ... (collected from every node), compared rank by rank.
 
     Returns:
         A Report (two traces), a DigestReport (two digest files, from ``watch`` or ``find``)
@@ -278,6 +287,12 @@ def diff(path_a: str | os.PathLike, path_b: str | os.PathLike):
         TraceError: a file is missing, corrupt, of an unknown format version, or of no known kind.
         MismatchError: the files are of different kinds, or cannot be compared.
     """
+    jobs = job_files(Path(path_a)), job_files(Path(path_b))
+    if jobs[0] or jobs[1]:  # a.trace for a.rank0.trace, a.rank1.trace, ...: two torchrun jobs
+        if not (jobs[0] and jobs[1]):
+            missing = path_a if not jobs[0] else path_b
+            raise TraceError(f"{missing} is neither a file nor the name of a job's rank files")
+        return diff_jobs(*jobs)
     kinds = [_kind_of(Path(path_a)), _kind_of(Path(path_b))]
     if kinds[0] != kinds[1]:
         raise MismatchError(

@@ -327,7 +327,11 @@ def doctor(
 
 @app.command(short_help="Compare two traces, digest files or checkpoints of finished runs.")
 def diff(
-    file_a: Path = typer.Argument(..., help="Trace, digest file or checkpoint of the first run."),
+    file_a: Path = typer.Argument(
+        ...,
+        help="Trace, digest file or checkpoint of the first run (a torchrun job: the name given "
+        "to record, e.g. a.trace for a.rank0.trace, a.rank1.trace, ...).",
+    ),
     file_b: Path = typer.Argument(..., help="The same kind of file from the second run."),
     json_path: Path | None = typer.Option(
         None, "--json", help="Also write the report as JSON to this file."

@@ -200,6 +200,8 @@ class DigestReport:
         steps_compared: steps present in both files.
         environment: what differs between the two processes (versions, devices, settings).
         notes: anything else worth knowing (a cut-short file, steps only one file has).
+        first_rank: in a torchrun job (see ``merge_ranks``), the rank whose values ``first``
+            are; None for one process or when no rank differs.
     """
 
     reproducible: bool
@@ -210,6 +212,7 @@ class DigestReport:
     paths: list[str]
     environment: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    first_rank: int | None = None
     schema: int = SCHEMA
 
     def to_json(self) -> str:
@@ -270,6 +273,50 @@ def compare(a: Digests, b: Digests) -> DigestReport:
             "no value depended on them in the steps compared"
         )
     return report
+
+
+# The order in which a step's values are taken: the earliest kind to differ is nearest the cause.
+_KIND_ORDER = ("structure", "batch", "loss", "grad", "param", "state", "buffer")
+
+
+def merge_ranks(reports: dict[int, DigestReport]) -> DigestReport:
+    """One report for a torchrun job from each rank's comparison (rank r of run A against
+    rank r of run B).
+
+    The rank that leads is the one whose values differ first: the earliest step, then the
+    earliest kind of value (a rank whose loss differs comes before ranks whose gradients
+    differ only after the all-reduce carried its difference), then the lowest rank. Its
+    ``first`` values carry ``rank``; the growth is the largest over the ranks.
+    """
+
+    def order(rank: int) -> tuple:
+        report = reports[rank]
+        values = [v for v in report.first if v["kind"] != "rng"]
+        kind = values[0]["kind"] if values else "structure"
+        rank_of_kind = _KIND_ORDER.index(kind) if kind in _KIND_ORDER else len(_KIND_ORDER)
+        return (report.first_step, rank_of_kind, rank)
+
+    differing = [rank for rank, report in reports.items() if report.first_step is not None]
+    lead = min(differing, key=order) if differing else min(reports)
+    shown = reports[lead]
+    rows: dict[int, dict[str, Any]] = {}
+    for report in reports.values():
+        for row in report.growth:
+            merged = rows.setdefault(row["step"], {**row, "differing": 0})
+            merged["differing"] += row["differing"]
+            for key in ("max_grad_diff", "max_param_diff", "max_state_diff"):
+                merged[key] = max(merged[key], row[key])
+    return DigestReport(
+        reproducible=all(r.reproducible for r in reports.values()),
+        first_step=shown.first_step,
+        first=[{**value, "rank": lead} for value in shown.first],
+        growth=[rows[step] for step in sorted(rows)],
+        steps_compared=min(r.steps_compared for r in reports.values()),
+        paths=shown.paths,
+        environment=shown.environment,
+        notes=[f"rank {rank}: {note}" for rank, r in sorted(reports.items()) for note in r.notes],
+        first_rank=lead if differing else None,
+    )
 
 
 def _keyed(digests: Digests, step: int) -> dict[tuple[str, str], tuple[int, float, float, int]]:

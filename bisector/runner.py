@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -234,7 +235,8 @@ def run_ranks(
 ) -> list[tuple[int, RunInfo, Trace]]:
     """Run the script once through torchrun (``options.launch``), one trace per rank.
 
-    The traces are ``trace`` with ``.rank<R>`` before the suffix (``a.rank1.trace``).
+    The traces are ``trace`` with ``.rank<R>`` before the suffix (``a.rank1.trace``); each
+    rank's snapshots (``options.snapshots``) go to ``a.rank1.steps``.
 
     Returns:
         (rank, RunInfo, Trace) of each rank of this node, by rank.
@@ -243,26 +245,75 @@ def run_ranks(
         ScriptError: a rank raised, exited non-zero, hung or recorded nothing (named).
         Interrupted: Ctrl-C; the traces recorded so far are kept.
     """
-    template = trace.with_name(f"{trace.stem}.rank{{rank}}{trace.suffix}")
-    for stale in trace.parent.glob(f"{trace.stem}.rank*"):
-        stale.unlink()
+    template = _rank_template(trace, options.launch)
     extra = ["--trace", str(template), *_capture_flags(options)]
+    if options.snapshots:
+        extra += ["--snapshot-dir", str(template.with_suffix(".steps"))]
     if options.start_step:
         extra += ["--start-step", str(options.start_step)]
-    path, output, code, seconds = _run_child(script, args, template, extra, options, name)
-    results, log = [], _log_of(template)
-    for rank, file in _per_rank(template, ""):
-        try:
-            loaded = load(file)
-        except TraceError as exc:
-            raise ScriptError(f"rank {rank} of run {name} left no readable trace: {exc}") from None
-        info = _run_info(f"{name} rank {rank}", file, len(loaded), loaded, code, seconds, log)
-        results.append((rank, info, loaded))
+    results, path, output = _run_per_rank(script, args, template, extra, options, name, load)
     if not results or all(len(t) == 0 for _, _, t in results):
         raise ScriptError(
             f"{path.name} ran without calling any torch operator on any rank", output=output
         )
     return results
+
+
+def run_rank_digests(
+    script: str | os.PathLike,
+    args: tuple[str, ...],
+    path: Path,
+    options: RunOptions,
+    name: str = "A",
+) -> list[tuple[int, RunInfo, Digests]]:
+    """Run the script once through torchrun writing step digests only, one file per rank
+    (``a.rank1.digests``).
+
+    Returns:
+        (rank, RunInfo, Digests) of each rank of this node, by rank.
+
+    Raises:
+        ScriptError: a rank raised, exited non-zero or hung (named), or wrote no digests.
+        Interrupted: Ctrl-C; the digests written so far are kept.
+    """
+    template = _rank_template(path, options.launch)
+    extra = ["--digests", str(template)]
+    results, _, _ = _run_per_rank(script, args, template, extra, options, name, load_digests)
+    return results
+
+
+def _rank_template(output_file: Path, launch: Launch) -> Path:
+    """``a.trace`` -> ``a.rank{rank}.trace`` (the child puts its rank in), with the files of
+    an earlier job of that name on this node's ranks removed."""
+    stem, suffix = output_file.stem, output_file.suffix
+    for rank in launch.ranks():
+        stale_files = [f"{stem}.rank{rank}{suffix}*"]  # the file, its .status, .progress, ...
+        if suffix == ".trace":
+            stale_files.append(f"{stem}.rank{rank}.steps")  # its snapshots
+        for stale in (f for pattern in stale_files for f in output_file.parent.glob(pattern)):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+    return output_file.with_name(f"{output_file.stem}.rank{{rank}}{output_file.suffix}")
+
+
+def _run_per_rank(script, args, template: Path, extra: list[str], options, name: str, loader):
+    """Run a torchrun job whose ranks each write ``template`` (with their rank), and load each
+    rank's file: ([(rank, RunInfo, loaded)], the script's path, its output)."""
+    path, output, code, seconds = _run_child(script, args, template, extra, options, name)
+    results, log = [], _log_of(template, options)
+    for rank, file in _per_rank(template, "", options.launch.ranks()):
+        try:
+            loaded = loader(file)
+        except TraceError as exc:
+            raise ScriptError(f"rank {rank} of run {name} left no readable file: {exc}") from None
+        events = len(loaded) if isinstance(loaded, Trace) else 0
+        info = _run_info(f"{name} rank {rank}", file, events, loaded, code, seconds, log)
+        results.append((rank, info, loaded))
+    if not results:
+        raise ScriptError(f"no rank of run {name} wrote {template.name}", output=output)
+    return results, path, output
 
 
 def _capture_flags(options: RunOptions) -> list[str]:
@@ -277,6 +328,7 @@ def _capture_flags(options: RunOptions) -> list[str]:
 def run_plain(script: str | os.PathLike, args: tuple[str, ...], path: Path, options: RunOptions):
     """Run the script once without recording; after ``options.steps`` optimizer steps its
     training state is saved to ``path`` as a recorded run's snapshot (the observer check).
+    Through torchrun, ``path`` holds ``{rank}`` and each rank saves its own.
 
     Raises:
         ScriptError: the script raised or exited non-zero.
@@ -310,7 +362,7 @@ def _run_child(
     """
     path = check_script(script)
     output_file.parent.mkdir(parents=True, exist_ok=True)
-    log = _log_of(output_file)
+    log = _log_of(output_file, options)
     env = dict(os.environ)
     launch = options.launch
     if launch is None:
@@ -400,9 +452,14 @@ def _internal_line(output: str) -> str:
     return "see its log"
 
 
-def _log_of(output_file: Path) -> Path:
-    """The log of a run: its output file (for every rank) with the suffix .log."""
-    return Path(str(output_file).replace(".rank{rank}", "")).with_suffix(".log")
+def _log_of(output_file: Path, options: RunOptions | None = None) -> Path:
+    """The log of a run: its output file (for every rank) with the suffix .log; one per node
+    in a job of several nodes (``a.node1.log``: the nodes may share the folder)."""
+    log = Path(str(output_file).replace(".rank{rank}", "")).with_suffix(".log")
+    launch = options.launch if options is not None else None
+    if launch is not None and launch.nnodes > 1:
+        log = log.with_suffix(f".node{launch.node_rank}.log")
+    return log
 
 
 def _shown(output_file: Path) -> str:
@@ -439,13 +496,14 @@ def _label(options: RunOptions, output_file: Path) -> str:
     return label
 
 
-def _per_rank(output_file: Path, suffix: str) -> list[tuple[int, Path]]:
-    """The files ``<output_file with its rank><suffix>`` of the ranks that wrote one."""
+def _per_rank(output_file: Path, suffix: str, ranks=None) -> list[tuple[int, Path]]:
+    """The files ``<output_file with its rank><suffix>`` of the ranks that wrote one (of
+    ``ranks`` only, if given: another node may write into the same folder)."""
     head, _, tail = output_file.name.partition("{rank}")
     found = []
     for file in output_file.parent.glob(f"{head}*{tail}{suffix}"):
         rank = file.name[len(head) : len(file.name) - len(tail) - len(suffix)]
-        if rank.isdigit():
+        if rank.isdigit() and (ranks is None or int(rank) in ranks):
             found.append((int(rank), file))
     return sorted(found)
 
@@ -518,7 +576,7 @@ def _rank_failure(path, name, output_file, output, code, hung, options) -> Bisec
     if hung is not None:
         return ScriptError(
             f"run {name} hangs: no rank made progress for {launch.rank_timeout:g} s: {hung}; "
-            f"the job was stopped (its output: {_log_of(output_file)}); {kept}"
+            f"the job was stopped (its output: {_log_of(output_file, options)}); {kept}"
         )
     raised = sorted((s["time"], r, s) for r, s in statuses.items() if s["exit_code"] != 0)
     if code is None:
@@ -539,7 +597,7 @@ def _rank_failure(path, name, output_file, output, code, hung, options) -> Bisec
             return InternalError(
                 f"bisector failed while recording rank {rank} of run {name}{error}. This is a "
                 f"bug in bisector, not in {path.name}; please report it with its traceback (in "
-                f"{_log_of(output_file)}); {kept}",
+                f"{_log_of(output_file, options)}); {kept}",
                 output=output,
             )
         if status["exit_code"] == EXIT_SCRIPT_RAISED:

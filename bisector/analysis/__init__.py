@@ -32,6 +32,7 @@ from bisector.trace import (
     OUT_NODATA,
     PHASES,
     Trace,
+    is_collective,
     split_location,
 )
 
@@ -149,7 +150,7 @@ def compare_traces(
         dead=dead,
         first_divergence=sources[0] if sources else None,
         sources=sources,
-        runs=runs or [_run_info("A", a), _run_info("B", b)],
+        runs=runs or [run_info("A", a), run_info("B", b)],
         compared_events=alignment.paired,
         differing_events=int(len(differing)),
         first_differing_event=int(differing[0]) if len(differing) else None,
@@ -275,7 +276,8 @@ def _script(trace: Trace) -> str:
     return os.path.basename(str(argv[0]))
 
 
-def _run_info(name: str, trace: Trace) -> RunInfo:
+def run_info(name: str, trace: Trace) -> RunInfo:
+    """What a run did, from its trace alone."""
     return RunInfo(
         name=name,
         trace=trace.path,
@@ -335,6 +337,15 @@ def _magnitude(a: Trace, b: Trace, eq, event: int) -> float | None:
     return float(np.nanmax(bound)) if not np.all(np.isnan(bound)) else float("nan")
 
 
+# A collective compared on one rank: what the other ranks contributed is not in this trace.
+LONE_COLLECTIVE = (
+    "a collective whose inputs on this rank are equal in both runs and whose outputs differ: "
+    "the difference may come from another rank's contribution, which this comparison does not "
+    "see; compare every rank (`find --nproc-per-node`, or `bisector diff` of the jobs' names, "
+    "e.g. a.trace b.trace for a.rank*.trace) to tell a carried difference from the collective's own"
+)
+
+
 def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
     op = a.string("op", event)
     args_equal = bool(eq.args_equal[event])
@@ -378,6 +389,8 @@ def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
             "differs; bisector sees the replay, not the kernels inside: run the captured code "
             "without the graph (eagerly) to look inside"
         )
+    elif kind == "kernel" and is_collective(op) and a.world_size > 1:
+        kind, detail = "unconfirmed", LONE_COLLECTIVE
     elif kind == "kernel" and a.columns["flags"][event] & FLAG_WIDE:
         kind = "unconfirmed"
         detail = (

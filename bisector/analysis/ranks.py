@@ -15,17 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from bisector.analysis import compare_traces, lead_with_headline
+from bisector.analysis import LONE_COLLECTIVE, compare_traces, lead_with_headline
 from bisector.analysis.graph import Equality
 from bisector.report import Report, RunInfo, Source
-from bisector.trace import Trace
+from bisector.trace import Trace, is_collective
 
-_COLLECTIVE_PREFIXES = ("c10d.", "_c10d_functional.")
-
-
-def is_collective(op: str) -> bool:
-    """True for collective ops (all_reduce, broadcast, all_gather, ...), not their waits."""
-    return op.startswith(_COLLECTIVE_PREFIXES) and "wait_tensor" not in op
+_OWN_COLLECTIVE = (
+    "a collective whose inputs are equal in both runs on every rank of the job and whose "
+    "outputs differ: the collective itself reduces in an order that varies between runs"
+)
 
 
 def compare_ranks(pairs: list[tuple[int, Trace, Trace]], runs: list[RunInfo]) -> Report:
@@ -52,6 +50,9 @@ def compare_ranks(pairs: list[tuple[int, Trace, Trace]], runs: list[RunInfo]) ->
             k = _ordinal(ordinals[rank], source.event) if is_collective(source.op) else None
             origins = [] if k is None else _origins(compared, ordinals, rank, k)
             if not origins:
+                if source.detail == LONE_COLLECTIVE and len(compared) >= trace.world_size:
+                    # every rank is compared and none contributed a difference: its own
+                    source.kind, source.detail = "kernel", _OWN_COLLECTIVE
                 sources.append(source)
                 continue
             entry = spreaders.setdefault(k, _spreader(trace, source, origins))

@@ -33,7 +33,7 @@ from torch.optim.optimizer import (
 from torch.utils._pytree import tree_leaves
 
 from bisector.capture import settings
-from bisector.capture.fingerprint import Collector, PendingResults, hashable
+from bisector.capture.fingerprint import Collector, PendingResults, hashable, plain_values
 from bisector.digests import DigestWriter
 
 # Tensors of the batch, and losses, digested per step at most (a loop over micro-batches).
@@ -80,7 +80,10 @@ class StepDigester:
 
     def add(self, kind: str, name: str, tensor: Any) -> None:
         """Take one value of the current step (ignored unless a plain tensor)."""
-        if not self.active or not isinstance(tensor, torch.Tensor) or not hashable(tensor):
+        if not self.active or not isinstance(tensor, torch.Tensor):
+            return
+        tensor = plain_values(tensor)  # a DTensor: the shard or replica this rank holds
+        if not hashable(tensor):
             return
         if not self._rng_taken:
             self._rng_states()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils._pytree import arg_tree_leaves
 
+from bisector.trace import is_collective
+
 # Results of these ops are uninitialised memory: fingerprinting them would report noise.
 UNINITIALISED_OPS = frozenset(
     {
@@ -34,10 +36,6 @@ _RNG_STATE_RETURNS = {"philox_seed", "philox_offset", "rng_state", "unused", "de
 
 # Namespaces of ops that do bookkeeping, not computation.
 _IGNORED_NAMESPACES = ("profiler.",)
-# Collectives (torch.distributed calls and DDP's gradient all-reduce go through c10d; functional
-# collectives through _c10d_functional): their results arrive asynchronously.
-_COLLECTIVE_NAMESPACES = ("c10d.", "_c10d_functional.")
-_NOT_COLLECTIVES = ("_c10d_functional.wait_tensor.", "_c10d_functional._wrap_tensor_autograd.")
 
 
 @dataclass(frozen=True)
@@ -157,8 +155,7 @@ class OpInfo:
             out_names=out_names,
             dropout=dropout,
             rng_returns=rng_returns,
-            collective=name.startswith(_COLLECTIVE_NAMESPACES)
-            and not name.startswith(_NOT_COLLECTIVES),
+            collective=is_collective(name),
             unsafe_alias=name.startswith("aten.")
             and "unsafe" in name.split(".")[1]
             and bool(fresh),

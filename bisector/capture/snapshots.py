@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from bisector.capture.fingerprint import plain_values
+
 # A step whose state is larger than this is not snapshotted.
 MAX_BYTES = 2 << 30
 
@@ -39,11 +41,13 @@ def state_tensors(optimizers, name_of) -> dict[str, torch.Tensor]:
 
 def save(path: Path, tensors: dict[str, torch.Tensor]) -> bool:
     """Save detached CPU copies; False (and nothing written) if over the budget."""
+    # A DTensor (FSDP2, tensor parallelism) is saved as the shard or replica this rank holds.
+    tensors = {k: plain_values(t.detach()) for k, t in tensors.items()}
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     if total > MAX_BYTES:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: t.detach().to("cpu", copy=True) for k, t in tensors.items()}, path)
+    torch.save({k: t.to("cpu", copy=True) for k, t in tensors.items()}, path)
     return True
 
 

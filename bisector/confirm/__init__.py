@@ -21,6 +21,7 @@ from bisector.capture.compiled import PREFIX as COMPILED_PREFIX
 from bisector.confirm.interventions import Intervention, RunFacts, Situation, choose
 from bisector.confirm.replay import Replay, replay
 from bisector.errors import InternalError, ScriptError
+from bisector.pairs import Pair, record_pair
 from bisector.report import Report, Source
 from bisector.runner import RunOptions, run_ranks, run_recorded
 from bisector.trace import PHASES, Trace
@@ -64,24 +65,22 @@ class ConfirmOptions:
 def confirm(
     script: str | os.PathLike,
     args: tuple[str, ...],
-    report: Report,
-    traces: tuple[Trace, Trace],
+    pair: Pair,
     workdir: Path,
     options: ConfirmOptions,
 ) -> Report:
-    """Add replays, confirmations, growth and a verdict to the report of a plain pair.
-
-    ``traces``: the pair's two traces, as loaded for ``report``.
-    """
-    trace_a, trace_b = traces
-    report.growth = growth(trace_a, trace_b, report)
+    """Add replays, confirmations, growth and a verdict to the report of a plain pair (of
+    processes, or of torchrun jobs: then every pair with an intervention is a torchrun job
+    too, compared rank by rank)."""
+    report = pair.report
+    report.growth = pair_growth(pair)
     if report.reproducible or report.first_divergence is None:
         return report
     steps = report.first_divergence.step + 1
     replayed = _replays(script, args, report.sources, ("kernel", "rng"), workdir, steps, options)
     report.replay = [vars(r) for r in replayed]
     check_claims(report)
-    situation = _situation(trace_a, report.sources)
+    situation = _situation(pair, report.sources)
     if options.only_forced:
         from bisector.confirm.interventions import get
 
@@ -96,11 +95,14 @@ def confirm(
     return report
 
 
-def _situation(trace: Trace, sources: list[Source]) -> Situation:
+def _situation(pair: Pair, sources: list[Source]) -> Situation:
+    """What the pair shows, to choose interventions: run A of the first source's rank, with
+    the ops of every rank."""
+    trace, _ = pair.lead()
     footer = trace.footer
     return Situation(
         sources=sources,
-        ops=_ops(trace),
+        ops=frozenset().union(*(_ops(a) for a in pair.traces_a().values())),
         gpus=tuple(trace.header.get("versions", {}).get("gpus", [])),
         settings=footer.get("settings_at_end") or trace.header.get("settings", {}),
         optimizers=frozenset(footer.get("optimizers", [])),
@@ -244,14 +246,13 @@ def _pair(
         "summary": intervention.summary,
     }
     try:
-        run_a, a = run_recorded(script, args, folder / "a.trace", run, name="A")
-        run_b, b = run_recorded(script, args, folder / "b.trace", run, name="B")
+        intervened = record_pair(script, args, folder, run)
     except ScriptError as exc:
         entry.update(outcome="fails", error=_error_line(exc))
         return entry
-    paired = analysis.compare(a, b, runs=[run_a, run_b])
+    paired = intervened.report
     entry["reproducible"] = paired.reproducible
-    facts = [_facts(trace) for trace in (a, b)]
+    facts = [_facts(trace) for _, a, b in intervened.ranks for trace in (a, b)]
     overrides = [o for f in facts for o in f.notes.get("overrides", [])]
     entry["overrides"] = list({(o["what"], o["line"]): o for o in overrides}.values())
     not_applied = next(filter(None, (intervention.check(f) for f in facts)), None)
@@ -264,7 +265,7 @@ def _pair(
     first = paired.first_divergence
     entry["first_divergence"] = None if first is None else f"{first.op} ({first.kind})"
     base = _final_growth(report.growth, steps)
-    changed = _final_growth(growth(a, b, paired), steps)
+    changed = _final_growth(pair_growth(intervened), steps)
     entry["outcome"], entry["growth_ratio"] = _amplification(base, changed)
     entry["param_diff"], entry["baseline_param_diff"] = changed, base
     return entry
@@ -300,6 +301,24 @@ def _error_line(exc: ScriptError) -> str:
     lines = [line.strip() for line in exc.output.splitlines() if line.strip()]
     errors = [line for line in lines if "Error" in line or "Exception" in line]
     return (errors or lines or [str(exc)])[-1][:500]
+
+
+def pair_growth(pair: Pair) -> list[dict]:
+    """The growth of the pair's difference per step (``growth``); for a torchrun job, the
+    largest over the ranks (differing events summed)."""
+    if len(pair.ranks) == 1:
+        ((_, a, b),) = pair.ranks
+        return growth(a, b, pair.report)
+    rows: dict[int, dict] = {}
+    for _, a, b in pair.ranks:
+        for row in growth(a, b, pair.report):
+            merged = rows.setdefault(row["step"], {**row, "differing_events": 0})
+            merged["differing_events"] += row["differing_events"]
+            merged["exact"] = merged["exact"] and row["exact"]
+            for key in ("max_grad_diff", "max_param_diff", "max_state_diff"):
+                if row[key] is not None:
+                    merged[key] = max(merged[key] or 0.0, row[key])
+    return [rows[step] for step in sorted(rows)]
 
 
 def growth(a: Trace, b: Trace, report: Report) -> list[dict]:

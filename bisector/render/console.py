@@ -20,7 +20,7 @@ _KIND_TEXT = {
     "argument": "a non-tensor argument that differs",
     "structure": "the two runs stop running the same ops",
     "uninitialized": "uninitialised memory read as data",
-    "unconfirmed": "an op whose outputs differ on equal inputs, not reproduced by a replay",
+    "unconfirmed": "an op whose outputs differ on equal inputs, for a reason not proven (see why)",
 }
 # Other sources shown one group per line; the rest are counted.
 _MAX_GROUPS = 8

@@ -3,6 +3,7 @@
 rank 1's difference to rank 0. Run with torchrun --nproc-per-node 2.
 
 --deterministic: every rank pools with a one-hot matmul (the deterministic twin).
+--source-from-step N: rank 1 pools with index_put_ from step N on (one-hot matmul before).
 --raise-on-rank N: that rank raises at step 1.
 --hang-on-rank N: that rank sleeps at step 1 while the others wait in the all-reduce.
 --drift-on-rank N: that rank's optimizer gets twice the learning rate (a rank-dependent
@@ -22,6 +23,7 @@ from _common import SegmentNet
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=3)
 parser.add_argument("--deterministic", action="store_true")
+parser.add_argument("--source-from-step", type=int, default=0)
 parser.add_argument("--raise-on-rank", type=int, default=None)
 parser.add_argument("--hang-on-rank", type=int, default=None)
 parser.add_argument("--drift-on-rank", type=int, default=None)
@@ -36,7 +38,7 @@ SEGMENTS = 100
 
 class SegmentSum(nn.Module):
     def forward(self, rows, segments):
-        if rank == 1 and not args.deterministic:
+        if rank == 1 and not args.deterministic and step >= args.source_from_step:
             out = torch.zeros(SEGMENTS, rows.shape[1])
             out.index_put_((segments,), rows, accumulate=True)  # SOURCE
             return out
