@@ -87,7 +87,7 @@ def compare_traces(
         )
     view, ids = aligned(a, b, alignment)
     eq = compare_events(a, view, alignment.b_of_a >= 0, ids)
-    found = source_events(eq).tolist()
+    found = _collective_results(a, eq, source_events(eq).tolist())
     graph = dataflow_graph(eq)
     spread = reach(graph, found)
 
@@ -440,6 +440,22 @@ def _views_only(args_a: str, args_b: str) -> bool:
 _BUILTIN_NAMESPACES = frozenset(
     {"aten", "prims", "c10d", "_c10d_functional", "leaf", "quantized", "_quantized"}
 )
+
+
+def _collective_results(a: Trace, eq, found: list[int]) -> list[int]:
+    """Source events, with a tensor first seen right after a collective (the recorder gives
+    it the collective as its input) taken for the collective itself: it is a result the
+    backend returned through a buffer of its own (gloo's reduce-scatter), so a difference it
+    holds while the collective's recorded inputs are equal is the collective's."""
+    mapped: list[int] = []
+    for event in found:
+        if a.string("op", event).startswith("leaf.") and int(a.columns["n_in"][event]) == 1:
+            producer = int(eq.producer[int(a.in_start[event])])
+            if producer >= 0 and is_collective(a.string("op", producer)):
+                event = producer
+        if event not in mapped:
+            mapped.append(event)
+    return sorted(mapped)
 
 
 def _uninitialised_input(a: Trace, eq, event: int) -> str | None:

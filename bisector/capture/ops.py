@@ -31,6 +31,11 @@ UNINITIALISED_OPS = frozenset(
 )
 
 
+# Arguments of c10d collectives that only receive results.
+_OUTPUT_ARGUMENTS = frozenset({"output_tensor", "output_tensors", "output"})
+# Results written only in part, the rest being left for a collective to fill.
+_PARTLY_WRITTEN = {"fsdp.all_gather_copy_in.default": frozenset({1})}
+
 # Names of results that hold random-generator state or a debug mask (fused attention kernels).
 _RNG_STATE_RETURNS = {"philox_seed", "philox_offset", "rng_state", "unused", "debug_attn_mask"}
 
@@ -60,6 +65,11 @@ class OpInfo:
         unsafe_alias: an aten op whose results may be views of an input although its schema
             says they are new (``unsafe_split``, ``unsafe_chunk``, ``_unsafe_view``: the
             ``unsafe`` ops, which skip autograd's view tracking).
+        write_only: positions of a collective's arguments that only receive its results
+            (``output_tensor``, ``output_tensors``, ``output``): not read. (c10d's schemas
+            mark no argument as written, so these come from their names.)
+        partial_returns: results that the op writes only in part, the rest being memory left
+            for a collective to fill (FSDP2's all-gather buffer): recorded as holding no data.
     """
 
     name: str
@@ -75,6 +85,8 @@ class OpInfo:
     rng_returns: frozenset[int] = frozenset()
     collective: bool = False
     unsafe_alias: bool = False
+    write_only: frozenset[int] = frozenset()
+    partial_returns: frozenset[int] = frozenset()
 
     def draws_random(self, args: tuple, kwargs: dict) -> bool:
         """True if this call draws random numbers (a tagged op, and not with dropout_p=0)."""
@@ -89,12 +101,18 @@ class OpInfo:
         return value == 0
 
     def reads(self, args: tuple, kwargs: dict, flat: list) -> list[torch.Tensor]:
-        """The tensors a call reads (``flat``: its argument leaves): all but ``out=`` ones,
-        which are only written."""
-        if not self.out_names:
+        """The tensors a call reads (``flat``: its argument leaves): all but ``out=`` ones and
+        a collective's output arguments, which are only written."""
+        if not self.out_names and not self.write_only:
             return [a for a in flat if isinstance(a, torch.Tensor)]
         kept = {k: v for k, v in kwargs.items() if k not in self.out_names}
-        return [a for a in arg_tree_leaves(*args, **kept) if isinstance(a, torch.Tensor)]
+        read = [a for i, a in enumerate(args) if i not in self.write_only]
+        return [a for a in arg_tree_leaves(*read, **kept) if isinstance(a, torch.Tensor)]
+
+    def outputs_only(self, args: tuple) -> list[torch.Tensor]:
+        """The tensors of a collective's output arguments."""
+        chosen = [a for i, a in enumerate(args) if i in self.write_only]
+        return [a for a in arg_tree_leaves(*chosen) if isinstance(a, torch.Tensor)]
 
     def writes(self, args: tuple, kwargs: dict) -> list[torch.Tensor]:
         """The tensor arguments a call writes in place (``Tensor(a!)``), in schema order."""
@@ -156,6 +174,12 @@ class OpInfo:
             dropout=dropout,
             rng_returns=rng_returns,
             collective=is_collective(name),
+            write_only=frozenset(
+                i
+                for i, arg in enumerate(schema.arguments)
+                if is_collective(name) and arg.name in _OUTPUT_ARGUMENTS
+            ),
+            partial_returns=_PARTLY_WRITTEN.get(name, frozenset()),
             unsafe_alias=name.startswith("aten.")
             and "unsafe" in name.split(".")[1]
             and bool(fresh),

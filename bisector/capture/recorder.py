@@ -40,7 +40,7 @@ from bisector.capture.compiled import CompileBoundary
 from bisector.capture.cuda_graphs import CudaGraphs
 from bisector.capture.escapes import Escapes
 from bisector.capture.events import EventBuffer
-from bisector.capture.fingerprint import hashable
+from bisector.capture.fingerprint import hashable, plain_values
 from bisector.capture.lines import Locator, in_custom_backward
 from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import OpInfo, canonical_args, complete_collective
@@ -227,6 +227,9 @@ class Recorder:
         self._location_ids: dict[tuple[Any, int], int] = {}
         self._states: dict[int, list] = {}  # cdata -> [version, event, slot, weakref, bump]
         self._states_pruned_at = 0
+        # (event, slot) of a collective just recorded, until the next op: a tensor first seen
+        # then is its backend's (gloo's reduce-scatter returns through a buffer of its own).
+        self._after_collective: tuple[int, int] | None = None
         self._node_info: dict[int, tuple[int, int]] = {}  # autograd seq nr -> (module, location)
         self._last_seq = -1
         self.step = 0
@@ -581,6 +584,11 @@ class Recorder:
         args_id = self._buffer.string(canonical_args(flat))
 
         written = info.writes(args, kwargs)
+        n_bumped = len(written)  # autograd bumps the version of these after our handler
+        if info.write_only:
+            # A collective that has output arguments may also use its inputs as scratch (gloo's
+            # reduce-scatter reduces in its input): whatever they hold after it comes from it.
+            written += _apart_from(info.reads(args, kwargs, flat), info.outputs_only(args))
         previous: list[tuple[int, int] | None] = [
             None if _covers_storage(t) else self._ref(t, phase, module_id, location_id)
             for t in written
@@ -600,16 +608,17 @@ class Recorder:
             self._progress.waiting(None)
 
         no_data = [info.no_data] * len(written)
-        n_written = len(written)
         # With no dropout, attention's generator-state results are never initialised.
         unset = info.rng_returns if info.without_dropout(args, kwargs) else ()
         results = info.results(out)
         if info.unsafe_alias and results:
             results = self._not_aliasing(results, args, kwargs, flat, info)
+        if info.partial_returns:  # registered first: a view of the part written comes last
+            results.sort(key=lambda result: result[0] not in info.partial_returns)
         for i, t in results:
             written.append(t)
             previous.append(None)
-            no_data.append(info.no_data or i in unset)
+            no_data.append(info.no_data or i in unset or i in info.partial_returns)
 
         index = self._buffer.count
         # Past MAX_ROWS fresh results (unbind-like ops make views, not these), the rest is
@@ -617,7 +626,7 @@ class Recorder:
         del written[MAX_ROWS:]
         for slot, t in enumerate(written):
             self._buffer.add_output(t, no_data[slot], previous[slot], index)
-            self._register(t, index, slot, bump=slot < n_written)
+            self._register(t, index, slot, bump=slot < n_bumped)
         flags = FLAG_RANDOM if info.draws_random(args, kwargs) else 0
         if len(refs) > MAX_ROWS:  # (see _wide)
             refs, wide = _wide(refs)
@@ -625,6 +634,7 @@ class Recorder:
         self._buffer.add_event(
             info.name, module_id, location_id, args_id, phase, self.step, refs, len(written), flags
         )
+        self._after_collective = (index, 0) if info.collective and written else None
         if self._progress is not None:
             self._progress.update(self._buffer.count, self.step)
         if (
@@ -839,6 +849,8 @@ class Recorder:
             # a leaf whose input is the last value we know, so that a difference it carries
             # from there is not taken for a new one.
             previous = (entry[1], entry[2])
+        elif self._after_collective is not None:
+            previous = self._after_collective
         index = self._add_leaf(t, storage, phase, module_id, location_id, previous)
         self._register(t, index, 0)
         return index, 0
@@ -882,7 +894,7 @@ class Recorder:
             kind = "parameter" if isinstance(t, torch.nn.Parameter) else "tensor"
             name = canonical_args([t])
         whole = t
-        if hashable(t) and not _covers_storage(t):
+        if hashable(plain_values(t)) and not _covers_storage(t):
             # Another view may read other parts of this storage later: fingerprint all of it.
             whole = torch.empty(0, dtype=torch.uint8, device=t.device).set_(storage)
         index = self._buffer.count
@@ -925,13 +937,20 @@ def _outside_mode():
 
 def _version(t: torch.Tensor) -> int:
     try:
-        return t._version
+        return plain_values(t)._version
     except RuntimeError:  # inference tensors have no version counter
         return -1
 
 
+def _apart_from(tensors: list[torch.Tensor], others: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors that share no storage with any of ``others``."""
+    taken = {s._cdata for s in map(_storage, others) if s is not None}
+    return [t for t in tensors if (s := _storage(t)) is not None and s._cdata not in taken]
+
+
 def _covers_storage(t: torch.Tensor) -> bool:
     """True if the tensor's elements are exactly its whole storage."""
+    t = plain_values(t)
     storage = _storage(t)
     if storage is None:
         return True
@@ -940,8 +959,9 @@ def _covers_storage(t: torch.Tensor) -> bool:
 
 
 def _storage(t: torch.Tensor):
-    """The tensor's untyped storage, or None for tensors without one (sparse, some subclasses)."""
+    """The tensor's untyped storage, or None for tensors without one (sparse, some subclasses).
+    A DTensor's is that of the shard or replica it holds: a value is followed through it."""
     try:
-        return t.untyped_storage()
+        return plain_values(t).untyped_storage()
     except (RuntimeError, NotImplementedError):
         return None
