@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--capture-rank", type=int, default=None, help="only this rank saves")
     parser.add_argument("--snapshot-dir", default=None)
     parser.add_argument("--intervene", default="", help="interventions to apply, comma-separated")
+    parser.add_argument("--source", default=None, help="run this file's code as the script")
+    parser.add_argument("--step-times", default=None, help="plain run: write each step's time")
     parser.add_argument("script")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     argv = sys.argv[1:]
@@ -65,10 +67,11 @@ def main() -> None:
         _restore_pythonpath(launched, package_root)
     rank = os.environ.get("RANK", "0")
     # Under torchrun every rank writes its own files: "{rank}" in a path is this rank.
-    for name in ("trace", "digests", "snapshot_dir", "plain_state"):
+    for name in ("trace", "digests", "snapshot_dir", "plain_state", "step_times"):
         if getattr(options, name):
             setattr(options, name, getattr(options, name).replace("{rank}", rank))
-    status_file = (options.trace or options.digests or options.plain_state or "") + ".status"
+    written = options.trace or options.digests or options.plain_state or options.step_times
+    status_file = (written or "") + ".status"
     if launched is not None:
         # torchrun stops the other ranks with SIGTERM when one fails: finish their traces.
         signal.signal(signal.SIGTERM, _terminated)
@@ -80,8 +83,8 @@ def main() -> None:
     sys.argv = [script, *script_args]
 
     try:
-        if options.plain_state:
-            recorder = _PlainRun(options.plain_state, options.steps)
+        if options.plain_state or options.step_times:
+            recorder = _PlainRun(options.plain_state, options.steps, options.step_times)
         elif options.survey:
             recorder = _SurveyRun(options.survey, options.steps)
         elif options.digests:
@@ -114,7 +117,10 @@ def main() -> None:
         with recorder:
             _stage = "running"
             try:
-                runpy.run_path(script, run_name="__main__")
+                if options.source:  # a patched copy of the script's code, run as the script
+                    _run_as(script, options.source)
+                else:
+                    runpy.run_path(script, run_name="__main__")
             finally:
                 _stage = "after"  # the recorder finishes the trace: not to be interrupted
     except StopRun:
@@ -142,6 +148,25 @@ def main() -> None:
     # The trace is complete on disk; skip interpreter teardown, which can hang on threads the
     # script left running (DataLoader workers, progress bars).
     os._exit(code)
+
+
+def _run_as(script: str, source: str) -> None:
+    """Run the code of ``source`` as ``runpy.run_path(script)`` runs the script: as module
+    ``__main__`` whose ``__file__`` is the script (its frames name the script's path)."""
+    import types
+
+    with open(source, encoding="utf-8") as file:
+        code = compile(file.read(), script, "exec")
+    module = types.ModuleType("__main__")
+    module.__file__ = script
+    module.__builtins__ = __builtins__
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = module
+    try:
+        exec(code, module.__dict__)
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
 
 
 def _restore_pythonpath(original: str, package_root: str) -> None:
@@ -200,12 +225,17 @@ def _stop() -> None:
 
 
 class _PlainRun:
-    """A run without recording (the observer check): after ``steps`` optimizer steps, the
-    training state is saved as a recorded run's snapshot is, and the run ends."""
+    """A run without recording: after ``steps`` optimizer steps, the training state is saved
+    as a recorded run's snapshot is (the observer check, ``path``), and the run ends. With
+    ``step_times``, the wall time of each step (from the end of the one before; the device
+    synchronised at each step end) is written there as JSON (the cost of a fix)."""
 
-    def __init__(self, path: str, steps: int | None):
+    def __init__(self, path: str | None, steps: int | None, step_times: str | None = None):
         self._path = path
         self._steps = steps
+        self._step_times = step_times
+        self._times: list[float] = []
+        self._last = time.perf_counter()
         self._done = 0
         self._depth = 0
         self._stepped: list = []
@@ -226,6 +256,9 @@ class _PlainRun:
     def __exit__(self, exc_type, exc, tb) -> bool:
         for hook in self._hooks:
             hook.remove()
+        if self._step_times:
+            with open(self._step_times, "w") as file:
+                json.dump({"seconds": self._times}, file)
         return False
 
     def _pre(self, optimizer, args, kwargs) -> None:
@@ -241,8 +274,18 @@ class _PlainRun:
         if self._depth:
             return
         self._done += 1
+        if self._step_times:
+            import torch
+
+            if torch.cuda.is_initialized():
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            self._times.append(now - self._last)
+            self._last = now
         if self._steps is not None and self._done >= self._steps:
-            snapshots.save(Path(self._path), snapshots.state_tensors(self._stepped, lambda p: None))
+            if self._path:
+                state = snapshots.state_tensors(self._stepped, lambda p: None)
+                snapshots.save(Path(self._path), state)
             _stop()
         self._stepped = []
 

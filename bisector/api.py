@@ -77,6 +77,8 @@ def find(
     """
     options = options or FindOptions()
     check_script(script)
+    if options.confirm is not None and options.confirm.fix:  # proven over every step asked
+        options = replace(options, confirm=replace(options.confirm, fix_steps=steps))
     workdir = Path(options.workdir) if options.workdir else _new_workdir()
     args = tuple(args)
     launch = options.run.launch

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import io
 import sys
+import threading
+import time
 from pathlib import Path
 
 import typer
@@ -156,6 +158,22 @@ def find(
     replays: int = typer.Option(
         20, "--replays", min=1, help="Times each source op is re-run on its saved inputs."
     ),
+    fix: bool = typer.Option(
+        False,
+        "--fix",
+        help="Write the verdict's fix as a patch to the script (fix/fix.patch in the work "
+        "folder; the script itself is not changed), run the patched script twice, and report "
+        "whether it is bitwise reproducible over the steps asked for and what it costs per step.",
+    ),
+    jobs: int | None = typer.Option(
+        None,
+        "--jobs",
+        "-j",
+        min=1,
+        help="Pairs of runs with interventions made at the same time, at most (default: one "
+        "per GPU when the script used CUDA, each pair seeing only its GPU; else one per 4 CPU "
+        "cores).",
+    ),
     ladder: bool | None = typer.Option(
         None,
         "--ladder/--no-ladder",
@@ -200,7 +218,12 @@ def find(
                 f"unknown intervention {unknown[0]!r}; `bisector interventions` lists them"
             )
         confirm = ConfirmOptions(
-            replays=replays, forced=tuple(tries or ()), only_forced=only_tries, run=run
+            replays=replays,
+            forced=tuple(tries or ()),
+            only_forced=only_tries,
+            run=run,
+            jobs=jobs,
+            fix=fix,
         )
     options = api.FindOptions(
         workdir=str(workdir) if workdir else None,
@@ -397,6 +420,8 @@ class _Progress:
         self._console = Console(stderr=True, highlight=False)
         self._enabled = enabled and self._console.is_terminal
         self._status = None
+        self._lock = threading.Lock()
+        self._lines: dict[str, tuple[float, str]] = {}
 
     def __enter__(self) -> _Progress:
         if self._enabled:
@@ -411,10 +436,17 @@ class _Progress:
         return False
 
     def update(self, label: str, state: dict) -> None:
+        """Called about twice a second by each run going (pairs may run side by side)."""
         if self._status is None:
             return
         events = f", {state['events']:,} events recorded" if state["events"] else ""
-        self._status.update(f"{label}: step {state['step']}{events} ({state['seconds']:.0f} s)")
+        now = time.monotonic()
+        with self._lock:
+            self._lines[label] = (now, f"{label}: step {state['step']}{events}")
+            going = [(t, line) for t, line in self._lines.values() if now - t < 2.0]
+            self._lines = {k: v for k, v in self._lines.items() if now - v[0] < 2.0}
+        others = f" (+{len(going) - 1} more running)" if len(going) > 1 else ""
+        self._status.update(f"{self._lines[label][1]} ({state['seconds']:.0f} s){others}")
 
 
 def _click_exceptions() -> list:

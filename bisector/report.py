@@ -105,13 +105,26 @@ class Report:
             "amplifier", "no-effect", "fails", "did-not-apply" with ``not_applied``: why the
             change did not take effect in a run), reproducible, error, first_divergence,
             overrides (the script's own attempts to undo the change, each ``{"what",
-            "line"}``: the change held), and for a pair that still differs growth_ratio,
-            param_diff, baseline_param_diff (the largest parameter difference with and
-            without the intervention).
+            "line"}``: the change held), growth (the pair's own rows, as ``growth``), and
+            for a pair that still differs: param_diff, baseline_param_diff and
+            baseline_again_param_diff (the largest parameter difference after the last step
+            with the intervention and in the two plain pairs), effect_decades (log10 of the
+            first over the plain pairs' geometric mean), baseline_spread_decades (how far the
+            two plain pairs lie apart), growth_ratio, and for adam-to-sgd an explanation.
+            "amplifier" means the effect lies beyond 1 decade and 3x the spread; "no-effect"
+            that it does not (no clear effect).
         replay: one entry per replayed source op: op, event, runs, distinct_results, repro,
             error (why it could not run: inputs not captured or not savable, with the reason).
         growth: per step, differing events and the largest gradient, parameter and
             optimizer-state differences (exact from snapshots, else lower bounds).
+        growth_again: the same per step for a second plain pair, made when a pair with an
+            intervention still differs: how much the difference varies from pair to pair.
+        fix_check: with ``find --fix``: the fix written as a patch and proven: made (False,
+            with why, when the fix is not a switch bisector can write), intervention, patch
+            (the .patch file), diff, file, line, reproducible (the patched script's two runs
+            bitwise alike over ``steps`` steps), first_step and first_values where they are
+            not, step_seconds {before, after} (median plain step time without and with the
+            patch), cost (after / before), notes, error (the patched script failed).
         environment: what differs between the two processes: ``{"what", "a", "b"}`` for
             versions, devices, determinism settings and environment variables.
         levels: how ``find`` got here when it bisected over steps: one entry per level
@@ -157,6 +170,8 @@ class Report:
     confirmations: list[dict[str, Any]] = field(default_factory=list)
     replay: list[dict[str, Any]] = field(default_factory=list)
     growth: list[dict[str, Any]] = field(default_factory=list)
+    growth_again: list[dict[str, Any]] = field(default_factory=list)
+    fix_check: dict[str, Any] | None = None
     environment: list[dict[str, Any]] = field(default_factory=list)
     levels: list[dict[str, Any]] = field(default_factory=list)
     spreaders: list[dict[str, Any]] = field(default_factory=list)

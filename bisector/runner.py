@@ -95,6 +95,9 @@ class RunOptions:
             "run B with sdpa-math") and its progress: {"step", "events", "seconds"}.
         user_paths: folders or files of the user's own code besides the script's folder and
             the working folder (see capture/lines.py).
+        env: environment variables set for this run only (e.g. the GPU a pair runs on).
+        source: a file whose code the run executes in the script's place (same path, folder
+            and argv): a patched copy of the script (``find --fix``).
     """
 
     steps: int | None = 2
@@ -110,6 +113,8 @@ class RunOptions:
     launch: Launch | None = None
     on_progress: Callable[[str, dict], None] | None = None
     user_paths: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    source: str | None = None
 
 
 # Set in a child started through torchrun: the PYTHONPATH the script must see.
@@ -336,6 +341,24 @@ def run_plain(script: str | os.PathLike, args: tuple[str, ...], path: Path, opti
     _run_child(script, args, path, ["--plain-state", str(path)], options, "plain")
 
 
+def run_step_times(
+    script: str | os.PathLike, args: tuple[str, ...], path: Path, options: RunOptions
+) -> list[float]:
+    """Run the script once without recording for ``options.steps`` optimizer steps; the wall
+    time of each step, in seconds (empty if no optimizer stepped).
+
+    Raises:
+        ScriptError: the script raised or exited non-zero.
+    """
+    import json
+
+    _run_child(script, args, path, ["--step-times", str(path)], options, "timing")
+    try:
+        return [float(t) for t in json.loads(path.read_text())["seconds"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def run_survey(script: str | os.PathLike, args: tuple[str, ...], path: Path, options: RunOptions):
     """Run the script once with the light op survey of ``bisector doctor``; the survey lands in
     ``path`` (JSON).
@@ -363,7 +386,7 @@ def _run_child(
     path = check_script(script)
     output_file.parent.mkdir(parents=True, exist_ok=True)
     log = _log_of(output_file, options)
-    env = dict(os.environ)
+    env = {**os.environ, **dict(options.env)}
     launch = options.launch
     if launch is None:
         # Import bisector from where this one lives without touching the child's environment.
@@ -383,6 +406,8 @@ def _run_child(
     if options.user_paths:
         named = [*options.user_paths, env.get(USER_PATHS_ENV, "")]
         env[USER_PATHS_ENV] = os.pathsep.join(filter(None, named))
+    if options.source:
+        command += ["--source", options.source]
     if options.interventions:
         from bisector.confirm.interventions import child_env
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import SCRIPTS, subprocess_env
+from conftest import SCRIPTS, source_line, subprocess_env
 from test_cli import _one_error_line, find_json, run_cli
 
 
@@ -16,7 +16,9 @@ def _by_name(report: dict) -> dict[str, dict]:
 
 
 def test_atomic_index_put_is_confirmed_replayed_and_fixed(tmp_path):
-    result, report = find_json(tmp_path, "forward_atomic.py", "--replays", "8", confirm=True)
+    # --jobs 2: the pairs run two at a time, the second plain pair beside them
+    args = ("--replays", "8", "--jobs", "2")
+    result, report = find_json(tmp_path, "forward_atomic.py", *args, confirm=True)
     assert result.returncode == 1
     outcomes = _by_name(report)
     assert outcomes["single-thread"]["outcome"] == "fixes"
@@ -25,6 +27,16 @@ def test_atomic_index_put_is_confirmed_replayed_and_fixed(tmp_path):
     assert outcomes["adam-to-sgd"]["reproducible"] is False
     assert "index_put_" in report["cause"] and "pool" in report["cause"]
     assert report["fix"] and "forward_atomic.py:" in report["fix"]
+    # a process-wide switch, placed before the script's first statement, with no CUDA advice
+    # on a run that never used CUDA
+    assert "at the start of the script, before" in report["fix"], report["fix"]
+    assert "CUBLAS" not in report["fix"]
+    # Adam -> SGD: measured against two plain pairs, and explained
+    assert report["growth_again"], "a second plain pair measures the baseline's spread"
+    adam = outcomes["adam-to-sgd"]
+    assert adam["baseline_again_param_diff"] is not None
+    assert abs(adam["effect_decades"]) > max(1.0, 3 * adam["baseline_spread_decades"]), adam
+    assert adam["explanation"].startswith("with SGD the pair still first differs at")
     (replayed,) = report["replay"]
     assert replayed["op"] == "aten.index_put_.default" and replayed["runs"] == 8
     assert replayed["distinct_results"] > 1
@@ -184,14 +196,68 @@ def test_eager_attention_intervention_on_transformers_models(tmp_path):
     assert dict(vars(transformers.PreTrainedModel)) == before  # whatever it patched is back
 
 
-def test_amplifier_includes_differences_that_vanish_or_appear():
-    from bisector.confirm import _amplification
+def _effect(base: float, again: float | None, changed: float) -> dict:
+    from bisector.confirm import _measure_effect
 
-    assert _amplification(3.7e-9, 0.0)[0] == "amplifier"  # SGD leaves the weights equal
-    assert _amplification(0.0, 1e-7)[0] == "amplifier"
-    assert _amplification(1e-6, 1e-3)[0] == "amplifier"
-    assert _amplification(1e-6, 3e-6)[0] == "no-effect"
-    assert _amplification(0.0, 0.0)[0] == "no-effect"
+    def rows(value):
+        return [{"step": 0, "max_param_diff": value}]
+
+    entry = {"intervention": "x", "outcome": "", "growth": rows(changed)}
+    _measure_effect(entry, rows(base), rows(again) if again is not None else [], steps=1)
+    return entry
+
+
+def test_an_effect_is_measured_against_the_spread_of_two_plain_pairs():
+    # SGD leaves the weights bitwise equal while Adam's differ: the growth changed
+    assert _effect(3.7e-9, 5.1e-9, 0.0)["outcome"] == "amplifier"
+    assert _effect(1e-6, 2e-6, 1e-3)["outcome"] == "amplifier"
+    steady = _effect(1e-6, 2e-6, 3e-6)
+    assert steady["outcome"] == "no-effect" and steady["baseline_spread_decades"] == 0.3
+    # A racy kernel's difference varies by 4 decades from pair to pair: 3 decades of change
+    # are within that spread, no clear effect (the H200's cudnn "amplifier" of SDPA)
+    noisy = _effect(6.05e-8, 4.1e-4, 5.8e-4)
+    assert noisy["outcome"] == "no-effect" and noisy["baseline_spread_decades"] > 3
+    assert _effect(0.0, 0.0, 0.0)["outcome"] == "no-effect"
+    assert _effect(1e-6, None, 1e-3)["outcome"] == "amplifier"  # no second pair: 2 decades
+
+
+def test_advice_is_placed_and_device_aware(tmp_path):
+    from bisector.confirm import script_start
+    from bisector.confirm.interventions import Place, get
+
+    script = tmp_path / "train.py"
+    script.write_text(
+        '"""A script."""\n\nimport torch\nfrom torch import nn\n\n'
+        "@torch.no_grad()\ndef init(m):\n    pass\n\nmodel = nn.Linear(2, 2)\n"
+    )
+    start, text = script_start(script)
+    assert start == f"{script}:6" and text == "@torch.no_grad()"
+    cpu = Place(start=start, start_text=text, source=f"{script}:10", source_kind="kernel")
+    advice = get("deterministic").advice(cpu)
+    assert "use_deterministic_algorithms(True)" in advice and f"before {script}:6" in advice
+    assert "CUBLAS" not in advice  # no CUDA setting for a run that never used CUDA
+    gpu = Place(start=start, start_text=text, source=f"{script}:10", cuda=True)
+    assert "CUBLAS_WORKSPACE_CONFIG=:4096:8" in get("deterministic").advice(gpu)
+    assert f"at {script}:10" in get("sdpa-math").advice(gpu)  # where attention is called
+    assert f"before {script}:6" in get("single-thread").advice(cpu)  # a global switch
+    rng = Place(start=start, source=f"{script}:10", source_kind="rng")
+    assert f"the draw at {script}:10" in get("seed-everything").advice(rng)
+
+
+def test_pairs_run_side_by_side_one_per_gpu_or_per_cores(monkeypatch):
+    from bisector.confirm import ConfirmOptions, _slots
+    from bisector.confirm.interventions import Place
+    from bisector.runner import Launch, RunOptions
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert _slots(ConfirmOptions(), Place(), 6) == [()] * 4  # one per 4 cores
+    assert _slots(ConfirmOptions(jobs=2), Place(), 6) == [()] * 2
+    assert _slots(ConfirmOptions(), Place(), 1) == [()]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    gpus = _slots(ConfirmOptions(), Place(cuda=True), 6)
+    assert gpus == [(("CUDA_VISIBLE_DEVICES", "2"),), (("CUDA_VISIBLE_DEVICES", "5"),)]
+    job = ConfirmOptions(run=RunOptions(launch=Launch(2)))
+    assert _slots(job, Place(cuda=True), 6) == [()]  # a torchrun job takes every GPU
 
 
 def test_set_order_structure_is_fixed_by_seeding_the_hash(tmp_path):
@@ -240,3 +306,41 @@ def test_a_replay_that_cannot_run_says_why(tmp_path):
     assert result.op == "aten.addmm.default" and result.distinct_results is None
     assert result.error.startswith("its inputs were not captured: the capture run failed: ")
     assert "loss exploded at step 1" in result.error
+
+
+def test_fix_is_written_as_a_patch_and_proven_by_a_rerun(tmp_path):
+    script = SCRIPTS / "forward_atomic.py"
+    before = script.read_bytes()
+    args = ("--try", "deterministic", "--only-tries", "--fix")
+    result, report = find_json(tmp_path, "forward_atomic.py", *args, confirm=True)
+    assert result.returncode == 1, result.stdout
+    check = report["fix_check"]
+    assert check["made"] and check["intervention"] == "deterministic", check
+    assert check["reproducible"] is True and check["steps"] == 2, check
+    patch = Path(check["patch"]).read_text()
+    assert "+torch.use_deterministic_algorithms(True)" in patch and "CUBLAS" not in patch
+    assert "\n torch.manual_seed(0)" in patch  # placed before the script's first statement
+    assert script.read_bytes() == before, "the script itself is never changed"
+    assert check["cost"] > 0 and check["step_seconds"]["before"] > 0
+    assert "Proven" in result.stdout and "patch" in result.stdout
+
+
+def test_a_fix_the_script_undoes_later_is_not_called_proven(tmp_path):
+    """The intervention holds against the script's own later use_deterministic_algorithms(False)
+    and fixes the pair; the patch at the start does not hold: its rerun still differs, and the
+    report names the line that undoes it."""
+    args = ("--try", "deterministic", "--only-tries", "--fix")
+    result, report = find_json(tmp_path, "undoes_deterministic.py", *args, confirm=True)
+    assert result.returncode == 1, result.stdout
+    (pair,) = report["confirmations"]
+    assert pair["outcome"] == "fixes" and pair["overrides"], pair
+    check = report["fix_check"]
+    assert check["made"] and check["reproducible"] is False, check
+    line = source_line(SCRIPTS / "undoes_deterministic.py", "use_deterministic_algorithms(det")
+    assert any(f"undoes_deterministic.py:{line}" in note for note in check["notes"]), check
+    assert "still differ" in result.stdout
+
+
+def test_twin_of_the_undone_fix_is_reproducible(tmp_path):
+    result, report = find_json(tmp_path, "undoes_deterministic.py", "--", "--twin")
+    assert result.returncode == 0 and report["reproducible"], result.stdout

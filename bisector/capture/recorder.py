@@ -354,6 +354,7 @@ class Recorder:
                     "steps": self._optimizer_steps,
                     "seconds": time.perf_counter() - self._started,
                     "settings_at_end": settings.determinism(),
+                    "cuda_used": torch.cuda.is_initialized(),
                     "seeds_at_end": settings.seeds(),
                     "optimizers": sorted(self._optimizers),
                     "modules": settings.notable_modules(),

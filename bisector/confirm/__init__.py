@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import numpy as np
 from bisector import analysis
 from bisector.capture import snapshots
 from bisector.capture.compiled import PREFIX as COMPILED_PREFIX
-from bisector.confirm.interventions import Intervention, RunFacts, Situation, choose
+from bisector.confirm.interventions import Intervention, Place, RunFacts, Situation, choose
 from bisector.confirm.replay import Replay, replay
 from bisector.errors import InternalError, ScriptError
 from bisector.pairs import Pair, record_pair
@@ -54,12 +56,19 @@ class ConfirmOptions:
         forced: interventions to try even where they do not seem to apply.
         only_forced: try only the forced interventions.
         run: how each run is made (interpreter, timeout).
+        jobs: pairs of runs made at the same time at most (None: one per GPU when the runs
+            used CUDA, else one per 4 CPU cores; torchrun jobs one at a time).
+        fix: write the verdict's fix as a patch and prove it (``prove_fix``).
+        fix_steps: optimizer steps the patched script is checked over (None: all of them).
     """
 
     replays: int = 20
     forced: tuple[str, ...] = ()
     only_forced: bool = False
     run: RunOptions = RunOptions()
+    jobs: int | None = None
+    fix: bool = False
+    fix_steps: int | None = None
 
 
 def confirm(
@@ -87,12 +96,111 @@ def confirm(
         chosen = [get(name) for name in options.forced]
     else:
         chosen = choose(situation, options.forced)
-    for intervention in chosen:
-        report.confirmations.append(
-            _pair(script, args, intervention, report, workdir, steps, options)
-        )
-    report.cause, report.fix = _verdict(report)
+    place = _place(script, pair, report)
+    # A second plain pair measures the baseline's own spread from pair to pair: made beside
+    # the others where pairs run side by side, else afterwards and only if a pair differs.
+    side_by_side = len(_slots(options, place, len(chosen) + 1)) > 1
+    tasks: list[Intervention | None] = [*chosen, None] if chosen and side_by_side else [*chosen]
+    entries = _pairs(script, args, tasks, report, workdir, steps, options, place)
+    again = next((e for e in entries if e["intervention"] is None), None)
+    report.confirmations = [e for e in entries if e["intervention"] is not None]
+    if again is None and any(e["outcome"] == "" for e in report.confirmations):
+        again = _pair(script, args, None, report, workdir, steps, options)
+    if again is not None:
+        report.growth_again = again.get("growth") or []
+    for entry in report.confirmations:
+        if entry["outcome"] == "":  # still differs: what the change does to the growth
+            _measure_effect(entry, report.growth, report.growth_again, steps)
+    report.cause, report.fix = _verdict(report, place)
+    if options.fix:
+        checking = replace(options.run, steps=options.fix_steps, start_step=0)
+        report.fix_check = prove_fix(script, args, report, workdir, checking, place.cuda)
     return report
+
+
+def _pairs(script, args, chosen, report, workdir, steps, options, place) -> list[dict]:
+    """One pair of runs per intervention, several at a time where the machine allows (see
+    ``_slots``); each pair's two runs one after the other, as the plain pair's were."""
+    slots = _slots(options, place, len(chosen))
+    if len(slots) <= 1:
+        return [_pair(script, args, i, report, workdir, steps, options) for i in chosen]
+    free: queue.Queue = queue.Queue()
+    for slot in slots:
+        free.put(slot)
+
+    def one(intervention: Intervention) -> dict:
+        slot = free.get()
+        try:
+            run = replace(options.run, env=options.run.env + slot)
+            mine = replace(options, run=run)
+            return _pair(script, args, intervention, report, workdir, steps, mine)
+        finally:
+            free.put(slot)
+
+    with ThreadPoolExecutor(len(slots)) as pool:
+        return list(pool.map(one, chosen))
+
+
+# CPU cores per pair run at the same time by default (a run uses every core it is given).
+_CORES_PER_PAIR = 4
+
+
+def _slots(options: ConfirmOptions, place: Place, pairs: int) -> list[tuple]:
+    """Extra environment of each pair that may run at once: one per GPU (the pair sees only
+    that GPU) when the runs used CUDA, else one per ``_CORES_PER_PAIR`` cores; at most
+    ``options.jobs``. A torchrun job's pairs run one at a time (each takes every GPU)."""
+    if options.run.launch is not None or pairs <= 1:
+        return [()]
+    limit = options.jobs or pairs
+    if place.cuda:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = [g for g in visible.split(",") if g] if visible else [str(i) for i in range(_gpus())]
+        return [(("CUDA_VISIBLE_DEVICES", g),) for g in gpus[: min(limit, pairs)]] or [()]
+    cores = os.cpu_count() or 1
+    count = options.jobs or max(1, cores // _CORES_PER_PAIR)
+    return [()] * max(1, min(count, pairs))
+
+
+def _gpus() -> int:
+    """GPUs on this machine (without starting CUDA in this process)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _place(script, pair: Pair, report: Report) -> Place:
+    """Where a fix goes: the script's start, the first source's line, and whether CUDA ran."""
+    first = report.first_divergence
+    start, text = script_start(script)
+    traces = [t for _, a, b in pair.ranks for t in (a, b)]
+    cuda = any(
+        t.footer.get("cuda_used", bool(t.header.get("versions", {}).get("gpus"))) for t in traces
+    )
+    return Place(
+        start=start,
+        start_text=text,
+        source=first.location if first is not None else "",
+        source_kind=first.kind if first is not None else "",
+        cuda=cuda,
+    )
+
+
+def script_start(script) -> tuple[str, str]:
+    """("train.py:12", its text): the script's first top-level statement after its docstring
+    and imports, before which a process-wide switch goes; ("", "") if it cannot be read."""
+    import ast
+
+    from bisector.confirm.patches import first_statement
+
+    try:
+        source = Path(script).read_text()
+        line = first_statement(ast.parse(source))
+    except (OSError, SyntaxError, ValueError):
+        return "", ""
+    lines = source.splitlines()
+    if line is None or line > len(lines):
+        return "", ""
+    return f"{script}:{line}", lines[line - 1].strip()[:80]
 
 
 def _situation(pair: Pair, sources: list[Source]) -> Situation:
@@ -226,24 +334,26 @@ def check_claims(report: Report) -> None:
 def _pair(
     script,
     args,
-    intervention: Intervention,
+    intervention: Intervention | None,
     report: Report,
     workdir: Path,
     steps: int,
     options: ConfirmOptions,
 ) -> dict:
-    """Run both runs with one intervention and say what it changed."""
-    folder = workdir / intervention.name
-    run = replace(
-        options.run, steps=steps, echo=False, interventions=(intervention.name,), snapshots=True
-    )
+    """Run both runs with one intervention (None: a second plain pair) and say what it
+    changed; the effect on the growth of a pair that still differs is measured afterwards,
+    against both plain pairs (``_measure_effect``)."""
+    name = intervention.name if intervention is not None else None
+    folder = workdir / (name or "again")
+    run = replace(options.run, steps=steps, echo=False, interventions=(name,) if name else ())
+    run = replace(run, snapshots=True)
     entry = {
-        "intervention": intervention.name,
+        "intervention": name,
         "outcome": "",
         "reproducible": None,
         "error": None,
         "first_divergence": None,
-        "summary": intervention.summary,
+        "summary": intervention.summary if intervention is not None else "",
     }
     try:
         intervened = record_pair(script, args, folder, run)
@@ -252,6 +362,9 @@ def _pair(
         return entry
     paired = intervened.report
     entry["reproducible"] = paired.reproducible
+    entry["growth"] = [_curve_row(row) for row in pair_growth(intervened)]
+    if intervention is None:
+        return entry
     facts = [_facts(trace) for _, a, b in intervened.ranks for trace in (a, b)]
     overrides = [o for f in facts for o in f.notes.get("overrides", [])]
     entry["overrides"] = list({(o["what"], o["line"]): o for o in overrides}.values())
@@ -264,11 +377,65 @@ def _pair(
         return entry
     first = paired.first_divergence
     entry["first_divergence"] = None if first is None else f"{first.op} ({first.kind})"
-    base = _final_growth(report.growth, steps)
-    changed = _final_growth(pair_growth(intervened), steps)
-    entry["outcome"], entry["growth_ratio"] = _amplification(base, changed)
-    entry["param_diff"], entry["baseline_param_diff"] = changed, base
     return entry
+
+
+def _curve_row(row: dict) -> dict:
+    """A growth row as a pair's curve keeps it."""
+    keys = ("step", "max_grad_diff", "max_param_diff", "max_state_diff", "exact")
+    return {key: row.get(key) for key in keys}
+
+
+# Differences at or below this are taken as this (log scale: an exact zero is 45 decades down).
+_TINY = 1e-45
+# An intervention changes the growth when its difference after the last step lies further
+# from the two plain pairs' than this many decades, and further than 3x their own spread.
+_MIN_EFFECT_DECADES = 1.0
+
+
+def _measure_effect(entry: dict, base: list[dict], again: list[dict], steps: int) -> None:
+    """Outcome of a pair that still differs: "amplifier" when the largest parameter difference
+    after the last recorded step is further from the plain pairs' than their own spread from
+    pair to pair allows (more than ``_MIN_EFFECT_DECADES`` and 3x the spread), else
+    "no-effect" (no clear effect). Sets the numbers it used on the entry."""
+    changed = _final_growth(entry.get("growth") or [], steps)
+    first = _final_growth(base, steps)
+    second = _final_growth(again, steps) if again else None
+    logs = [np.log10(max(v, _TINY)) for v in (first, second) if v is not None]
+    center = float(np.mean(logs))
+    spread = float(abs(logs[0] - logs[1])) if len(logs) == 2 else None
+    effect = float(np.log10(max(changed, _TINY)) - center)
+    threshold = max(_MIN_EFFECT_DECADES, 3 * spread) if spread is not None else 2.0
+    entry["outcome"] = "amplifier" if abs(effect) > threshold else "no-effect"
+    entry["param_diff"], entry["baseline_param_diff"] = changed, first
+    entry["baseline_again_param_diff"] = second
+    entry["effect_decades"] = round(effect, 2)
+    entry["baseline_spread_decades"] = None if spread is None else round(spread, 2)
+    entry["growth_ratio"] = float((changed + 1e-300) / (first + 1e-300))
+    if entry["intervention"] == "adam-to-sgd":
+        entry["explanation"] = _adam_explanation(entry, first, changed)
+
+
+def _adam_explanation(entry: dict, adam: float, sgd: float) -> str:
+    """Why Adam -> SGD changes the difference, or does not, without removing it."""
+    first = entry.get("first_divergence")
+    still = f"still first differs at {first}" if first else "still differs"
+    numbers = f"largest parameter difference after the last step {adam:.3g} with Adam, "
+    numbers += f"{sgd:.3g} with SGD"
+    text = f"with SGD the pair {still}: the optimizer is not the cause"
+    if entry["outcome"] != "amplifier":
+        return (
+            f"{text}, and it changes the size of the difference no more than the plain pairs "
+            f"vary ({numbers})"
+        )
+    if sgd < adam:
+        return (
+            f"{text}. Adam divides each update by the running scale of the gradient, so a "
+            "last-bit difference in a gradient can move a parameter by up to about the "
+            "learning rate, where SGD moves it by the learning rate times the difference: "
+            f"{numbers}"
+        )
+    return f"{text}; the difference grows faster with SGD ({numbers})"
 
 
 def _facts(trace: Trace) -> RunFacts:
@@ -283,17 +450,6 @@ def _facts(trace: Trace) -> RunFacts:
 def _ops(trace: Trace) -> frozenset[str]:
     """Every op name recorded in a trace."""
     return frozenset(trace.strings[i] for i in np.unique(trace.columns["op"]))
-
-
-def _amplification(base: float, changed: float) -> tuple[str, float]:
-    """Outcome of a pair that still differs, from the largest parameter difference without
-    (``base``) and with (``changed``) the intervention. A change of more than
-    ``_AMPLIFIER_FACTOR`` either way, including to or from exactly zero (SGD with a small
-    learning rate can leave the weights bitwise equal while the gradients differ), marks an
-    amplifier; no parameter difference either way is no effect."""
-    ratio = (changed + 1e-300) / (base + 1e-300)
-    amplifies = ratio > _AMPLIFIER_FACTOR or ratio < 1 / _AMPLIFIER_FACTOR
-    return ("amplifier" if amplifies else "no-effect"), float(ratio)
 
 
 def _error_line(exc: ScriptError) -> str:
@@ -371,15 +527,124 @@ def _final_growth(rows: list[dict], steps: int) -> float:
     return max(values, default=0.0)
 
 
-def _verdict(report: Report) -> tuple[str, str | None]:
+def best_fix(report: Report) -> str | None:
+    """The most targeted intervention that made the runs identical (see ``_PREFERENCE``)."""
+    fixes = [c["intervention"] for c in report.confirmations if c["outcome"] == "fixes"]
+    if not fixes:
+        return None
+    return min(fixes, key=lambda n: _PREFERENCE.index(n) if n in _PREFERENCE else len(_PREFERENCE))
+
+
+def _verdict(report: Report, place: Place) -> tuple[str, str | None]:
     first = report.first_divergence
     where = f"{first.module or '(no module)'}, {first.phase}, step {first.step}"
     cause = f"{first.op} in {where} ({first.kind})"
-    fixes = [c["intervention"] for c in report.confirmations if c["outcome"] == "fixes"]
-    if not fixes:
+    best = best_fix(report)
+    if best is None:
         return cause, None
     from bisector.confirm.interventions import get
 
-    best = min(fixes, key=lambda n: _PREFERENCE.index(n) if n in _PREFERENCE else len(_PREFERENCE))
-    line = f" (at {first.location})" if first.location else ""
-    return cause, f"{get(best).fix}{line}"
+    return cause, get(best).advice(place)
+
+
+# Steps timed at least for the cost of a fix (the first, with its warm-up, is not counted).
+_TIMED_STEPS = 6
+
+
+def prove_fix(
+    script, args: tuple[str, ...], report: Report, workdir: Path, run: RunOptions, cuda: bool
+) -> dict:
+    """``find --fix``: write the verdict's fix as a patch (``fix/fix.patch``, never applied to
+    the script), run a pair of the patched script (step digests of every step asked for; every
+    op where no optimizer steps), and time a plain run's steps with and without the patch.
+
+    Returns:
+        ``report.fix_check``: made (False with why when there is no patch), intervention,
+        patch (its file), diff, file, line, reproducible, steps, first_step, first_values,
+        step_seconds {before, after} (medians), cost (after / before), notes.
+    """
+    import statistics
+
+    from bisector.confirm.patches import make_patch
+    from bisector.pairs import digest_pair
+
+    name = best_fix(report)
+    if name is None:
+        return {"made": False, "why": "no tried change made the runs identical"}
+    patch = make_patch(name, script, cuda)
+    if patch is None:
+        return {
+            "made": False,
+            "intervention": name,
+            "why": f"`{name}` is not a switch bisector can write into the script: apply the "
+            "fix by hand",
+        }
+    folder = workdir / "fix"
+    folder.mkdir(parents=True, exist_ok=True)
+    patch_file = folder / "fix.patch"
+    patch_file.write_text(patch.diff)
+    patched = folder / Path(script).name
+    patched.write_text(patch.patched)
+    checking = replace(run, source=str(patched), echo=False, snapshots=False, capture=())
+    result: dict = {
+        "made": True,
+        "intervention": name,
+        "patch": str(patch_file),
+        "diff": patch.diff,
+        "file": str(script),
+        "line": patch.line,
+        "notes": patch.notes,
+    }
+    try:
+        _, compared = digest_pair(script, args, folder, checking)
+        if compared.steps_compared:
+            result.update(
+                reproducible=compared.reproducible,
+                steps=compared.steps_compared,
+                first_step=compared.first_step,
+                first_values=compared.first[:5],
+            )
+        else:  # no optimizer stepped: every op of both runs
+            paired = record_pair(script, args, folder, checking).report
+            first = paired.first_divergence
+            result.update(
+                reproducible=paired.reproducible,
+                steps=0,
+                events=paired.compared_events,
+                first_step=None if first is None else first.step,
+                first_values=[] if first is None else [{"kind": first.kind, "name": first.op}],
+            )
+        timing = replace(checking, steps=max(run.steps or 0, _TIMED_STEPS), source=None)
+        before = _step_times(script, args, folder / "before", timing)
+        after = _step_times(script, args, folder / "after", replace(timing, source=str(patched)))
+    except ScriptError as exc:
+        result.update(reproducible=None, error=_error_line(exc))
+        return result
+    entry = next(c for c in report.confirmations if c["intervention"] == name)
+    if not result.get("reproducible") and entry.get("overrides"):
+        undone = "; ".join(f"`{o['what']}` at {o['line']}" for o in entry["overrides"])
+        result["notes"] = [
+            *result["notes"],
+            f"the script undoes the change later ({undone}); the intervention held against "
+            "it, the patch does not: change that line too",
+        ]
+    if len(before) > 1 and len(after) > 1:
+        b, a = statistics.median(before[1:]), statistics.median(after[1:])
+        result["step_seconds"] = {"before": round(b, 6), "after": round(a, 6)}
+        result["cost"] = round(a / b, 3) if b > 0 else None
+    return result
+
+
+def _step_times(script, args, stem: Path, run: RunOptions) -> list[float]:
+    """Each step's wall time in a plain run (rank 0's in a torchrun job)."""
+    from bisector.runner import run_step_times
+
+    if run.launch is None:
+        return run_step_times(script, args, stem.with_suffix(".json"), run)
+    template = stem.parent / f"{stem.name}.rank{{rank}}.json"
+    run_step_times(script, args, template, run)
+    first = stem.parent / f"{stem.name}.rank{run.launch.ranks()[0]}.json"
+    try:
+        return [float(t) for t in json.loads(first.read_text())["seconds"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []

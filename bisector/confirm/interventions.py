@@ -111,13 +111,53 @@ def get(name: str) -> Intervention:
     return _CATALOGUE[name]()
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where in the user's script a fix goes.
+
+    Attributes:
+        start: "train.py:12", the script's first statement after its imports: a process-wide
+            switch goes just before it ("" if unknown).
+        start_text: that statement's source line.
+        source: the user's line of the first source ("" if unknown).
+        source_kind: the first source's kind.
+        cuda: whether CUDA ran in the runs (advice about CUDA settings only then).
+    """
+
+    start: str = ""
+    start_text: str = ""
+    source: str = ""
+    source_kind: str = ""
+    cuda: bool = False
+
+    def at_start(self) -> str:
+        """ "at the start of the script, before train.py:12 (`parser = ...`)"."""
+        if not self.start:
+            return "at the start of the script"
+        shown = f" (`{self.start_text}`)" if self.start_text else ""
+        return f"at the start of the script, before {self.start}{shown}"
+
+    def at_source(self) -> str:
+        return f"at {self.source}" if self.source else "where the source op is called"
+
+
 class Intervention:
-    """Base class. Subclasses set the attributes and override ``applies`` and ``apply``."""
+    """Base class. Subclasses set the attributes and override ``applies`` and ``apply``.
+
+    ``fix`` is the change it stands for; ``global_switch``: it is a process-wide setting, so
+    the advice places it at the start of the script rather than at the source's line.
+    """
 
     name = ""
     summary = ""
     fix = ""
+    global_switch = False
     env: dict[str, str] = {}
+
+    def advice(self, place: Place) -> str:
+        """The fix as the user applies it: what to change, and where."""
+        where = place.at_start() if self.global_switch else place.at_source()
+        return f"{self.fix} {where}"
 
     def applies(self, situation: Situation) -> bool:
         return False
@@ -228,6 +268,12 @@ class SdpaMath(Intervention):
     summary = "run scaled_dot_product_attention with the math backend only"
     fix = "use the math SDPA backend: `with torch.nn.attention.sdpa_kernel(SDPBackend.MATH):`"
 
+    def advice(self, place: Place) -> str:
+        return (
+            f"{place.at_source()}, run the attention call inside "
+            "`with torch.nn.attention.sdpa_kernel(SDPBackend.MATH):` (the math backend)"
+        )
+
     def applies(self, situation: Situation) -> bool:
         return _attention(situation)
 
@@ -308,11 +354,18 @@ class EagerAttention(Intervention):
 class Deterministic(Intervention):
     name = "deterministic"
     summary = "torch.use_deterministic_algorithms(True), CUBLAS_WORKSPACE_CONFIG=:4096:8"
-    fix = (
-        "call `torch.use_deterministic_algorithms(True)` at the start (and set "
-        "CUBLAS_WORKSPACE_CONFIG=:4096:8 before CUDA starts)"
-    )
+    fix = "call `torch.use_deterministic_algorithms(True)`"
+    global_switch = True
     env = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+
+    def advice(self, place: Place) -> str:
+        text = f"{self.fix} {place.at_start()}"
+        if place.cuda:  # cuBLAS needs a fixed workspace to be deterministic
+            text += (
+                "; and set `CUBLAS_WORKSPACE_CONFIG=:4096:8` in the environment before the "
+                "process starts"
+            )
+        return text
 
     def applies(self, situation: Situation) -> bool:
         return "kernel" in situation.kinds
@@ -339,7 +392,11 @@ class Deterministic(Intervention):
 class Cudnn(Intervention):
     name = "cudnn"
     summary = "cudnn.deterministic = True, cudnn.benchmark = False (held against the script)"
-    fix = "set `torch.backends.cudnn.deterministic = True` and `cudnn.benchmark = False`"
+    fix = (
+        "set `torch.backends.cudnn.deterministic = True` and "
+        "`torch.backends.cudnn.benchmark = False`"
+    )
+    global_switch = True
 
     def applies(self, situation: Situation) -> bool:
         convolution = any("convolution" in op or "cudnn" in op for op in situation.ops)
@@ -359,8 +416,10 @@ class NoTf32(Intervention):
     name = "no-tf32"
     summary = "no TF32 in matmuls and convolutions (full float32)"
     fix = (
-        "disable TF32: `torch.backends.cuda.matmul.allow_tf32 = False` and cudnn.allow_tf32 = False"
+        "disable TF32: `torch.backends.cuda.matmul.allow_tf32 = False` and "
+        "`torch.backends.cudnn.allow_tf32 = False`"
     )
+    global_switch = True
 
     def applies(self, situation: Situation) -> bool:
         s = situation.settings
@@ -400,7 +459,8 @@ class NoTf32(Intervention):
 class SingleThread(Intervention):
     name = "single-thread"
     summary = "one CPU thread (CPU kernels that add with atomics become ordered)"
-    fix = "run the CPU part with one thread: `torch.set_num_threads(1)`"
+    fix = "run the CPU part with one thread: call `torch.set_num_threads(1)`"
+    global_switch = True
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
     def applies(self, situation: Situation) -> bool:
@@ -500,11 +560,15 @@ class NoCompile(Intervention):
 class SeedEverything(Intervention):
     name = "seed-everything"
     summary = "seed Python, numpy, torch and CUDA (0) and PYTHONHASHSEED before the script"
-    fix = (
-        "seed every generator at the start: `random.seed(0)`, `numpy.random.seed(0)`, "
-        "`torch.manual_seed(0)` (and set PYTHONHASHSEED)"
-    )
+    fix = "seed every generator: `random.seed(0)`, `numpy.random.seed(0)`, `torch.manual_seed(0)`"
+    global_switch = True
     env = {"PYTHONHASHSEED": "0"}
+
+    def advice(self, place: Place) -> str:
+        text = f"{self.fix} {place.at_start()}, and set `PYTHONHASHSEED=0` in the environment"
+        if place.source_kind == "rng" and place.source:
+            text += f"; or give the draw at {place.source} a seeded `torch.Generator`"
+        return text
 
     def applies(self, situation: Situation) -> bool:
         # structure: control flow that follows set or dict-of-str order (PYTHONHASHSEED)

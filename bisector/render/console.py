@@ -97,10 +97,60 @@ OUTCOMES = {
     "fixes": "both runs bitwise identical",
     "amplifier": "still differ, but the difference grows at another rate: an amplifier, "
     "not the cause",
-    "no-effect": "still differ",
+    "no-effect": "still differ, with no clear effect on the difference",
     "fails": "the script fails",
     "did-not-apply": "the change did not take effect, so the pair says nothing",
 }
+
+
+def fix_check_text(check: dict) -> str:
+    """What ``find --fix`` found, in one paragraph (shared with the HTML report)."""
+    if not check.get("made"):
+        return f"no patch: {check.get('why', '')}"
+    patch = f"patch {check['patch']} (not applied to {check['file']})"
+    if check.get("error"):
+        return f"{patch}: the patched script failed: {check['error']}"
+    steps = check.get("steps")
+    over = f"over {_plural(steps, 'step')}" if steps else f"over {check.get('events', 0)} events"
+    if check.get("reproducible"):
+        text = f"{patch}: the patched script's two runs are bitwise identical {over}"
+    else:
+        first = check.get("first_values") or [{}]
+        what = f"{first[0].get('kind', '')} {first[0].get('name', '')}".strip()
+        where = f" at step {check['first_step']}" if check.get("first_step") is not None else ""
+        text = f"{patch}: the patched script's runs still differ{where} ({what})"
+    times = check.get("step_seconds")
+    if times and check.get("cost") is not None:
+        text += (
+            f"; a plain step takes {times['before']:.3g} s without it, {times['after']:.3g} s "
+            f"with it ({check['cost']:.2f}x, median of a few steps)"
+        )
+    for note in check.get("notes") or []:
+        text += f"; {note}"
+    return text
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def effect_numbers(c: dict) -> str:
+    """What an effect was decided from: the largest parameter difference after the last step
+    with the intervention and in the plain pairs, and how far apart those lie (shared with the
+    HTML report)."""
+    text = f"max parameter |A-B| {c['param_diff']:.3g} with it, {c['baseline_param_diff']:.3g}"
+    again = c.get("baseline_again_param_diff")
+    if again is not None:
+        text += f" and {again:.3g} in two pairs without"
+    else:
+        text += " without"
+    effect = c.get("effect_decades")
+    if effect is not None:
+        spread = c.get("baseline_spread_decades")
+        text += f": {abs(effect):.1f} decades {'above' if effect > 0 else 'below'}"
+        if spread is not None:
+            text += f", the plain pairs {spread:.1f} apart"
+    return text
 
 
 def held_against(overrides: list[dict]) -> str:
@@ -239,16 +289,13 @@ def _verdict_panel(report: Report) -> Panel:
         text = f"with {c['intervention']}: {OUTCOMES.get(c['outcome'], c['outcome'])}"
         if c.get("not_applied"):
             text += f" ({c['not_applied']})"
-        if c["outcome"] == "amplifier" and c.get("param_diff") is not None:
-            text += (
-                f" (max parameter |A-B| {c['param_diff']:.3g} with it, "
-                f"{c['baseline_param_diff']:.3g} without"
-            )
+        if c.get("param_diff") is not None:
+            text += f" ({effect_numbers(c)}"
             if c.get("first_divergence"):
                 text += f"; still first differs at {c['first_divergence']}"
             text += ")"
-        elif c["outcome"] == "no-effect" and c.get("first_divergence"):
-            text += f" (first at {c['first_divergence']})"
+        if c.get("explanation"):
+            text += f". {c['explanation']}"
         if c.get("error"):
             text += f" ({c['error']})"
         if c.get("overrides"):
@@ -257,6 +304,8 @@ def _verdict_panel(report: Report) -> Panel:
     for i, line in enumerate(evidence or ["no replay or intervention applied"]):
         table.add_row("Evidence" if i == 0 else "", line)
     table.add_row("Fix", report.fix or "no tried change made the runs identical")
+    if report.fix_check is not None:
+        table.add_row("Proven", fix_check_text(report.fix_check))
     for i, row in enumerate(report.growth[:6]):
         kind = "" if row.get("exact") else ">= "
         state = row.get("max_state_diff")

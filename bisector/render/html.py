@@ -16,7 +16,9 @@ from bisector.render.console import (
     _code_line,
     describe_check,
     describe_magnitude,
+    effect_numbers,
     equal_runs_text,
+    fix_check_text,
     held_against,
     replay_verdict,
 )
@@ -31,7 +33,6 @@ from bisector.render.html_blocks import (
     growth_table,
     headline,
     notes_section,
-    num,
     prose,
     section,
     table,
@@ -153,6 +154,10 @@ def _verdict(report: Report) -> str:
         ("Evidence", (bullets(evidence) if evidence else "") + confirmations),
         ("Fix", prose(report.fix or "no tried change made the runs identical")),
     ]
+    check = report.fix_check
+    if check is not None:
+        diff = f"<pre>{esc(check['diff'])}</pre>" if check.get("diff") else ""
+        rows.append(("Proven", prose(fix_check_text(check)) + diff))
     return section("Verdict", facts(rows), "verdict")
 
 
@@ -177,10 +182,9 @@ def _confirmations(confirmations: list[dict[str, Any]]) -> str:
         outcome = str(c["outcome"])
         what = esc(OUTCOMES.get(outcome, outcome))
         if c.get("param_diff") is not None and c.get("baseline_param_diff") is not None:
-            what += esc(
-                f" (max parameter |A−B| {num(c['param_diff'])} with it, "
-                f"{num(c['baseline_param_diff'])} without)"
-            )
+            what += esc(f" ({effect_numbers(c)})")
+        if c.get("explanation"):
+            what += esc(f". {c['explanation']}")
         if c.get("first_divergence") and outcome != "fixes":
             what += f"; still first differs at {code(c['first_divergence'])}"
         if c.get("not_applied"):
