@@ -257,7 +257,10 @@ def _digest_finding(compared: digests.DigestReport) -> str:
     for value in values:
         kinds[value["kind"]] = kinds.get(value["kind"], 0) + 1
     spread = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
-    on = f" on rank {compared.first_rank}" if compared.first_rank is not None else ""
+    ranks = compared.first_ranks or (
+        [compared.first_rank] if compared.first_rank is not None else []
+    )
+    on = f" on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}" if ranks else ""
     found = f"step {compared.first_step}: {first['kind']} {first['name']} differs first{on}"
     found += f" ({spread})"
     generators = [v["name"] for v in compared.first if v["kind"] == "rng"]

@@ -202,6 +202,9 @@ class DigestReport:
         notes: anything else worth knowing (a cut-short file, steps only one file has).
         first_rank: in a torchrun job (see ``merge_ranks``), the rank whose values ``first``
             are; None for one process or when no rank differs.
+        first_ranks: every rank whose values differ first in the same way (the same step and
+            kind of value: after an all-reduce every rank's gradients differ alike, and the
+            digests cannot tell which rank the difference came from).
     """
 
     reproducible: bool
@@ -213,6 +216,7 @@ class DigestReport:
     environment: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     first_rank: int | None = None
+    first_ranks: list[int] = field(default_factory=list)
     schema: int = SCHEMA
 
     def to_json(self) -> str:
@@ -316,6 +320,7 @@ def merge_ranks(reports: dict[int, DigestReport]) -> DigestReport:
         environment=shown.environment,
         notes=[f"rank {rank}: {note}" for rank, r in sorted(reports.items()) for note in r.notes],
         first_rank=lead if differing else None,
+        first_ranks=sorted(r for r in differing if order(r)[:2] == order(lead)[:2]),
     )
 
 

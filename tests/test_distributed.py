@@ -198,14 +198,14 @@ def test_fsdp1_and_tensor_parallel_are_recorded_and_shards_are_not_replicas(tmp_
 
 def test_the_ladder_finds_the_first_differing_step_on_its_rank(tmp_path):
     """Rank 1's nondeterministic pooling starts at step 3: the digests of every rank find step
-    3 (rank 1's loss differs first; rank 0's only after the all-reduce), then only step 3's ops
-    are recorded, and the source is found there."""
+    3 (rank 1's loss differs first, or, where the loss rounds alike, every rank's all-reduced
+    gradients), then only step 3's ops are recorded, and the source is found there."""
     args = ("--steps", "5", "--", "--steps", "5", "--source-from-step", "3")
     result, report = find_json(tmp_path, SCRIPT, *LAUNCH, *args)
     assert result.returncode == 1, result.stdout[-3000:]
     digests, ops = report["levels"]
-    assert digests["first_step"] == 3 and "on rank 1" in digests["found"], digests
-    assert digests["first_values"][0]["rank"] == 1
+    assert digests["first_step"] == 3, digests
+    assert "on rank 1" in digests["found"] or "on ranks 0, 1" in digests["found"], digests
     assert ops["steps"].startswith("3 ") and "rank 1" in ops["found"], ops
     first = report["first_divergence"]
     assert (first["rank"], first["op"], first["step"]) == (1, "aten.index_put_.default", 3)
