@@ -72,6 +72,9 @@ def main() -> None:
             setattr(options, name, getattr(options, name).replace("{rank}", rank))
     written = options.trace or options.digests or options.plain_state or options.step_times
     status_file = (written or "") + ".status"
+    # The parent asks the run to stop with SIGINT (Ctrl-C, --timeout, a hung job): a process
+    # started from a background job inherits SIGINT ignored, and would never finish its trace.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if launched is not None:
         # torchrun stops the other ranks with SIGTERM when one fails: finish their traces.
         signal.signal(signal.SIGTERM, _terminated)

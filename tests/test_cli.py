@@ -269,6 +269,8 @@ def test_ctrl_c_keeps_the_trace(tmp_path, level):
         stderr=subprocess.PIPE,
         text=True,
         env=subprocess_env(),
+        # as from a terminal: a test run in a background job would pass SIGINT on ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     log = tmp_path / "a.log"
     deadline = time.time() + 120
