@@ -283,6 +283,23 @@ def compare(a: Digests, b: Digests) -> DigestReport:
 _KIND_ORDER = ("structure", "batch", "loss", "grad", "param", "state", "buffer")
 
 
+def merge_growth(per_rank: list[list[dict[str, Any]]], count: str) -> list[dict[str, Any]]:
+    """Growth rows of a job's ranks as one row per step: the ``count`` of differing values
+    summed, each largest difference the largest over the ranks (None where no rank measured
+    it), ``exact`` only where every rank's value was exact."""
+    rows: dict[int, dict[str, Any]] = {}
+    for growth in per_rank:
+        for row in growth:
+            merged = rows.setdefault(row["step"], {**row, count: 0})
+            merged[count] += row[count]
+            if "exact" in row:
+                merged["exact"] = merged["exact"] and row["exact"]
+            for key in ("max_grad_diff", "max_param_diff", "max_state_diff"):
+                if row[key] is not None:
+                    merged[key] = max(merged[key] or 0.0, row[key])
+    return [rows[step] for step in sorted(rows)]
+
+
 def merge_ranks(reports: dict[int, DigestReport]) -> DigestReport:
     """One report for a torchrun job from each rank's comparison (rank r of run A against
     rank r of run B).
@@ -303,18 +320,11 @@ def merge_ranks(reports: dict[int, DigestReport]) -> DigestReport:
     differing = [rank for rank, report in reports.items() if report.first_step is not None]
     lead = min(differing, key=order) if differing else min(reports)
     shown = reports[lead]
-    rows: dict[int, dict[str, Any]] = {}
-    for report in reports.values():
-        for row in report.growth:
-            merged = rows.setdefault(row["step"], {**row, "differing": 0})
-            merged["differing"] += row["differing"]
-            for key in ("max_grad_diff", "max_param_diff", "max_state_diff"):
-                merged[key] = max(merged[key], row[key])
     return DigestReport(
         reproducible=all(r.reproducible for r in reports.values()),
         first_step=shown.first_step,
         first=[{**value, "rank": lead} for value in shown.first],
-        growth=[rows[step] for step in sorted(rows)],
+        growth=merge_growth([r.growth for r in reports.values()], count="differing"),
         steps_compared=min(r.steps_compared for r in reports.values()),
         paths=shown.paths,
         environment=shown.environment,

@@ -229,6 +229,8 @@ class Recorder:
         self._states_pruned_at = 0
         # (event, slot) of a collective just recorded, until the next op: a tensor first seen
         # then is its backend's (gloo's reduce-scatter returns through a buffer of its own).
+        # The trace only links it (a leaf whose input is the collective); the events are
+        # already written, so analysis (``_collective_results``) blames the collective.
         self._after_collective: tuple[int, int] | None = None
         self._node_info: dict[int, tuple[int, int]] = {}  # autograd seq nr -> (module, location)
         self._last_seq = -1

@@ -22,6 +22,7 @@ from bisector.capture import snapshots
 from bisector.capture.compiled import PREFIX as COMPILED_PREFIX
 from bisector.confirm.interventions import Intervention, Place, RunFacts, Situation, choose
 from bisector.confirm.replay import Replay, replay
+from bisector.digests import merge_growth
 from bisector.errors import InternalError, ScriptError
 from bisector.pairs import Pair, record_pair
 from bisector.report import Report, Source
@@ -462,19 +463,8 @@ def _error_line(exc: ScriptError) -> str:
 def pair_growth(pair: Pair) -> list[dict]:
     """The growth of the pair's difference per step (``growth``); for a torchrun job, the
     largest over the ranks (differing events summed)."""
-    if len(pair.ranks) == 1:
-        ((_, a, b),) = pair.ranks
-        return growth(a, b, pair.report)
-    rows: dict[int, dict] = {}
-    for _, a, b in pair.ranks:
-        for row in growth(a, b, pair.report):
-            merged = rows.setdefault(row["step"], {**row, "differing_events": 0})
-            merged["differing_events"] += row["differing_events"]
-            merged["exact"] = merged["exact"] and row["exact"]
-            for key in ("max_grad_diff", "max_param_diff", "max_state_diff"):
-                if row[key] is not None:
-                    merged[key] = max(merged[key] or 0.0, row[key])
-    return [rows[step] for step in sorted(rows)]
+    per_rank = [growth(a, b, pair.report) for _, a, b in pair.ranks]
+    return merge_growth(per_rank, count="differing_events")
 
 
 def growth(a: Trace, b: Trace, report: Report) -> list[dict]:
