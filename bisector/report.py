@@ -47,6 +47,10 @@ class Source:
         detail: one sentence saying what differs.
         spread: differing events that depend on this one (its reach in the dataflow graph).
         args: the non-tensor arguments in run A and run B (for "argument" and "structure").
+        written: for "argument": the module (or its nearest parent) whose own arguments differ,
+            as the user wrote them in run A and run B ("Dropout(p=0.114, inplace=False)": the
+            op may see a derived value, 1 - p); empty when the modules are alike.
+        built: the user's line that built that module ("" if unknown).
         checked: for a kernel claim, how it was checked: ``how`` ("replay"), ``runs``,
             ``distinct_results``, ``result`` ("confirmed", "contradicted", "not checked") and
             ``why`` (when not checked); None for other kinds.
@@ -67,6 +71,8 @@ class Source:
     spread: int | None = None
     args: list[str] = field(default_factory=list)
     checked: dict[str, Any] | None = None
+    written: list[str] = field(default_factory=list)
+    built: str = ""
 
 
 @dataclass

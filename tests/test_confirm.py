@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -344,3 +345,82 @@ def test_a_fix_the_script_undoes_later_is_not_called_proven(tmp_path):
 def test_twin_of_the_undone_fix_is_reproducible(tmp_path):
     result, report = find_json(tmp_path, "undoes_deterministic.py", "--", "--twin")
     assert result.returncode == 0 and report["reproducible"], result.stdout
+
+
+def test_an_unseeded_python_draw_is_named_with_the_module_as_written(tmp_path):
+    """A dropout rate drawn from Python's unseeded `random`: the op sees 1 - p; the report shows
+    the module as the script built it (p, and the line), names the draw, seeds only Python's
+    generator, and proves the patch."""
+    script = SCRIPTS / "droprate_sweep.py"
+    args = ("--try", "seed-everything", "--only-tries", "--fix")
+    result, report = find_json(tmp_path, "droprate_sweep.py", *args, confirm=True)
+    assert result.returncode == 1, result.stdout
+    first = report["first_divergence"]
+    assert first["kind"] == "argument" and first["module"] == "body.2", first
+    assert first["op"].startswith("aten.bernoulli_") or first["op"].startswith("aten.native_drop")
+    rates = [float(text.split("p=")[1].split(",")[0]) for text in first["written"]]
+    assert all(text.startswith("Dropout(p=") for text in first["written"]), first["written"]
+    assert rates[0] != rates[1]
+    if first["op"].startswith("aten.bernoulli_"):  # the op draws with 1 - p
+        seen = [float(args.rsplit(", ", 1)[1]) for args in first["args"]]
+        assert [round(1 - r, 3) for r in rates] == [round(s, 3) for s in seen], first
+    assert first["built"].endswith(f"droprate_sweep.py:{source_line(script, '# BUILT')}")
+    draw = f"droprate_sweep.py:{source_line(script, '# DRAW')}"
+    assert any(draw in note and "never seeded" in note for note in report["notes"])
+    assert "seed Python's random: `random.seed(0)`" in report["fix"], report["fix"]
+    assert f"drawn from unseeded at {draw}" in report["fix"] or draw in report["fix"]
+    assert "numpy" not in report["fix"] and "manual_seed" not in report["fix"]
+    check = report["fix_check"]
+    assert check["reproducible"] is True, check
+    patch = Path(check["patch"]).read_text()
+    assert "+random.seed(0)" in patch and "numpy" not in patch and "manual_seed" not in patch
+    assert "module A" in result.stdout and "built at" in result.stdout
+
+
+def test_twin_of_the_seeded_draw_is_reproducible(tmp_path):
+    result, report = find_json(tmp_path, "droprate_sweep.py", "--", "--seed-python")
+    assert result.returncode == 0 and report["reproducible"], result.stdout
+
+
+def test_an_argument_from_the_clock_points_at_the_module_built_with_it(tmp_path):
+    """No seed fixes a rate read from the clock: the fix points where the module is built."""
+    script = SCRIPTS / "droprate_sweep.py"
+    args = ("--try", "seed-everything", "--only-tries", "--", "--rate-from", "clock")
+    result, report = find_json(tmp_path, "droprate_sweep.py", *args, confirm=True)
+    assert result.returncode == 1
+    (entry,) = report["confirmations"]
+    assert entry["outcome"] != "fixes"
+    built = f"droprate_sweep.py:{source_line(script, '# BUILT')}"
+    assert report["fix"].startswith("no tried change made the runs identical"), report["fix"]
+    assert built in report["fix"] and "nn.Dropout(dropout)" in report["fix"]
+    assert not any("PYTHONHASHSEED is not set" in note for note in report["notes"])
+
+
+def test_the_same_confirmed_find_twice_gives_the_same_outcomes(tmp_path):
+    """The CPU example: every intervention's outcome, the cause, the replay and the fix are
+    the same in two confirmed finds."""
+    example = Path(__file__).resolve().parent.parent / "examples" / "gnn_scatter.py"
+    outcomes = []
+    for attempt in ("first", "second"):
+        out = tmp_path / f"{attempt}.json"
+        result = run_cli(
+            "find",
+            str(example),
+            "--workdir",
+            str(tmp_path / attempt),
+            "--json",
+            str(out),
+            timeout=600,
+        )
+        assert result.returncode == 1, result.stderr
+        report = json.loads(out.read_text())
+        outcomes.append(
+            {
+                "cause": report["cause"],
+                "fix": report["fix"],
+                "replay": [(r["op"], r["distinct_results"] > 1) for r in report["replay"]],
+                "outcomes": {c["intervention"]: c["outcome"] for c in report["confirmations"]},
+            }
+        )
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0]["outcomes"]["deterministic"] == "fixes", outcomes[0]

@@ -115,7 +115,12 @@ def _diverging() -> Report:
         cause="aten.index_put_.default in layers.0.aggregate, forward, step 0 (kernel)",
         fix="call `torch.use_deterministic_algorithms(True)` at the start",
         confirmations=[
-            {"intervention": "deterministic", "outcome": "fixes", "reproducible": True},
+            {
+                "intervention": "deterministic",
+                "outcome": "fixes",
+                "reproducible": True,
+                "growth": [{"step": 0, "max_param_diff": 0.0}],
+            },
             {
                 "intervention": "adam-to-sgd",
                 "outcome": "amplifier",
@@ -123,6 +128,7 @@ def _diverging() -> Report:
                 "first_divergence": "aten.index_put_.default (kernel)",
                 "param_diff": 7.45e-9,
                 "baseline_param_diff": 1.49e-6,
+                "growth": [{"step": 0, "max_param_diff": 7.45e-9}],
             },
             {"intervention": "no-compile", "outcome": "fails", "error": "ValueError: <boom>"},
         ],
@@ -141,6 +147,7 @@ def _diverging() -> Report:
             | {"exact": True}
             for s in range(3)
         ],
+        growth_again=[{"step": s, "max_param_diff": 2e-8 * (s + 1)} for s in range(3)],
         environment=[{"what": "torch", "a": "2.13.0+cpu", "b": "2.12.0+cpu"}],
         levels=[{"level": "digests", "steps": "0-9", "found": "step 0", "seconds": 4.2}],
         spreaders=[
@@ -224,6 +231,17 @@ def test_verdict_shows_replay_and_confirmations(page):
     assert '<span class="pill fails">fails</span>' in page
 
 
+def test_pairs_plot_shows_each_pair_against_the_plain_pairs(page):
+    verdict = page[page.index("<h2>Verdict") :]
+    plot = verdict[verdict.index("<svg") : verdict.index("</svg>")]
+    for label in ("plain pair", "plain pair again", "with deterministic", "with adam-to-sgd"):
+        assert f">{label}</text>" in plot
+    assert "with deterministic, step 0: 0" in plot  # identical runs: in the zero lane
+    assert "with adam-to-sgd, step 0: 7.45e-09" in plot
+    assert "stroke-dasharray" in plot  # the plain pairs' lines are dashed
+    assert "no-compile" not in plot  # a rerun that failed measured nothing
+
+
 def test_curve_plot_marks_first_source_steps_and_decades(page):
     plot = page[page.index("<h2>The difference over the run") :]
     plot = plot[: plot.index("</svg>")]
@@ -265,7 +283,10 @@ def test_other_sources_have_a_rank_column_when_a_rank_is_not_0(page):
 
 def test_report_without_curve_modules_or_growth():
     report = _diverging()
-    report.curve, report.modules, report.growth = [], [], []
+    report.curve, report.modules, report.growth, report.growth_again = [], [], [], []
+    report.confirmations = [
+        {k: v for k, v in c.items() if k != "growth"} for c in report.confirmations
+    ]
     page = render_html(report)
     _parse(page)
     _self_contained(page)

@@ -299,6 +299,12 @@ def library_location(trace: Trace, event: int) -> str:
     return _relative(trace, split_location(trace.string("location", event))[1])
 
 
+def relative_line(trace: Trace, text: str) -> str:
+    """A location string (user line, or library line alone) as ``location`` shows it."""
+    user, library = split_location(text)
+    return _relative(trace, user or library)
+
+
 def _relative(trace: Trace, text: str) -> str:
     """A path relative to the run's working folder when inside it, to site-packages when an
     installed package's."""
@@ -377,6 +383,14 @@ def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
             "its last recorded value, which is equal in both runs"
         )
     namespace = op.split(".", 1)[0]
+    written, built = [], ""
+    if kind == "argument" and not _views_only(*args):
+        module = a.string("module", event)
+        path, written, built = as_written(a, b, module)
+        if written:
+            detail += "; so do the arguments of the module that runs it, as the script gives them"
+            if path != module:  # a parent's arguments: name it
+                written = [f"{path} = {text}" for text in written]
     if kind == "kernel" and op.startswith(COMPILED_PREFIX):
         detail = (
             "code compiled by torch.compile: its inputs (and the module's parameters) are equal "
@@ -425,7 +439,29 @@ def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
         detail=detail,
         spread=spread,
         args=args,
+        written=written,
+        built=built,
     )
+
+
+def as_written(a: Trace, b: Trace, module: str) -> tuple[str, list[str], str]:
+    """The module, or its nearest parent, whose arguments differ between the runs as the user
+    wrote them (the recorder's ``module_info``: class, extra_repr, built at): (its path,
+    ["Dropout(p=0.114, inplace=False)", its description in run B], the line that built it);
+    ("", [], "") if none differs or none was described."""
+    info_a, info_b = a.footer.get("module_info") or {}, b.footer.get("module_info") or {}
+    paths = []
+    path = module
+    while path:
+        paths.append(path)
+        path = path.rpartition(".")[0]
+    paths += [name for name, (cls, _, _) in info_a.items() if name == cls]  # roots, by class
+    for path in paths:
+        mine, theirs = info_a.get(path), info_b.get(path)
+        if mine and theirs and mine[:2] != theirs[:2]:
+            built = relative_line(a, mine[2]) if mine[2] else ""
+            return path, [f"{mine[0]}({mine[1]})", f"{theirs[0]}({theirs[1]})"], built
+    return "", [], ""
 
 
 _GEOMETRY = re.compile(r"(s\[[0-9, ]*\])?(@[0-9]+)?(?=,|$)")
@@ -504,7 +540,7 @@ def _hash_seed_note(a: Trace, b: Trace, sources: list[Source], notes: list[str])
     """A hint when data built in Python differs and nothing seeded explains it: string hashing
     is salted per process unless PYTHONHASHSEED is set, so a set's order changes."""
     first = sources[0] if sources else None
-    if first is None or first.kind not in ("input", "argument", "structure") or notes:
+    if first is None or first.kind not in ("input", "structure") or notes:
         return []  # (a note already names a generator that differs)
     if any("PYTHONHASHSEED" in t.header.get("settings", {}).get("env", {}) for t in (a, b)):
         return []
@@ -550,11 +586,40 @@ def _notes(a: Trace, b: Trace) -> list[str]:
             "called with a value that changes, or torch.seed() reseeded from the system after "
             "it)"
         )
-    for key in ("python_random", "numpy_random"):
+    for generator, sites in unseeded_draws(a, b).items():
+        library = "Python's random" if generator == "random" else generator
+        if not sites:
+            notes.append(f"{library} ends in different states in the two runs (unseeded?)")
+            continue
+        line, function, calls, step = sites[0]
+        more = f", and from {len(sites) - 1} more line(s)" if len(sites) > 1 else ""
+        notes.append(
+            f"{library} ends in different states in the two runs and was never seeded: the "
+            f"script draws from it at {relative_line(a, line)} "
+            f"(`{generator}.{function}`, {calls} call(s), first in step {step}){more}"
+        )
+    return notes
+
+
+# Digests of the generators' states (capture/settings.py) by the name draws are noted under.
+_GENERATOR_STATES = {"random": "python_random", "numpy.random": "numpy_random"}
+
+
+def unseeded_draws(a: Trace, b: Trace) -> dict[str, list[list]]:
+    """Python's and numpy's global generators that end the two runs in different states,
+    each with the lines of run A that drew from it unseeded ([line, function, calls, step];
+    none where it was seeded, or where the run did not note its draws).
+
+    A generator is unseeded when no seed call of the script's gave it a value (``seed()`` and
+    ``default_rng()`` take theirs from the system)."""
+    found = {}
+    for generator, key in _GENERATOR_STATES.items():
         start_a = a.header.get("seeds_at_start", {}).get(key)
         end_a = a.footer.get("seeds_at_end", {}).get(key)
         end_b = b.footer.get("seeds_at_end", {}).get(key)
-        if end_a is not None and end_b is not None and end_a != end_b and start_a != end_a:
-            library = "Python's random" if key == "python_random" else "numpy.random"
-            notes.append(f"{library} ends in different states in the two runs (unseeded?)")
-    return notes
+        if end_a is None or end_b is None or end_a == end_b or start_a == end_a:
+            continue
+        noted = (a.footer.get("draws") or {}).get(generator) or {"sites": [], "seeds": []}
+        seeded = any(not text.endswith("(None)") for _, text in noted["seeds"])
+        found[generator] = [] if seeded else noted["sites"]
+    return found

@@ -118,7 +118,10 @@ class Locator:
     def locate(self, skip: int = 2) -> tuple[FrameType | None, FrameType | None, bool]:
         """(the innermost user frame or None, the innermost library frame inside it or None,
         whether the call only moves data in from another process), for the calling thread."""
-        frame: FrameType | None = sys._getframe(skip)
+        return self.walk(sys._getframe(skip))
+
+    def walk(self, frame: FrameType | None) -> tuple[FrameType | None, FrameType | None, bool]:
+        """``locate`` from a given frame outwards."""
         library: FrameType | None = None
         transfer = False
         while frame is not None:

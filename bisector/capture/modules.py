@@ -7,16 +7,28 @@ Where the script's own code holds several models in variables (a GAN's ``gen`` a
 teacher and a student), each such root is named by its variable and its submodules' paths start
 with it (``disc.stats``), so that equal paths of two models are told apart.
 Backward ops get their module from the forward op that created their autograd node (see ops.py).
+
+For reports, each module is also described as the user wrote it: its class, its arguments as
+``extra_repr`` shows them (``p=0.1, inplace=False``; else its plain attributes) and the line
+that built it. That line is noted by wrapping ``nn.Module.__init__`` while the tracker is
+installed: the first frame outside the module's own ``__init__`` chain, located as ops are.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import sys
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.nn.modules import module as nn_module
+
+from bisector.capture.lines import Locator
+
+MAX_DESCRIBED = 4096  # modules described per run (class, arguments, where built)
 
 
 class ModuleTracker:
@@ -24,12 +36,15 @@ class ModuleTracker:
 
     Args:
         on_root_enter: called with the root module each time a root module's forward starts.
+        guard: wraps the hooks (an exception in them is the tracker's owner's bug).
+        locator: finds the line that builds each module (none: built lines are not noted).
     """
 
     def __init__(
         self,
         on_root_enter: Callable[[torch.nn.Module], None],
         guard: Callable[[Callable], Callable] = lambda function: function,
+        locator: Locator | None = None,
     ):
         self._on_root_enter = on_root_enter
         self._guard = guard  # wraps the hooks: an exception in them is the tracker's owner's bug
@@ -38,6 +53,10 @@ class ModuleTracker:
         self._stack: list[str] = []
         self._handles: list = []
         self._roots: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+        self._locator = locator
+        self._built: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+        self._init: Any = None  # nn.Module.__init__ as it was before install
+        self.described: dict[str, list[str]] = {}  # path -> [class, arguments, built at]
 
     @property
     def current(self) -> str:
@@ -54,6 +73,9 @@ class ModuleTracker:
             nn_module.register_module_forward_pre_hook(self._guard(self._pre)),
             nn_module.register_module_forward_hook(self._guard(self._post), always_call=True),
         ]
+        if self._locator is not None and self._init is None:
+            self._init = torch.nn.Module.__init__
+            torch.nn.Module.__init__ = self._wrap_init(self._init)  # type: ignore[method-assign]
 
     def remove(self) -> None:
         """Remove every hook installed by ``install``; safe to call twice."""
@@ -61,6 +83,32 @@ class ModuleTracker:
             handle.remove()
         self._handles = []
         self._stack.clear()
+        if self._init is not None:
+            torch.nn.Module.__init__ = self._init  # type: ignore[method-assign]
+            self._init = None
+
+    def _wrap_init(self, init: Callable) -> Callable:
+        tracker = self
+
+        @functools.wraps(init)
+        def __init__(module, *args, **kwargs):
+            init(module, *args, **kwargs)
+            with contextlib.suppress(Exception):  # a note never breaks the user's constructor
+                if module not in tracker._built:
+                    tracker._built[module] = tracker._built_at(module)
+
+        return __init__
+
+    def _built_at(self, module: torch.nn.Module) -> str:
+        """The line that builds ``module``: the first frame outside its own ``__init__``s."""
+        assert self._locator is not None
+        frame = sys._getframe(2)  # the caller of nn.Module.__init__ (past the wrapper)
+        while frame is not None and frame.f_code.co_name == "__init__":
+            if frame.f_locals.get("self") is not module:
+                break
+            frame = frame.f_back
+        user, library, _ = self._locator.walk(frame)
+        return self._locator.describe(user, library)
 
     def suspend(self) -> bool:
         """Take the hooks out, keeping the stack (``resume`` puts them back); returns whether
@@ -134,6 +182,9 @@ class ModuleTracker:
         for path, sub in root.named_modules(remove_duplicate=True):
             name = f"{prefix}{path}" if path else variable or type(root).__name__
             self._names.setdefault(sub, name)
+            if len(self.described) < MAX_DESCRIBED and name not in self.described:
+                built = self._built.get(sub, "")
+                self.described[name] = [type(sub).__name__, _arguments(sub), built]
         for kind, items in (
             ("parameter", root.named_parameters()),
             ("buffer", root.named_buffers()),
@@ -141,6 +192,23 @@ class ModuleTracker:
             for path, tensor in items:
                 entry = (weakref.ref(tensor), kind, f"{prefix}{path}")
                 self._param_names.setdefault(id(tensor), entry)
+
+
+def _arguments(module: torch.nn.Module) -> str:
+    """The module's arguments as its ``extra_repr`` shows them (``p=0.1, inplace=False``), or,
+    where it shows none, its attributes of plain types (``p=0.1``)."""
+    try:
+        text = module.extra_repr()
+    except Exception:  # noqa: BLE001 - the user's extra_repr; a description is optional
+        text = ""
+    if not text:
+        plain = (bool, int, float, str)
+        text = ", ".join(
+            f"{name}={value!r}"
+            for name, value in vars(module).items()
+            if not name.startswith("_") and name != "training" and isinstance(value, plain)
+        )
+    return text[:200]
 
 
 def _models_in_script() -> dict[torch.nn.Module, str]:

@@ -38,6 +38,7 @@ from bisector.capture import settings
 from bisector.capture.compiled import PREFIX as COMPILED_PREFIX
 from bisector.capture.compiled import CompileBoundary
 from bisector.capture.cuda_graphs import CudaGraphs
+from bisector.capture.draws import DrawSites
 from bisector.capture.escapes import Escapes
 from bisector.capture.events import EventBuffer
 from bisector.capture.fingerprint import hashable, plain_values
@@ -220,8 +221,9 @@ class Recorder:
         self._writer: TraceWriter | None = None
         self._mode: _OpMode | None = None
         self._hooks: list = []
-        self._modules = ModuleTracker(self._root_enter, guard=self._guard)
         self._locator = Locator(self.options.user_paths)
+        self._modules = ModuleTracker(self._root_enter, guard=self._guard, locator=self._locator)
+        self._draws = DrawSites(self._locator, lambda: self.step)
         self._buffer = EventBuffer(self.options.chunk_events)
         self._op_infos: dict[Any, OpInfo] = {}
         self._location_ids: dict[tuple[Any, int], int] = {}
@@ -273,6 +275,7 @@ class Recorder:
         self._processes.install()
         self._escapes.install()
         self._modules.install()
+        self._draws.install()
         self._compiled.install()
         self._hooks = [
             register_optimizer_step_pre_hook(self._optimizer_pre),
@@ -329,6 +332,7 @@ class Recorder:
         self._processes.remove()
         self._escapes.remove()
         self._modules.remove()
+        self._draws.remove()
         self._compiled.remove()
         self._graphs.remove()
 
@@ -366,6 +370,8 @@ class Recorder:
                     "parameter_writes": self.parameter_writes,
                     "processes": self._processes.summary(),
                     "live_at_end": self._live_values(),
+                    "draws": self._draws.summary(),
+                    "module_info": self._modules.described,
                 }
             )
 

@@ -20,7 +20,14 @@ import numpy as np
 from bisector import analysis
 from bisector.capture import snapshots
 from bisector.capture.compiled import PREFIX as COMPILED_PREFIX
-from bisector.confirm.interventions import Intervention, Place, RunFacts, Situation, choose
+from bisector.confirm.interventions import (
+    Intervention,
+    Place,
+    RunFacts,
+    Situation,
+    choose,
+    line_text,
+)
 from bisector.confirm.replay import Replay, replay
 from bisector.digests import merge_growth
 from bisector.errors import InternalError, ScriptError
@@ -115,7 +122,7 @@ def confirm(
     report.cause, report.fix = _verdict(report, place)
     if options.fix:
         checking = replace(options.run, steps=options.fix_steps, start_step=0)
-        report.fix_check = prove_fix(script, args, report, workdir, checking, place.cuda)
+        report.fix_check = prove_fix(script, args, report, workdir, checking, place)
     return report
 
 
@@ -177,12 +184,22 @@ def _place(script, pair: Pair, report: Report) -> Place:
     cuda = any(
         t.footer.get("cuda_used", bool(t.header.get("versions", {}).get("gpus"))) for t in traces
     )
+    a, b = pair.lead()
+    draws = analysis.unseeded_draws(a, b)
+    unseeded = [{"random": "Python's random"}.get(name, name) for name in draws]
+    seeds = [t.footer.get("seeds_at_end", {}).get("torch_initial_seed") for t in (a, b)]
+    if None not in seeds and seeds[0] != seeds[1]:
+        unseeded.append("torch")
     return Place(
         start=start,
         start_text=text,
         source=first.location if first is not None else "",
         source_kind=first.kind if first is not None else "",
         cuda=cuda,
+        unseeded=tuple(unseeded),
+        draws=tuple(
+            analysis.relative_line(a, line) for sites in draws.values() for line, *_ in sites[:2]
+        ),
     )
 
 
@@ -530,6 +547,19 @@ def _verdict(report: Report, place: Place) -> tuple[str, str | None]:
     where = f"{first.module or '(no module)'}, {first.phase}, step {first.step}"
     cause = f"{first.op} in {where} ({first.kind})"
     best = best_fix(report)
+    if best is None and first.kind == "argument" and (first.built or first.location):
+        made = (
+            f"builds the module at {first.built}"
+            if first.built
+            else f"calls it at {first.location}"
+        )
+        shown = line_text(first.built or first.location)
+        return cause, (
+            f"no tried change made the runs identical; the argument differs where the script "
+            f"{made}" + (f" (`{shown}`)" if shown else "") + ": make what it passes there the "
+            "same in both runs (a value drawn from the clock, the process, or an unseeded "
+            "generator)"
+        )
     if best is None:
         return cause, None
     from bisector.confirm.interventions import get
@@ -542,7 +572,7 @@ _TIMED_STEPS = 6
 
 
 def prove_fix(
-    script, args: tuple[str, ...], report: Report, workdir: Path, run: RunOptions, cuda: bool
+    script, args: tuple[str, ...], report: Report, workdir: Path, run: RunOptions, place: Place
 ) -> dict:
     """``find --fix``: write the verdict's fix as a patch (``fix/fix.patch``, never applied to
     the script), run a pair of the patched script (step digests of every step asked for; every
@@ -561,7 +591,7 @@ def prove_fix(
     name = best_fix(report)
     if name is None:
         return {"made": False, "why": "no tried change made the runs identical"}
-    patch = make_patch(name, script, cuda)
+    patch = make_patch(name, script, place.cuda, place.unseeded)
     if patch is None:
         return {
             "made": False,

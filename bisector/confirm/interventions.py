@@ -122,6 +122,10 @@ class Place:
         source: the user's line of the first source ("" if unknown).
         source_kind: the first source's kind.
         cuda: whether CUDA ran in the runs (advice about CUDA settings only then).
+        unseeded: generators that end the runs in different states ("Python's random",
+            "numpy.random", "torch"); empty if none is known to.
+        draws: the user's lines that drew from such a generator unseeded (``random.uniform``
+            is not a torch op: the recorder notes its callers).
     """
 
     start: str = ""
@@ -129,6 +133,8 @@ class Place:
     source: str = ""
     source_kind: str = ""
     cuda: bool = False
+    unseeded: tuple[str, ...] = ()
+    draws: tuple[str, ...] = ()
 
     def at_start(self) -> str:
         """ "at the start of the script, before train.py:12 (`parser = ...`)"."""
@@ -556,6 +562,26 @@ class NoCompile(Intervention):
         return f"compiled code still ran ({compiled[0]})" if compiled else None
 
 
+# The call that seeds each generator ``Place.unseeded`` names.
+_SEED_CALLS = {
+    "Python's random": "`random.seed(0)`",
+    "numpy.random": "`numpy.random.seed(0)`",
+    "torch": "`torch.manual_seed(0)`",
+}
+
+
+def line_text(location: str) -> str:
+    """The source text at "file.py:LINE" (shortened), or "" if it cannot be read."""
+    import linecache
+    import os
+
+    path, _, line = location.rpartition(":")
+    if not path or not line.isdigit():
+        return ""
+    text = linecache.getline(os.path.abspath(path), int(line)).strip()
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
 @register
 class SeedEverything(Intervention):
     name = "seed-everything"
@@ -565,7 +591,15 @@ class SeedEverything(Intervention):
     env = {"PYTHONHASHSEED": "0"}
 
     def advice(self, place: Place) -> str:
-        text = f"{self.fix} {place.at_start()}, and set `PYTHONHASHSEED=0` in the environment"
+        seeds = [_SEED_CALLS[name] for name in place.unseeded if name in _SEED_CALLS]
+        if not seeds:  # which generator differs is not known: seed them all
+            text = f"{self.fix} {place.at_start()}, and set `PYTHONHASHSEED=0` in the environment"
+        else:
+            names = " and ".join(place.unseeded)
+            text = f"seed {names}: {', '.join(seeds)} {place.at_start()}"
+        for draw in place.draws:
+            shown = line_text(draw)
+            text += f"; it is drawn from unseeded at {draw}" + (f" (`{shown}`)" if shown else "")
         if place.source_kind == "rng" and place.source:
             text += f"; or give the draw at {place.source} a seeded `torch.Generator`"
         return text

@@ -67,9 +67,20 @@ class Patch:
     notes: list[str]
 
 
-def make_patch(intervention: str, script: str | Path, cuda: bool) -> Patch | None:
+# seed-everything narrowed to the generators known to differ (``Place.unseeded``).
+_SEED_LINES = {
+    "Python's random": ("random", "random.seed(0)"),
+    "numpy.random": ("numpy", "numpy.random.seed(0)"),
+    "torch": ("torch", "torch.manual_seed(0)"),
+}
+
+
+def make_patch(
+    intervention: str, script: str | Path, cuda: bool, unseeded: tuple[str, ...] = ()
+) -> Patch | None:
     """The patch for a fix, or None if the fix is not a process-wide switch (or the script
-    cannot be read or parsed)."""
+    cannot be read or parsed). ``unseeded``: for seed-everything, the generators known to
+    differ (only they are seeded; all of them when none is known)."""
     lines = list(_LINES.get(intervention, ()))
     if not lines:
         return None
@@ -85,7 +96,11 @@ def make_patch(intervention: str, script: str | Path, cuda: bool) -> Patch | Non
     imported = _top_level_imports(tree)
     notes = []
     needed = ["torch"]
-    if intervention == "seed-everything":
+    narrowed = [_SEED_LINES[name] for name in unseeded if name in _SEED_LINES]
+    if intervention == "seed-everything" and narrowed:
+        needed = [module for module, _ in narrowed]
+        lines = [line for _, line in narrowed]
+    elif intervention == "seed-everything":
         needed = ["random", "numpy", "torch"]
         notes.append(
             "PYTHONHASHSEED cannot be set from inside the script: set it to 0 in the "

@@ -258,6 +258,14 @@ def _first(report: Report, source: Source) -> Panel:
     if source.kind == "argument" and len(source.args) == 2:
         table.add_row("args A", source.args[0])
         table.add_row("args B", source.args[1])
+    if len(source.written) == 2:
+        table.add_row("module A", source.written[0])
+        table.add_row("module B", source.written[1])
+    if source.built:
+        table.add_row("built at", source.built)
+        built = _code_line(source.built)
+        if built:
+            table.add_row("", Text(built, style="dim"))
     if source.spread is not None:
         table.add_row(
             "spread",

@@ -40,7 +40,7 @@ from bisector.render.html_blocks import (
 from bisector.render.html_checkpoint import checkpoint_sections
 from bisector.render.html_digest import digest_sections
 from bisector.render.html_tree import module_tree
-from bisector.render.svg import curve_plot
+from bisector.render.svg import curve_plot, pairs_plot
 from bisector.report import Report, RunInfo, Source
 
 
@@ -134,6 +134,10 @@ def _first_card(report: Report, source: Source) -> str:
         rows.append(("checked", esc(describe_check(source.checked))))
     if source.kind == "argument" and len(source.args) == 2:
         rows += [("args A", code(source.args[0])), ("args B", code(source.args[1]))]
+    if len(source.written) == 2:
+        rows += [("module A", code(source.written[0])), ("module B", code(source.written[1]))]
+    if source.built:
+        rows.append(("built at", code(source.built)))
     if source.spread is not None:
         spread = (
             f"{source.spread} later differing events depend on it "
@@ -151,7 +155,10 @@ def _verdict(report: Report) -> str:
         evidence = ["no replay or intervention applied"]
     rows = [
         ("Cause", prose(report.cause)),
-        ("Evidence", (bullets(evidence) if evidence else "") + confirmations),
+        (
+            "Evidence",
+            (bullets(evidence) if evidence else "") + confirmations + _pairs_figure(report),
+        ),
         ("Fix", prose(report.fix or "no tried change made the runs identical")),
     ]
     check = report.fix_check
@@ -159,6 +166,27 @@ def _verdict(report: Report) -> str:
         diff = f"<pre>{esc(check['diff'])}</pre>" if check.get("diff") else ""
         rows.append(("Proven", prose(fix_check_text(check)) + diff))
     return section("Verdict", facts(rows), "verdict")
+
+
+def _pairs_figure(report: Report) -> str:
+    """The plain pairs' difference per step against each rerun's with a change ("" when no
+    rerun was made, or none measured parameters)."""
+    if not report.confirmations:
+        return ""
+    pairs = [("plain pair", report.growth)]
+    if report.growth_again:
+        pairs.append(("plain pair again", report.growth_again))
+    pairs += [(f"with {c['intervention']}", c.get("growth") or []) for c in report.confirmations]
+    plot = pairs_plot(pairs)
+    if not plot:
+        return ""
+    caption = (
+        '<p class="caption">Largest parameter |A−B| after each step, per pair of runs: the two '
+        "plain pairs show how much the difference varies by itself; a change counts as an "
+        "amplifier only when it moves the difference beyond that. Identical runs sit in the "
+        "zero lane.</p>"
+    )
+    return plot + caption
 
 
 def _replay_line(replay: dict[str, Any]) -> str:

@@ -146,6 +146,67 @@ def growth_plot(rows: list[dict]) -> str:
     return _svg(box.bottom + 40, parts, "The largest difference per step")
 
 
+# Colours of the pairs plot: the plain pairs in greys, the reruns with a change after them.
+_PLAIN_COLOURS = ("#333333", "#999999")
+_CHANGE_COLOURS = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442")
+# Pixels between the dots of neighbouring pairs at one step, so equal values stay visible.
+_DODGE = 9
+_LEGEND_ROW = 4  # legend entries per line
+
+
+def pairs_plot(pairs: list[tuple[str, list[dict]]], key: str = "max_param_diff") -> str:
+    """The difference of each pair of runs per step: the plain pairs (first, in greys) against
+    the reruns with a change, on a log scale; a pair whose runs are identical sits in the zero
+    lane. Dots of different pairs at one step are set a few pixels apart.
+
+    Args:
+        pairs: (legend text, growth rows) per pair, plain pairs first.
+        key: the growth row's value to plot (``max_param_diff``: parameters after the step).
+
+    Returns:
+        An ``<svg>`` element with its legend, or "" when no pair has a value.
+    """
+    series = [
+        (label, [(r["step"], float(r[key])) for r in rows if r.get(key) is not None])
+        for label, rows in pairs
+    ]
+    series = [(label, points) for label, points in series if points]
+    if not series:
+        return ""
+    legend_rows = (len(series) + _LEGEND_ROW - 1) // _LEGEND_ROW
+    top = 34 + 18 * (legend_rows - 1)
+    box = _Box(left=64, top=top, right=WIDTH - 16, bottom=top + 170)
+    steps = sorted({step for _, points in series for step, _ in points})
+    scale = _log_scale([value for _, points in series for _, value in points])
+    pad = max(0.5, (steps[-1] - steps[0]) * 0.05)
+    xs = _Linear(steps[0] - pad, steps[-1] + pad)
+    ticks = steps if len(steps) <= 20 else _nice_ticks(steps[0], steps[-1])
+    parts = [_y_axis(box, scale, "max |A−B|"), _x_axis(box, xs, ticks, "optimizer step")]
+    plain = sum(1 for label, _ in series if label.startswith("plain"))
+    colours = [*_PLAIN_COLOURS[:plain], *_CHANGE_COLOURS]
+    legend = []
+    for index, (label, points) in enumerate(series):
+        colour = colours[index % len(colours)]
+        shift = (index - (len(series) - 1) / 2) * _DODGE
+        line = [(xs.x(s, box) + shift, scale.y(v, box)) for s, v in points if _plottable(v)]
+        if len(line) > 1:
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in line)
+            dash = ' stroke-dasharray="5,3"' if index < plain else ""
+            parts.append(
+                f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>'
+            )
+        for step, value in points:
+            tip = f"{label}, step {step}: {_number(value)}"
+            x, y = xs.x(step, box) + shift, scale.y(value, box)
+            parts.append(_marker(x, y, value, colour, tip, zero_colour=colour))
+        legend.append((label, colour))
+    for row in range(legend_rows):  # (a legend is drawn 20 px above its box's top)
+        entries = legend[row * _LEGEND_ROW : (row + 1) * _LEGEND_ROW]
+        parts.append(_legend(entries, _Box(box.left, 34 + 18 * row, box.right, box.bottom)))
+    label = "The difference of each pair of runs per step"
+    return _svg(box.bottom + 40, parts, label)
+
+
 def _svg(height: float, parts: list[str], label: str) -> str:
     # Inline SVG in HTML needs no xmlns; width/height keep text at its size, CSS shrinks it.
     return (
@@ -286,12 +347,22 @@ def _first_mark(event: int, label: str, xs: _Linear, box: _Box) -> str:
     )
 
 
-def _marker(x: float, y: float, value: float, colour: str, tip: str, first: bool = False) -> str:
+def _marker(
+    x: float,
+    y: float,
+    value: float,
+    colour: str,
+    tip: str,
+    first: bool = False,
+    zero_colour: str = _ZERO,
+) -> str:
     """A filled dot for a measured value, a hollow diamond in the lane for 0 or non-finite."""
     title = f"<title>{escape(tip)}</title>"
     if not _plottable(value):
         d = f"M{x:.1f},{y - 4:.1f}l4,4l-4,4l-4,-4z"
-        return f'<path d="{d}" fill="white" stroke="{_ZERO}" stroke-width="1.3">{title}</path>'
+        return (
+            f'<path d="{d}" fill="white" stroke="{zero_colour}" stroke-width="1.5">{title}</path>'
+        )
     if first:
         return (
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5.5" fill="{_FIRST}" stroke="white" '
