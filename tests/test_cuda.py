@@ -217,6 +217,36 @@ def test_no_host_sync_per_op(tmp_path):
     assert len(trace) == recorder.events
 
 
+def test_outputs_made_on_a_side_stream_are_fingerprinted_once_written(tmp_path):
+    """FSDP2, DDP and autograd run ops on streams of their own. The recorder copies and
+    fingerprints an output on the op's stream and reads the results on another: each recorded
+    fingerprint must be that of the finished output (a race here shows a source where there
+    is none, as an FSDP2 all-gather copy-in on an idle rank once did)."""
+    from bisector.capture import fingerprint as fp
+    from bisector.capture.recorder import Recorder, RecordOptions
+
+    side = torch.cuda.Stream()
+    a = torch.randn(4096, 4096, device="cuda")
+    made = []
+    with Recorder(tmp_path / "t.trace", RecordOptions()):
+        for i in range(12):
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                big = a @ a  # a long kernel: the read-back must wait for it
+                small = big[:100, :100] * 2  # a small output: copied aside, batched later
+                shifted = big + i  # a large one: fingerprinted at once, on the side stream
+            torch.cuda.current_stream().wait_stream(side)
+            made += [big, small, shifted]
+            for tensor in (big, small, shifted):
+                tensor.record_stream(torch.cuda.current_stream())
+    torch.cuda.synchronize()
+    trace = load(tmp_path / "t.trace")
+    kept = ("aten.mm.default", "aten.mul.Tensor", "aten.add.Tensor")
+    rows = [int(trace.out_start[e]) for e in range(len(trace)) if trace.string("op", e) in kept]
+    recorded = [int(trace.columns["out_fp"][row]) & fp._MASK64 for row in rows]
+    assert recorded == [fp.fingerprint(tensor) for tensor in made]
+
+
 def test_cli_on_gpu_prints_the_source(tmp_path):
     result = subprocess.run(
         [

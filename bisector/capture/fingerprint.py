@@ -90,17 +90,38 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
+class _Made:
+    """When a device tensor was made, for kernels on other streams: each such stream waits for
+    it once (on the device: no host sync) before its first use of the tensor."""
+
+    def __init__(self, device: torch.device) -> None:
+        stream = torch.cuda.current_stream(device)
+        self._event = torch.cuda.Event()
+        self._event.record(stream)
+        self._streams = {stream.cuda_stream}
+
+    def before(self, stream: torch.cuda.Stream) -> None:
+        """Make ``stream``'s next kernels wait until the tensor is made."""
+        if stream.cuda_stream not in self._streams:
+            stream.wait_event(self._event)
+            self._streams.add(stream.cuda_stream)
+
+
 class _Weights:
     """Per-device cache of the position weights of one block."""
 
     def __init__(self) -> None:
-        self._by_device: dict[torch.device, torch.Tensor] = {}
+        self._by_device: dict[torch.device, tuple[torch.Tensor, _Made | None]] = {}
 
     def get(self, device: torch.device) -> torch.Tensor:
-        weights = self._by_device.get(device)
-        if weights is None:
+        known = self._by_device.get(device)
+        if known is None:
             weights = to_device(torch.from_numpy(_weights(_BLOCK)), device)
-            self._by_device[device] = weights
+            made = _Made(device) if weights.is_cuda else None
+            known = self._by_device[device] = (weights, made)
+        weights, made = known
+        if made is not None:
+            made.before(torch.cuda.current_stream(device))
         return weights
 
 
@@ -240,6 +261,11 @@ class Collector:
         self._staged: dict[tuple[torch.device, torch.dtype], list[tuple[int, torch.Tensor]]] = {}
         self._staged_bytes = 0
         self._batches: list[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        # CUDA streams that queued our work since the last batch: an op's output is copied and
+        # fingerprinted on the op's stream (FSDP2 copies in and reduces on streams of its own,
+        # autograd runs a backward op on its forward's stream), and read on the current one.
+        self._streams: dict[tuple[int, int], torch.cuda.Stream] = {}
+        self._side = False  # work was queued on a stream other than the reading one
 
     def __len__(self) -> int:
         return self._count
@@ -251,6 +277,10 @@ class Collector:
         """
         entry = self._count
         self._count += 1
+        stream = None
+        if tensor.is_cuda:
+            stream = torch.cuda.current_stream(tensor.device)
+            self._streams.setdefault((stream.device_index, stream.cuda_stream), stream)
         if tensor.requires_grad:
             # Inside a dispatch handler autograd still sees a tensor that requires grad (a
             # parameter read as a leaf): our copies must not join its graph.
@@ -271,7 +301,7 @@ class Collector:
                     self._full_rows.append(rows)
                 rows = self._rows[tensor.device] = _ResultRows(tensor.device)
             weights = _WEIGHTS.get(tensor.device)
-            row = rows.take(entry)
+            row = rows.take(entry, stream)
             values = _values(tensor)
             fused.fingerprint_into(_words(values), values, weights, _BLOCK, rows.buffers, row)
             return
@@ -310,23 +340,47 @@ class Collector:
         for item in self._direct:
             by_device.setdefault(item[1].device, []).append(item)
         for items in by_device.values():
+            self._mark_read(t for item in items for t in item[1:])
             entries = np.array([item[0] for item in items], dtype=np.int64)
             columns = (torch.stack([item[column] for item in items]) for column in (1, 2, 3))
             parts.append((entries, *columns))
         for rows in [*self._full_rows, *self._rows.values()]:
+            self._mark_read(rows.buffers)
             used = len(rows.entries)
             entries = np.array(rows.entries, dtype=np.int64)  # -1: an entry truncated away
             parts.append((entries, *(buffer[:used] for buffer in rows.buffers)))
         pending = PendingResults(self._count, parts)
+        self._side = False
         self._count, self._direct, self._batches = 0, [], []
         self._rows, self._full_rows = {}, []
         return pending
 
+    def _join_streams(self) -> None:
+        """Make the reading stream of each device wait for the work queued on the other streams
+        (a dependency on the device: no host sync). ``_side`` is set while tensors made on
+        those streams await reading: they are then marked as used by the reading stream, so the
+        caching allocator does not hand out their memory before it has read them."""
+        for stream in self._streams.values():
+            current = torch.cuda.current_stream(stream.device)
+            if stream != current:
+                current.wait_stream(stream)
+                self._side = True
+        self._streams = {}
+
+    def _mark_read(self, tensors) -> None:
+        """See ``_join_streams``: the reading stream uses these tensors (device ones only)."""
+        if self._side:
+            for tensor in tensors:
+                if tensor.is_cuda:
+                    tensor.record_stream(torch.cuda.current_stream(tensor.device))
+
     def _settle(self) -> None:
         """Fingerprint every staged copy, one batch per (device, dtype)."""
         staged, self._staged, self._staged_bytes = self._staged, {}, 0
+        self._join_streams()
         for items in staged.values():
             if items:
+                self._mark_read(copy for _, copy in items)
                 entries = np.array([entry for entry, _ in items], dtype=np.int64)
                 self._batches.append((entries, *_batch([copy for _, copy in items])))
 
@@ -380,13 +434,15 @@ class _ResultRows:
             torch.zeros(self.CAPACITY, dtype=torch.float32, device=device),
         )
         self.entries: list[int] = []
+        self._made = _Made(device)  # kernels on other streams add into the zeros once made
 
     @property
     def full(self) -> bool:
         return len(self.entries) >= self.CAPACITY
 
-    def take(self, entry: int) -> int:
-        """The row for collector entry ``entry``."""
+    def take(self, entry: int, stream: torch.cuda.Stream) -> int:
+        """The row for collector entry ``entry``, written by a kernel on ``stream``."""
+        self._made.before(stream)
         self.entries.append(entry)
         return len(self.entries) - 1
 
