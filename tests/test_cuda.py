@@ -272,16 +272,31 @@ def test_cli_on_gpu_prints_the_source(tmp_path):
 
 def test_seed_case_verdict(tmp_path):
     """Issue 4 on a GPU: the verdict names SDPA; the math backend and deterministic algorithms
-    fix it; Adam -> SGD does not."""
+    fix it; Adam -> SGD does not. Issue 16: the same confirmed find twice reaches the same
+    outcome for every intervention (and the same cause, replay verdict and fix)."""
     from bisector.confirm import ConfirmOptions
 
     example = REPO / "examples" / "qwen2_sdpa_adam.py"
     confirm = ConfirmOptions(
         replays=5, forced=("sdpa-math", "deterministic", "adam-to-sgd"), only_forced=True
     )
-    report = bisector.find(
-        example, (), steps=2, options=FindOptions(workdir=str(tmp_path), confirm=confirm)
-    )
+    reports = [
+        bisector.find(
+            example, (), steps=2, options=FindOptions(workdir=str(tmp_path / n), confirm=confirm)
+        )
+        for n in ("first", "second")
+    ]
+    seen = [
+        (
+            r.cause,
+            r.fix,
+            [(x["op"], x["distinct_results"] > 1) for x in r.replay],
+            {c["intervention"]: c["outcome"] for c in r.confirmations},
+        )
+        for r in reports
+    ]
+    assert seen[0] == seen[1]
+    report = reports[0]
     assert "attention_backward" in report.cause and "layers.0.self_attn" in report.cause
     outcomes = {c["intervention"]: c["outcome"] for c in report.confirmations}
     assert outcomes["sdpa-math"] == "fixes"
