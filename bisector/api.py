@@ -18,6 +18,7 @@ from bisector.pairs import Pair, diff_jobs, digest_pair, job_files, record_pair
 from bisector.report import Report
 from bisector.runner import RunOptions, check_script
 from bisector.trace import load
+from bisector.words import counted
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,6 @@ class FindOptions:
 
 
 # ``find`` over more steps than this first looks for the first differing step with digests.
-LADDER_FROM = 4
 
 
 def find(
@@ -82,14 +82,32 @@ def find(
     workdir = Path(options.workdir) if options.workdir else _new_workdir()
     args = tuple(args)
     launch = options.run.launch
-    if launch is not None and launch.nnodes > 1:
-        return _find_on_node(script, args, replace(options.run, steps=steps), options, workdir)
     ladder = options.ladder
     if ladder is None:
-        ladder = steps is None or steps > LADDER_FROM
-    if ladder:
-        return _find_by_ladder(script, args, steps, options, workdir)
-    return _find_ops(script, args, replace(options.run, steps=steps), options, workdir)
+        ladder = steps is None or steps > digests.LADDER_FROM
+    if launch is not None and launch.nnodes > 1:
+        report = _find_on_node(script, args, replace(options.run, steps=steps), options, workdir)
+    elif ladder:
+        report = _find_by_ladder(script, args, steps, options, workdir)
+    else:
+        report = _find_ops(script, args, replace(options.run, steps=steps), options, workdir)
+    report.notes += _fewer_steps(report, steps)
+    return report
+
+
+def _fewer_steps(report, steps: int | None) -> list[str]:
+    """A note when the script ended on its own before the steps asked for."""
+    if not steps or not report.runs:
+        return []
+    done = max(run.steps for run in report.runs)
+    ended = all(run.status == "complete" for run in report.runs)
+    if not ended or done >= steps or done == 0:
+        return []
+    return [
+        f"the script ended after {counted(done, 'optimizer step')}, fewer than the {steps} asked "
+        "for (--steps): it was compared over those it ran (its own arguments set how many it "
+        "trains)"
+    ]
 
 
 def _find_ops(script, args, run: RunOptions, options: FindOptions, workdir: Path) -> Report:

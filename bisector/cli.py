@@ -12,15 +12,21 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
-from bisector import __version__, api
+from bisector import __version__
+from bisector.digests import LADDER_FROM
 from bisector.errors import BisectorError, ScriptError
-from bisector.render import console as console_render
-from bisector.report import Report
-from bisector.runner import Launch, RunOptions, run_ranks, run_recorded
+from bisector.words import counted
+
+if TYPE_CHECKING:
+    from bisector.runner import Launch
+
+# torch and what imports it (the API, the runner, the renderers) are imported by the commands
+# that need them, so that `--help` and `--version` answer at once.
 
 EXIT_REPRODUCIBLE, EXIT_DIVERGED, EXIT_ERROR, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 # Lines of a failed script's output shown (the end, where its traceback is).
@@ -32,6 +38,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
@@ -100,6 +107,8 @@ def _absolute(paths: list[Path] | None) -> tuple[str, ...]:
 
 
 def _launch(nproc, nnodes, node_rank, master_addr, master_port, rank_timeout) -> Launch | None:
+    from bisector.runner import Launch
+
     if nproc is None:
         if nnodes > 1:
             raise BisectorError("--nnodes needs --nproc-per-node")
@@ -178,7 +187,7 @@ def find(
         None,
         "--ladder/--no-ladder",
         help="First find the first differing step with cheap per-step digests, then record "
-        f"every op of that step only (default: when --steps is over {api.LADDER_FROM}).",
+        f"every op of that step only (default: when --steps is over {LADDER_FROM}).",
     ),
     check_observer: bool = typer.Option(
         False,
@@ -196,6 +205,9 @@ def find(
 ) -> None:
     """Run SCRIPT twice in fresh processes, record every operator, name the first one whose
     outputs differ while its inputs were identical, and confirm the cause."""
+    from bisector import api
+    from bisector.runner import RunOptions
+
     launch = _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port, rank_timeout)
     display = _Progress(enabled=not quiet)
     run = RunOptions(
@@ -269,6 +281,8 @@ def record(
     user_paths: list[Path] | None = _USER_PATH,
 ) -> None:
     """Run SCRIPT once and save its trace, to compare later with `bisector diff`."""
+    from bisector.runner import RunOptions, run_ranks, run_recorded
+
     launch = _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port, rank_timeout)
     run = RunOptions(
         steps=None if all_steps else steps,
@@ -280,25 +294,37 @@ def record(
     out = _console()
     if launch is not None:
         for rank, info, _ in run_ranks(script, tuple(args or ()), output, run, name="A"):
-            out.print(
-                f"Rank {rank}: recorded {info.events} events over {info.steps} optimizer steps "
-                f"into {info.trace}"
-            )
-        out.print("Next: record another run, then `bisector diff` the traces of one rank")
+            out.print(f"Rank {rank}: recorded {_recorded(info)} into")
+            _command(out, str(info.trace))
+        out.print("Next: record another run with another name, then diff the two jobs:")
+        _command(out, f"bisector diff {output} OTHER{output.suffix}")
         return
     info, _ = run_recorded(script, tuple(args or ()), output, run, name="A")
-    out.print(f"Recorded {info.events} events over {info.steps} optimizer steps into {output}")
-    out.print(f"Next: record another run, then `bisector diff {output} OTHER.trace`")
+    out.print(f"Recorded {_recorded(info)} into")
+    _command(out, str(output))
+    out.print("Next: record another run, then")
+    _command(out, f"bisector diff {output} OTHER.trace")
+
+
+def _recorded(info) -> str:
+    return f"{counted(info.events, 'event')} over {counted(info.steps, 'optimizer step')}"
+
+
+def _command(out: Console, text: str) -> None:
+    """A command or path on a line of its own, never wrapped (so it copies whole)."""
+    out.print(f"  {text}", markup=False, soft_wrap=True)
 
 
 @app.command()
 def interventions() -> None:
-    """List the interventions `find` can try, one line each."""
+    """List the interventions `find` can try, and what each changes."""
     from bisector.confirm.interventions import catalogue
+    from bisector.render.console import hanging, width_of
 
     out = _console()
     for intervention in catalogue():
-        out.print(f"{intervention.name:18s} {intervention.summary}", markup=False)
+        for line in hanging(intervention.summary, f"{intervention.name:18s} ", width_of(out)):
+            out.print(line, markup=False)
 
 
 @app.command(short_help="Settings that matter here, and known nondeterministic ops of a script.")
@@ -327,7 +353,7 @@ def doctor(
 
     from bisector import doctor as doc
     from bisector.render import doctor as doctor_render
-    from bisector.runner import run_survey
+    from bisector.runner import RunOptions, run_survey
 
     env = doc.environment()
     survey, hits = None, []
@@ -339,7 +365,7 @@ def doctor(
             survey = doc.load_survey(path)
         hits = doc.match(survey)
     out = _console()
-    doctor_render.render(env, doc.advice(env), survey, hits, out)
+    doctor_render.render(env, doc.advice(env, survey), survey, hits, out)
     data = {"schema": 1, **env, "advice": doc.advice(env)}
     if survey is not None:
         data.update(survey_steps=survey.steps, script_settings=survey.settings, known_ops=hits)
@@ -365,6 +391,8 @@ def diff(
     """Compare two finished runs from what they left behind: two traces (the first divergent
     op), two digest files from bisector.watch (the first divergent step and values), or two
     checkpoints (every tensor that differs). The kind is read from the files' content."""
+    from bisector import api
+
     report = api.diff(file_a, file_b)
     _finish(report, json_path, html_path, quiet, next_hint=False)
 
@@ -375,11 +403,15 @@ def _write(text: str, path: Path, what: str, out: Console) -> None:
         path.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise BisectorError(f"cannot write the {what} report to {path}: {exc.strerror}") from None
-    out.print(f"{what} report written to {path}")
+    out.print(f"{what} report written to")
+    _command(out, str(path))
 
 
 def _finish(report, json_path: Path | None, html_path: Path | None, quiet: bool, next_hint: bool):
     """Show the report (a Report, DigestReport or CheckpointReport), write its files, exit."""
+    from bisector.render import console as console_render
+    from bisector.report import Report
+
     out = Console(file=io.StringIO()) if quiet else _console()
     if quiet:
         pass  # nothing on screen: the exit code and the files carry the result
@@ -400,7 +432,8 @@ def _finish(report, json_path: Path | None, html_path: Path | None, quiet: bool,
         _write(render_html(report), html_path, "HTML", out)
     if next_hint and len(report.runs) == 2 and not report.reproducible:
         a, b = report.runs
-        out.print(f"Re-read these runs any time: bisector diff {a.trace} {b.trace}")
+        out.print("Re-read these runs any time:")
+        _command(out, f"bisector diff {a.trace} {b.trace}")
     raise typer.Exit(_exit_code(report))
 
 
@@ -468,12 +501,68 @@ _NO_ARGS = tuple(m.NoArgsIsHelpError for m in _CLICK if hasattr(m, "NoArgsIsHelp
 _CLICK_OTHER = tuple(m.ClickException for m in _CLICK)
 
 
+# The value placeholder each option and argument shows in --help, by parameter name.
+_METAVARS = {
+    "script": "SCRIPT",
+    "args": "ARGS",
+    "file_a": "A",
+    "file_b": "B",
+    "output": "FILE",
+    "json_path": "FILE",
+    "html_path": "FILE",
+    "workdir": "DIR",
+    "steps": "N",
+    "replays": "N",
+    "jobs": "N",
+    "nproc_per_node": "N",
+    "nnodes": "N",
+    "node_rank": "N",
+    "master_addr": "HOST",
+    "master_port": "PORT",
+    "timeout": "SECONDS",
+    "rank_timeout": "SECONDS",
+    "tries": "NAME",
+    "user_paths": "PATH",
+}
+
+
+def click_command():
+    """The click command tree that typer builds from ``app``, with plain value placeholders
+    (``--steps N``, not typer's ``<int range>``)."""
+    root = typer.main.get_command(app)
+    for sub in getattr(root, "commands", {}).values():
+        for param in sub.params:
+            metavar = _METAVARS.get(param.name or "")
+            if metavar is None or getattr(param, "is_flag", False):
+                continue
+            param.metavar = metavar
+            if param.param_type_name == "argument":  # SCRIPT [ARGS]..., as click writes them
+                usage = metavar if param.required else f"[{metavar}]"
+                usage += "..." if param.nargs != 1 else ""
+                param._usage_display_name = lambda usage=usage: usage  # type: ignore[attr-defined]
+                param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+    return root
+
+
+def _usage_message(exc, command: str) -> str:
+    """The usage error in one line; an unknown option of a command that runs a script is most
+    likely the script's own, given before the `--` that separates them."""
+    message = exc.format_message()
+    option = getattr(exc, "option_name", None)
+    if option and command.rpartition(" ")[2] in ("find", "record", "doctor"):
+        return (
+            f"{message}. If {option} is your script's option, put the script's arguments "
+            f"after `--`: {command} SCRIPT -- {option} ..."
+        )
+    return f"{message} (see `{command} --help`)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bisector` command; returns the exit code."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         # Without standalone mode, click returns the code of a typer.Exit instead of exiting.
-        code = app(args=argv, prog_name="bisector", standalone_mode=False)
+        code = click_command().main(args=argv, prog_name="bisector", standalone_mode=False)
         return code if isinstance(code, int) else EXIT_REPRODUCIBLE
     except _EXITS as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
@@ -482,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except _USAGE as exc:
         command = exc.ctx.command_path if exc.ctx else "bisector"
-        err.print(f"bisector: error: {exc.format_message()} (see `{command} --help`)", markup=False)
+        err.print(f"bisector: error: {_usage_message(exc, command)}", markup=False)
         return EXIT_ERROR
     except _CLICK_OTHER as exc:
         err.print(f"bisector: error: {exc.format_message()}", markup=False)

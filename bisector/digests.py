@@ -35,6 +35,10 @@ FORMAT_VERSION = 1
 SCHEMA = 1
 # The order in which a step's values are taken and checked: the first kind that differs in the
 # first differing step says where the difference entered (data, forward, backward, optimizer).
+# `find` starts with the step ladder (digests, then the ops of the first differing step) when
+# more steps than this are asked for (or all of them).
+LADDER_FROM = 4
+
 KINDS = ("rng", "batch", "loss", "grad", "param", "state", "buffer")
 _STEP = struct.Struct("<II")
 

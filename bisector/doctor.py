@@ -26,6 +26,25 @@ class KnownOp:
     fix: str
 
 
+# Ops that draw random numbers (the survey also takes any op torch tags as drawing).
+_RANDOM = KnownOp(
+    (
+        "aten.native_dropout.default",
+        "aten.bernoulli_.float",
+        "aten.bernoulli.default",
+        "aten.rand.default",
+        "aten.randn.default",
+        "aten.randint.low",
+        "aten.randperm.default",
+        "aten.normal_.default",
+        "aten.uniform_.default",
+    ),
+    "any",
+    "draws random numbers: equal only if the generator is seeded alike in both runs",
+    "seed torch (and python, numpy) before the model and data are made",
+)
+
+
 CATALOGUE = (
     KnownOp(
         (
@@ -94,22 +113,7 @@ CATALOGUE = (
         "accumulates gradients of repeated indices (equal on the shapes measured)",
         "torch.use_deterministic_algorithms(True)",
     ),
-    KnownOp(
-        (
-            "aten.native_dropout.default",
-            "aten.bernoulli_.float",
-            "aten.bernoulli.default",
-            "aten.rand.default",
-            "aten.randn.default",
-            "aten.randint.low",
-            "aten.randperm.default",
-            "aten.normal_.default",
-            "aten.uniform_.default",
-        ),
-        "any",
-        "draws random numbers: equal only if the generator is seeded alike in both runs",
-        "seed torch (and python, numpy) before the model and data are made",
-    ),
+    _RANDOM,
 )
 
 
@@ -128,25 +132,29 @@ def environment() -> dict[str, Any]:
     return {"versions": settings.versions(), "settings": settings.determinism()}
 
 
-def advice(env: dict[str, Any]) -> list[str]:
-    """What in these settings can make two runs differ."""
+def advice(env: dict[str, Any], survey: Survey | None = None) -> list[str]:
+    """What in these settings can make two runs differ. GPU settings (cuBLAS, cuDNN, fused
+    attention) only where a GPU is present and, when a script was surveyed, it used one."""
     s = env["settings"]
+    gpu = bool(env["versions"].get("gpus"))
+    if survey is not None:
+        gpu = gpu and any(op["device"] == "cuda" for op in survey.ops)
     found = []
     if not s["deterministic_algorithms"]:
         found.append(
             "deterministic algorithms are off: ops with a deterministic path still use atomics "
             "(torch.use_deterministic_algorithms(True))"
         )
-    if env["versions"]["gpus"] and "CUBLAS_WORKSPACE_CONFIG" not in s["env"]:
+    if gpu and "CUBLAS_WORKSPACE_CONFIG" not in s["env"]:
         found.append(
             "CUBLAS_WORKSPACE_CONFIG is not set: with deterministic algorithms, cuBLAS needs "
             ":4096:8 (or :16:8) set before CUDA starts"
         )
-    if s["cudnn_benchmark"]:
+    if gpu and s["cudnn_benchmark"]:
         found.append("cudnn.benchmark is on: the convolution algorithm can change between runs")
-    if not s["cudnn_deterministic"]:
+    if gpu and not s["cudnn_deterministic"]:
         found.append("cudnn.deterministic is off (matters for convolutions on a GPU)")
-    if s["sdpa_flash"] or s["sdpa_mem_efficient"] or s["sdpa_cudnn"]:
+    if gpu and (s["sdpa_flash"] or s["sdpa_mem_efficient"] or s["sdpa_cudnn"]):
         found.append(
             "fused SDPA backends are enabled: their backward is nondeterministic on a GPU "
             "(math backend: sdpa_kernel(SDPBackend.MATH))"
@@ -166,6 +174,9 @@ def match(survey: Survey) -> list[dict[str, Any]]:
     ops flagged ``random``: they are fine when seeded alike)."""
     hits = []
     for entry in survey.ops:
+        if entry.get("random"):  # torch tags every op that draws (``.generator`` overloads too)
+            hits.append({**entry, "why": _RANDOM.why, "fix": _RANDOM.fix, "random": True})
+            continue
         for known in CATALOGUE:
             if entry["op"] not in known.ops:
                 continue
@@ -188,8 +199,8 @@ def load_survey(path: Path) -> Survey:
 def write_survey(path: str | os.PathLike, ops: dict, steps: int) -> None:
     """Write what the survey mode of the child saw (see capture/survey.py)."""
     rows = [
-        {"op": op, "device": device, "calls": calls, "location": location}
-        for (op, device), (calls, location) in sorted(ops.items())
+        {"op": op, "device": device, "calls": calls, "location": location, "random": random}
+        for (op, device), (calls, location, random) in sorted(ops.items())
     ]
     data = {"steps": steps, "settings": settings.determinism(), "ops": rows}
     Path(path).write_text(json.dumps(data, indent=1, default=str))

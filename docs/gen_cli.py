@@ -25,20 +25,18 @@ PROG = "bisector"
 REGENERATE = "python docs/gen_cli.py"
 
 
-def _import_app():
-    """The typer app, importable from a checkout without an install."""
+def _import_cli():
+    """bisector.cli, importable from a checkout without an install."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from bisector.cli import app
+    from bisector import cli
 
-    return app
+    return cli
 
 
 def root_command():
     """The click command tree of bisector's CLI."""
-    import typer
-
-    return typer.main.get_command(_import_app())
+    return _import_cli().click_command()
 
 
 def walk(command=None, path: tuple[str, ...] = (PROG,), parent=None) -> Iterator[tuple]:

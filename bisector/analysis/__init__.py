@@ -35,6 +35,7 @@ from bisector.trace import (
     is_collective,
     split_location,
 )
+from bisector.words import counted
 
 # Sources beyond this many are counted (``sources_total``) but not listed one by one.
 MAX_SOURCES = 1000
@@ -592,11 +593,11 @@ def _notes(a: Trace, b: Trace) -> list[str]:
             notes.append(f"{library} ends in different states in the two runs (unseeded?)")
             continue
         line, function, calls, step = sites[0]
-        more = f", and from {len(sites) - 1} more line(s)" if len(sites) > 1 else ""
+        more = f", and from {counted(len(sites) - 1, 'more line')}" if len(sites) > 1 else ""
         notes.append(
             f"{library} ends in different states in the two runs and was never seeded: the "
             f"script draws from it at {relative_line(a, line)} "
-            f"(`{generator}.{function}`, {calls} call(s), first in step {step}){more}"
+            f"(`{generator}.{function}`, {counted(calls, 'call')}, first in step {step}){more}"
         )
     return notes
 

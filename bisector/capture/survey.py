@@ -13,6 +13,8 @@ from torch.utils._pytree import arg_tree_leaves
 from bisector.capture.lines import Locator
 from bisector.trace import split_location
 
+_MAX_NODES = 1 << 16  # forward lines remembered for their backward ops
+
 
 class Survey(TorchDispatchMode):
     """Counts the ops run inside it; stops the script (``on_stop``) after ``steps`` optimizer
@@ -27,6 +29,8 @@ class Survey(TorchDispatchMode):
         self._locator = Locator()
         self._hook = None
         self._pid = os.getpid()
+        self._forward_lines: dict[int, str] = {}  # autograd sequence nr -> the forward's line
+        self._last_seq = -1
 
     def __enter__(self) -> Survey:
         self._hook = register_optimizer_step_post_hook(self._stepped)
@@ -44,14 +48,34 @@ class Survey(TorchDispatchMode):
             tensors = [a for a in arg_tree_leaves(*args, **kwargs) if isinstance(a, torch.Tensor)]
             device = tensors[0].device.type if tensors else "cpu"
             key = (str(func), device)
+            where = self._where(key not in self.ops)
             entry = self.ops.get(key)
             if entry is None:
-                user, library, _ = self._locator.locate(2)
-                where = split_location(self._locator.describe(user, library))[0]
-                self.ops[key] = [1, where]
+                random = torch.Tag.nondeterministic_seeded in getattr(func, "tags", ())
+                self.ops[key] = [1, where, random]
             else:
                 entry[0] += 1
         return func(*args, **kwargs)
+
+    def _where(self, wanted: bool) -> str:
+        """The user's line of the op being dispatched ("" if not ``wanted``): for a backward
+        op, the line of the forward op whose autograd node runs it (as the recorder does)."""
+        node = torch._C._current_autograd_node()
+        if node is not None:
+            return self._forward_lines.get(node._sequence_nr(), "") if wanted else ""
+        seq = torch._C._autograd._get_sequence_nr()
+        if seq != self._last_seq:  # this op made an autograd node: note where, for its backward
+            self._last_seq = seq
+            self._forward_lines[seq - 1] = where = self._line()
+            if len(self._forward_lines) > _MAX_NODES:
+                for old in list(self._forward_lines)[: _MAX_NODES // 2]:
+                    del self._forward_lines[old]
+            return where
+        return self._line() if wanted else ""
+
+    def _line(self) -> str:
+        user, library, _ = self._locator.locate(4)
+        return split_location(self._locator.describe(user, library))[0]
 
     def _stepped(self, optimizer, args, kwargs) -> None:
         self.steps += 1

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bisector.checkpoint import CheckpointReport
+from bisector.render.console import trimmed
 from bisector.tensor_diff import TensorDiff
 
 # Rows each section shows; the rest are counted (every one is in --json).
@@ -18,6 +19,7 @@ _MAX_NAMES = 12
 _MAX_PREFIXES = 6
 
 
+@trimmed
 def render(report: CheckpointReport, console: Console) -> None:
     """Print the report."""
     differing = [t for t in report.tensors if not t.equal]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import linecache
 import os
+import textwrap
 from collections import OrderedDict
 
 from rich.console import Console, Group
@@ -12,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bisector.report import Report, RunInfo, Source
+from bisector.words import counted, plural
 
 _KIND_TEXT = {
     "kernel": "a nondeterministic kernel",
@@ -26,42 +29,89 @@ _KIND_TEXT = {
 _MAX_GROUPS = 8
 
 
+# Widest a panel grows: every panel of a report takes this width, or the console's if narrower.
+MAX_WIDTH = 100
+
+
+def width_of(console: Console) -> int:
+    """The one width of every panel printed on ``console``."""
+    return min(console.width, MAX_WIDTH)
+
+
+def trimmed(draw):
+    """A renderer ``draw(*args, console)`` whose lines are printed without trailing spaces
+    (rich pads table cells and titles; a piped report should not carry them)."""
+
+    @functools.wraps(draw)
+    def render(*args):
+        *rest, console = args
+        with console.capture() as captured:
+            draw(*rest, console)
+        lines = captured.get().split("\n")
+        console.file.write("\n".join(line.rstrip(" ") for line in lines))
+        console.file.flush()
+
+    return render
+
+
+@trimmed
 def render(report: Report, console: Console) -> None:
     """Print the report."""
-    console.print(_verdict(report))
+    width = width_of(console)
+    console.print(_verdict(report, width))
     if report.levels:
         console.print(levels_table(report.levels))
     if report.first_divergence is not None:
-        console.print(_first(report, report.first_divergence))
+        console.print(_first(report, report.first_divergence, width))
     if report.environment:
-        console.print(environment_table(report.environment))
+        console.print(environment_table(report.environment, width))
     if report.spreaders:
-        console.print(_spreaders(report.spreaders))
+        console.print(_spreaders(report.spreaders, width), crop=False)
     others = report.sources[1:]
     if others:
-        console.print(_others(others, report.sources_total - 1))
+        console.print(_others(others, report.sources_total - 1, width), crop=False)
     if report.cause is not None:
-        console.print(_verdict_panel(report))
+        console.print(_verdict_panel(report, width))
     if report.notes:
-        console.print(Text("Notes", style="bold"))
-        for note in report.notes:
-            console.print(Text("  - ") + Text(note))
+        console.print(bullets("Notes", report.notes, width=width), crop=False)
     console.print(_runs(report.runs))
 
 
-def _spreaders(spreaders: list[dict]) -> Text:
-    text = Text("Spread across ranks by collectives\n", style="bold")
+def bullets(title: str, lines: list[str], marker: str = "-", width: int = MAX_WIDTH) -> Group:
+    """A bold title and one item per line, wrapped at spaces only (an op name or a path is
+    never split) with a hanging indent."""
+    texts: list = [Text(title, style="bold")]
+    for line in lines:  # (a word wider than the line overflows it, whole: print with crop=False)
+        rows = hanging(line, f"  {marker} ", width)
+        texts += [Text(row, no_wrap=True, overflow="ignore") for row in rows]
+    return Group(*texts)
+
+
+def hanging(text: str, first: str, width: int) -> list[str]:
+    """``text`` wrapped to ``width`` at spaces, after ``first``; later lines indented as far."""
+    return textwrap.wrap(
+        text,
+        width=max(width, len(first) + 20),
+        initial_indent=first,
+        subsequent_indent=" " * len(first),
+        break_long_words=False,
+        break_on_hyphens=False,
+    ) or [first.rstrip()]
+
+
+def _spreaders(spreaders: list[dict], width: int) -> Group:
+    lines = []
     for s in spreaders:
         ranks = ", ".join(map(str, s["ranks"]))
-        text.append(
-            f"  {s['op']} ({s['phase']}, step {s['step']}"
+        lines.append(
+            f"{s['op']} ({s['phase']}, step {s['step']}"
             f"{', ' + s['module'] if s['module'] else ''}) carried {s['origin']} to rank "
-            f"{ranks}\n"
+            f"{ranks}"
         )
-    return text
+    return bullets("Spread across ranks by collectives", lines, width=width)
 
 
-def environment_table(differences: list[dict]) -> Panel:
+def environment_table(differences: list[dict], width: int | None = None) -> Panel:
     """What differs between the two processes: itself a possible cause."""
     table = Table(box=None, padding=(0, 1), show_edge=False)
     for column in ("", "run A", "run B"):
@@ -73,7 +123,8 @@ def environment_table(differences: list[dict]) -> Panel:
         title="The runs' environments differ (a different GPU, library or flag is a cause too)",
         title_align="left",
         border_style="yellow",
-        expand=False,
+        expand=width is not None,
+        width=width,
     )
 
 
@@ -111,7 +162,7 @@ def fix_check_text(check: dict) -> str:
     if check.get("error"):
         return f"{patch}: the patched script failed: {check['error']}"
     steps = check.get("steps")
-    over = f"over {_plural(steps, 'step')}" if steps else f"over {check.get('events', 0)} events"
+    over = f"over {counted(steps, 'step')}" if steps else f"over {check.get('events', 0)} events"
     if check.get("reproducible"):
         text = f"{patch}: the patched script's two runs are bitwise identical {over}"
     else:
@@ -128,10 +179,6 @@ def fix_check_text(check: dict) -> str:
     for note in check.get("notes") or []:
         text += f"; {note}"
     return text
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def effect_numbers(c: dict) -> str:
@@ -178,7 +225,10 @@ def describe_check(checked: dict) -> str:
         "confirmed": "the op is nondeterministic by itself",
         "contradicted": "stable: not a proven kernel source",
     }.get(checked.get("result"), "")
-    return f"replayed {runs} times on its captured inputs: {distinct} distinct results ({meaning})"
+    return (
+        f"replayed {runs} times on its captured inputs: "
+        f"{counted(distinct or 0, 'distinct result')} ({meaning})"
+    )
 
 
 def describe_magnitude(source: Source) -> str:
@@ -186,6 +236,11 @@ def describe_magnitude(source: Source) -> str:
     value = source.max_abs_diff
     if value is None:
         return "n/a"
+    if source.max_abs_diff_bound == "lower" and value == 0:
+        return (
+            ">= 0 (lower bound: the bits differ, but the sum and largest value recorded of "
+            "each output are equal, so no size can be told)"
+        )
     if source.max_abs_diff_bound == "lower":
         return f">= {value:.3g} (lower bound)"
     return f"{value:.3g}"
@@ -220,22 +275,26 @@ def equal_runs_text(report: Report) -> tuple[str, str]:
     return "Reproducible:", text
 
 
-def _verdict(report: Report) -> Text:
+def _verdict(report: Report, width: int) -> Text:
+    """The headline, wrapped at spaces, its label in colour."""
     if report.reproducible or report.verdict == "inconclusive":
         label, text = equal_runs_text(report)
-        return Text.assemble(
-            (label + " ", "bold green" if report.reproducible else "bold yellow"), text
+        style = "bold green" if report.reproducible else "bold yellow"
+    else:
+        first = report.first_divergence
+        kind = _KIND_TEXT.get(first.kind, first.kind) if first else "unknown"
+        label, style = "Runs diverge:", "bold red"
+        text = (
+            f"{report.differing_events} of {counted(report.compared_events, 'event')} differ; "
+            f"the first cause is {kind}."
         )
-    first = report.first_divergence
-    kind = _KIND_TEXT.get(first.kind, first.kind) if first else "unknown"
-    return Text.assemble(
-        ("Runs diverge: ", "bold red"),
-        f"{report.differing_events} of {report.compared_events} events differ; "
-        f"the first cause is {kind}.",
-    )
+    lines = hanging(f"{label} {text}", "", width)
+    headline = Text("\n".join(lines))
+    headline.stylize(style, 0, len(label))
+    return headline
 
 
-def _first(report: Report, source: Source) -> Panel:
+def _first(report: Report, source: Source, width: int) -> Panel:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column(overflow="fold")
@@ -273,10 +332,10 @@ def _first(report: Report, source: Source) -> Panel:
             f"(of {report.differing_events} that differ)",
         )
     title = f"First divergence: {source.kind}"
-    return Panel(table, title=title, title_align="left", border_style="red", expand=False)
+    return Panel(table, title=title, title_align="left", border_style="red", width=width)
 
 
-def _verdict_panel(report: Report) -> Panel:
+def _verdict_panel(report: Report, width: int) -> Panel:
     """Cause / Evidence / Fix."""
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold cyan", no_wrap=True)
@@ -289,7 +348,8 @@ def _verdict_panel(report: Report) -> Panel:
             how = " and the same seed" if r.get("seed") is not None else ""
             evidence.append(
                 f"replayed {r['op']} {r['runs']} times on identical inputs{how}: "
-                f"{r['distinct_results']} distinct results ({verdict}); repro: {r['repro']}"
+                f"{counted(r['distinct_results'], 'distinct result')} ({verdict}); "
+                f"repro: {r['repro']}"
             )
         elif r.get("error"):
             evidence.append(f"replay of {r['op']}: {r['error']}")
@@ -324,29 +384,31 @@ def _verdict_panel(report: Report) -> Panel:
         if state is not None:
             text += f", optimizer state {state:.3g}"
         table.add_row("Growth" if i == 0 else "", text)
-    return Panel(table, title="Verdict", title_align="left", border_style="green", expand=False)
+    return Panel(table, title="Verdict", title_align="left", border_style="green", width=width)
 
 
-def _others(sources: list[Source], total: int) -> Group:
+def _others(sources: list[Source], total: int, width: int) -> Group:
+    """One item per group of alike sources (kind, op, module, phase, line), wrapped at spaces
+    so that op names and paths stay whole."""
     groups: OrderedDict[tuple, list[Source]] = OrderedDict()
     for s in sources:
         groups.setdefault((s.kind, s.op, s.module, s.phase, s.location), []).append(s)
     ranked = any(s.rank for s in sources)  # a multi-process job: say which rank
-    table = Table(box=None, padding=(0, 1), show_edge=False)
-    columns = ("kind", "op", "module", "phase", "steps", *(("ranks",) if ranked else ()))
-    for column in (*columns, "line", "max |A-B|"):
-        table.add_column(column, overflow="fold")
+    lines = []
     for (kind, op, module, phase, location), members in list(groups.items())[:_MAX_GROUPS]:
         count = f" x{len(members)}" if len(members) > 1 else ""
-        row = [kind + count, op, module or "-", phase, _listed({m.step for m in members})]
+        steps = sorted({m.step for m in members})
+        text = f"{kind}{count}: {op} in {module or '(no module)'}, {phase}, "
+        text += f"{plural(len(steps), 'step')} {_listed(set(steps))}"
         if ranked:
-            row.append(_listed({m.rank for m in members}))
-        table.add_row(*row, location, describe_magnitude(members[0]))
+            ranks = sorted({m.rank for m in members})
+            text += f", {plural(len(ranks), 'rank')} {_listed(set(ranks))}"
+        text += f", at {location or '?'}; max |A-B| {describe_magnitude(members[0])}"
+        lines.append(text)
     rest = len(groups) - _MAX_GROUPS
-    parts: list = [Text(f"Other sources ({total})", style="bold"), table]
     if rest > 0:
-        parts.append(Text(f"  ... and {rest} more groups (see --json)"))
-    return Group(*parts)
+        lines.append(f"... and {counted(rest, 'more group')} (see --json)")
+    return bullets(f"Other sources ({total})", lines, width=width)
 
 
 def _listed(values: set[int]) -> str:
@@ -355,15 +417,18 @@ def _listed(values: set[int]) -> str:
 
 
 def _runs(runs: list[RunInfo]) -> Group:
-    lines = [Text("Runs", style="bold")]
+    """Each run in a line, its file on the next: a path is never split by the wrap."""
+    lines: list = [Text("Runs", style="bold")]
     for run in runs:
         seconds = f", {run.seconds:.1f} s" if run.seconds is not None else ""
-        lines.append(
-            Text(
-                f"  {run.name}: {run.events} events, {run.steps} optimizer steps, "
-                f"{run.status}{seconds}  {run.trace}"
-            )
+        steps = counted(run.steps, "optimizer step")
+        what = (
+            f"step digests of {steps}"  # values per step, no events
+            if str(run.trace).endswith(".digests")
+            else f"{counted(run.events, 'event')}, {steps}"
         )
+        lines.append(Text(f"  {run.name}: {what}, {run.status}{seconds}"))
+        lines.append(Text(f"     {run.trace}", overflow="ignore", no_wrap=True))
     return Group(*lines)
 
 

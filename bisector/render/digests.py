@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bisector.digests import DigestReport
-from bisector.render.console import environment_table
+from bisector.render.console import environment_table, trimmed
 
 # Differing values listed for the first step, and growth rows shown at each end.
 _MAX_VALUES = 20
@@ -25,6 +25,7 @@ _WHERE = {
 }
 
 
+@trimmed
 def render(report: DigestReport, console: Console) -> None:
     """Print the report."""
     if report.reproducible:

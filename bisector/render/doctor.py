@@ -3,11 +3,17 @@ nondeterministic ops."""
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from bisector.render.console import bullets, hanging, trimmed, width_of
+from bisector.words import counted
 
+
+@trimmed
 def render(env: dict, advice: list[str], survey, hits: list[dict], console: Console) -> None:
     """Print the doctor's findings."""
     versions, settings = env["versions"], env["settings"]
@@ -23,10 +29,11 @@ def render(env: dict, advice: list[str], survey, hits: list[dict], console: Cons
     for key, value in (settings.get("env") or {}).items():
         table.add_row(f"${key}", str(value))
     console.print(table)
+    width = width_of(console)
     if advice:
-        console.print(Text("What here can make two runs differ", style="bold"))
-        for line in advice:
-            console.print(Text("  - ") + Text(line))
+        console.print(
+            bullets("What here can make two runs differ", advice, width=width), crop=False
+        )
     if survey is None:
         console.print(
             Text(
@@ -38,36 +45,44 @@ def render(env: dict, advice: list[str], survey, hits: list[dict], console: Cons
         return
     changed = {k: v for k, v in survey.settings.items() if k != "env" and settings.get(k) != v}
     if changed:
-        console.print(Text("The script changes these settings itself", style="bold"))
-        for key, value in changed.items():
-            console.print(f"  {key}: {settings.get(key)} -> {value}")
-    distinct = len(survey.ops)
-    console.print(Text(f"Surveyed {distinct} distinct ops over {survey.steps} optimizer step(s)."))
+        lines = [f"{key}: {settings.get(key)} -> {value}" for key, value in changed.items()]
+        console.print(
+            bullets("The script changes these settings itself", lines, width=width), crop=False
+        )
+    console.print(
+        Text(
+            f"Surveyed {counted(len(survey.ops), 'distinct op')} over "
+            f"{counted(survey.steps, 'optimizer step')}."
+        )
+    )
     random = [h for h in hits if h["random"]]
     hits = [h for h in hits if not h["random"]]
     if random:
-        drawn = ", ".join(f"{h['op']} ({h['calls']})" for h in random)
-        console.print(
-            Text(f"Draws random numbers (fine when every generator is seeded alike): {drawn}")
-        )
+        drawn = [f"{h['op']} ({counted(h['calls'], 'call')}) at {_here(h)}" for h in random]
+        title = "Draws random numbers (fine when every generator is seeded alike)"
+        console.print(bullets(title, drawn, width=width), crop=False)
     if not hits:
         console.print(Text("No op known to be nondeterministic on its device was run.", "green"))
         return
-    table = Table(
-        title="Known nondeterministic ops this script runs",
-        title_justify="left",
-        padding=(0, 1),
-    )
-    for column in ("op", "device", "calls", "first call", "why", "fix"):
-        table.add_column(column, overflow="fold")
+    console.print(Text("Known nondeterministic ops this script runs", style="bold"))
     for hit in hits:
-        table.add_row(
-            hit["op"], hit["device"], str(hit["calls"]), hit["location"], hit["why"], hit["fix"]
-        )
-    console.print(table)
-    console.print(
-        Text(
-            "Whether they change your results: `bisector find` runs the script twice and compares.",
-            style="dim",
-        )
+        first = f"{hit['op']} on {hit['device']}, {counted(hit['calls'], 'call')}, at {_here(hit)}"
+        lines = hanging(first, "  - ", width)
+        lines += hanging(f"why: {hit['why']}", "    ", width)
+        lines += hanging(f"fix: {hit['fix']}", "    ", width)
+        for line in lines:
+            console.print(Text(line))
+    closing = (
+        "Whether they change your results: `bisector find` runs the script twice and compares."
     )
+    for line in hanging(closing, "", width):
+        console.print(Text(line, style="dim"))
+
+
+def _here(hit: dict) -> str:
+    """The op's first line, relative to the working folder when inside it."""
+    location = hit.get("location") or "?"
+    path, _, line = location.rpartition(":")
+    if path and os.path.isabs(path) and path.startswith(os.path.join(os.getcwd(), "")):
+        return f"{os.path.relpath(path)}:{line}"
+    return location

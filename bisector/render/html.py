@@ -42,6 +42,7 @@ from bisector.render.html_digest import digest_sections
 from bisector.render.html_tree import module_tree
 from bisector.render.svg import curve_plot, pairs_plot
 from bisector.report import Report, RunInfo, Source
+from bisector.words import counted
 
 
 def render_html(report: Report | DigestReport | CheckpointReport) -> str:
@@ -199,7 +200,8 @@ def _replay_line(replay: dict[str, Any]) -> str:
     how = " and the same seed" if replay.get("seed") is not None else ""
     return (
         f"replayed {code(replay['op'])} {esc(replay['runs'])} times on identical inputs{how}: "
-        f"<strong>{esc(replay['distinct_results'])} distinct results</strong> ({esc(verdict)}); "
+        f"<strong>{esc(counted(replay['distinct_results'], 'distinct result'))}</strong> "
+        f"({esc(verdict)}); "
         f"repro: {code(replay['repro'])}"
     )
 
