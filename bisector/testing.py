@@ -16,7 +16,9 @@ Installed with bisector, a pytest plugin (bisector/pytest_plugin.py) also gives 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +29,7 @@ from bisector.capture.recorder import Recorder, RecordOptions, StopRun
 from bisector.report import Report
 from bisector.runner import RunOptions
 from bisector.trace import load
+from bisector.words import counted
 
 
 def assert_reproducible(
@@ -40,16 +43,18 @@ def assert_reproducible(
     Args:
         fn: the training to check, e.g. two steps of the real loop.
         steps: stop each run after this many optimizer steps (None: let ``fn`` return).
-        workdir: where to keep the two traces (default: a temporary folder, removed).
+        workdir: where to keep the two traces (default: a new temporary folder, removed when
+            the runs are identical and kept when they differ: the message names it).
 
     Returns:
         The report, when the runs are bitwise identical.
 
     Raises:
-        AssertionError: the runs differ; the message names the first source.
+        AssertionError: the runs differ; the message names the first source and the traces.
     """
+    __tracebackhide__ = True  # pytest shows the test's line, not ours
     if workdir is None:
-        with tempfile.TemporaryDirectory(prefix="bisector-") as folder:
+        with _kept_on_failure() as folder:
             return assert_reproducible(fn, steps, folder)
     workdir = Path(workdir)
     traces = []
@@ -77,10 +82,22 @@ def assert_script_reproducible(
     """Run a training script twice in fresh processes (``bisector find --no-confirm``) and fail
     if the runs differ.
 
+    Args:
+        script: the training script.
+        args: its arguments.
+        steps: optimizer steps to compare.
+        workdir: where to keep the traces (default: a new temporary folder, removed when the
+            runs are identical and kept when they differ; never the current folder).
+        timeout: stop a run that takes longer than this many seconds.
+
     Raises:
-        AssertionError: the runs differ; the message names the first source.
+        AssertionError: the runs differ; the message names the first source and the traces.
         ScriptError: the script failed (its output is in the error).
     """
+    __tracebackhide__ = True
+    if workdir is None:
+        with _kept_on_failure() as folder:
+            return assert_script_reproducible(script, args, steps, folder, timeout)
     options = FindOptions(
         workdir=str(workdir) if workdir is not None else None,
         run=RunOptions(timeout=timeout),
@@ -89,6 +106,14 @@ def assert_script_reproducible(
     if not report.reproducible:
         raise AssertionError(headline(report, [run.trace for run in report.runs]))
     return report
+
+
+@contextlib.contextmanager
+def _kept_on_failure():
+    """A new temporary folder, removed unless the block raised (its traces are evidence)."""
+    folder = tempfile.mkdtemp(prefix="bisector-gate-")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def headline(report: Report, traces: list[str]) -> str:
@@ -105,7 +130,8 @@ def headline(report: Report, traces: list[str]) -> str:
             where += f", rank {first.rank}"
         size = "" if first.max_abs_diff is None else f"; max |A-B| >= {first.max_abs_diff:.3g}"
         what = f"first source: {first.op} in {where} ({first.kind}) at {first.location}{size}"
-    more = f"; {len(report.sources) - 1} more sources" if len(report.sources) > 1 else ""
+    others = len(report.sources) - 1
+    more = f"; {counted(others, 'more source')}" if others else ""
     look = f"bisector diff {traces[0]} {traces[1]}" if len(traces) == 2 else "bisector diff"
     return f"runs are not bitwise identical: {what}{more}. See: {look}"
 
@@ -122,7 +148,9 @@ class Gate:
         return self._workdir / f"bisector-{self._count}"
 
     def assert_reproducible(self, fn: Callable[[], object], steps: int | None = 2) -> Report:
+        __tracebackhide__ = True
         return assert_reproducible(fn, steps, self._next())
 
     def assert_script_reproducible(self, script, args=(), steps: int = 2, **kwargs) -> Report:
+        __tracebackhide__ = True
         return assert_script_reproducible(script, args, steps, self._next(), **kwargs)
