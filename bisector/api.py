@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from bisector import analysis, digests
+from bisector import analysis, digests, workdirs
 from bisector.capture.digester import Watch
 from bisector.capture.recorder import Recorder, RecordOptions
 from bisector.confirm import ConfirmOptions, check_kernel_claims, confirm
@@ -79,8 +79,9 @@ def find(
     check_script(script)
     if options.confirm is not None and options.confirm.fix:  # proven over every step asked
         options = replace(options, confirm=replace(options.confirm, fix_steps=steps))
-    workdir = Path(options.workdir) if options.workdir else _new_workdir()
     args = tuple(args)
+    made = not options.workdir
+    workdir = Path(options.workdir) if options.workdir else workdirs.new_workdir(script, args)
     launch = options.run.launch
     ladder = options.ladder
     if ladder is None:
@@ -92,7 +93,18 @@ def find(
     else:
         report = _find_ops(script, args, replace(options.run, steps=steps), options, workdir)
     report.notes += _fewer_steps(report, steps)
+    if made:
+        workdirs.note_result(workdir, _headline(report), report.cause)
     return report
+
+
+def _headline(report: Report) -> str:
+    if report.reproducible:
+        return "reproducible"
+    first = report.first_divergence
+    if first is None:
+        return report.verdict or "diverged"
+    return f"diverged: {first.op} in {first.module or '(no module)'} ({first.kind})"
 
 
 def _fewer_steps(report, steps: int | None) -> list[str]:
@@ -398,14 +410,3 @@ def record(path: str | os.PathLike, steps: int | None = None) -> Recorder:
         ...     train()
     """
     return Recorder(path, RecordOptions(steps=steps))
-
-
-def _new_workdir() -> Path:
-    base = Path(".bisector")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for i in range(1000):
-        candidate = base / (f"run-{stamp}" if i == 0 else f"run-{stamp}-{i}")
-        if not candidate.exists():
-            candidate.mkdir(parents=True)
-            return candidate
-    raise RuntimeError("cannot create a work folder under .bisector/")

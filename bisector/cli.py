@@ -327,6 +327,64 @@ def interventions() -> None:
             out.print(line, markup=False)
 
 
+@app.command(short_help="List the work folders of past runs under .bisector/, and prune them.")
+def runs(
+    prune: bool = typer.Option(
+        False, "--prune", help="Remove old runs: beyond --keep, or older than --older-than."
+    ),
+    keep: int | None = typer.Option(
+        None,
+        "--keep",
+        min=0,
+        help="With --prune: keep this many of the newest runs (default: "
+        "the number kept after each run, 20 or $BISECTOR_KEEP_RUNS; 0: no limit).",
+    ),
+    older_than: float | None = typer.Option(
+        None, "--older-than", min=0, help="With --prune: remove runs older than this many days."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="With --prune: say what would be removed, remove nothing."
+    ),
+    folder: Path = typer.Option(Path(".bisector"), "--dir", help="The folder that holds the runs."),
+) -> None:
+    """List the work folders that `bisector find` left under .bisector/ (newest first: size,
+    script, what it found), or prune them. After each run, find keeps the newest 20
+    ($BISECTOR_KEEP_RUNS sets how many; 0 keeps all)."""
+    from bisector import workdirs
+    from bisector.render.console import hanging, width_of
+
+    out = _console()
+    width = width_of(out)
+    if prune:
+        limit = workdirs.keep_default() if keep is None and older_than is None else keep
+        removed = workdirs.prune(folder, limit, older_than, dry_run=dry_run)
+        verb = "would remove" if dry_run else "removed"
+        total = workdirs.human_size(sum(run.size for run in removed))
+        out.print(f"{verb} {counted(len(removed), 'run')} ({total}) from {folder}/", markup=False)
+        for run in removed:
+            _command(out, str(run.path))
+        return
+    found = workdirs.runs(folder)
+    if not found:
+        out.print(f"no runs under {folder}/", markup=False)
+        return
+    for run in found:
+        about = run.about
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started))
+        script = " ".join([about.get("script", "?"), *about.get("args", [])]).strip()
+        head = f"{run.path}  {when}  {workdirs.human_size(run.size)}"
+        out.print(head, markup=False, soft_wrap=True)
+        noted = about.get("headline", "no report noted") if about else "no run.json (an older run)"
+        for line in hanging(f"{script}: {noted}", "    ", width):
+            out.print(line, markup=False, soft_wrap=True)
+    total = workdirs.human_size(sum(run.size for run in found))
+    out.print(
+        f"{counted(len(found), 'run')}, {total}; `bisector runs --prune` keeps the newest "
+        f"{workdirs.keep_default()}",
+        markup=False,
+    )
+
+
 @app.command(short_help="Settings that matter here, and known nondeterministic ops of a script.")
 def doctor(
     script: Path | None = typer.Argument(

@@ -191,3 +191,35 @@ def test_record_prints_its_file_whole(tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"  {out}" in result.stdout.splitlines()
     assert "Recorded 240 events over 2 optimizer steps into" in result.stdout
+
+
+def test_runs_are_described_listed_and_pruned(tmp_path):
+    """find keeps the newest runs under .bisector/ (BISECTOR_KEEP_RUNS), each described in its
+    run.json; `bisector runs` lists them and prunes by hand."""
+    env = {**_narrow_env(), "BISECTOR_KEEP_RUNS": "2"}
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "bisector", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=300,
+        )
+
+    script = str(SCRIPTS / "deterministic.py")
+    for _ in range(3):
+        assert cli("find", script, "--no-confirm", "--", "2").returncode == 0
+    folders = sorted((tmp_path / ".bisector").iterdir())
+    assert len(folders) == 2, folders  # the oldest of three was removed
+    listed = cli("runs")
+    assert listed.returncode == 0, listed.stderr
+    _fits(listed.stdout)
+    assert listed.stdout.count("deterministic.py 2: reproducible") == 2, listed.stdout
+    assert "2 runs," in listed.stdout
+    dry = cli("runs", "--prune", "--keep", "1", "--dry-run")
+    assert "would remove 1 run" in dry.stdout and len(list(folders[0].parent.iterdir())) == 2
+    done = cli("runs", "--prune", "--keep", "0", "--older-than", "0")
+    assert "removed 2 runs" in done.stdout, done.stdout
+    assert not list((tmp_path / ".bisector").iterdir())
