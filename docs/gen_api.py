@@ -84,6 +84,23 @@ SECTIONS = (
         ),
     ),
     Section(
+        "Framework callbacks",
+        "Step digests of every run, and every op of a window of steps, from the callbacks of "
+        "PyTorch Lightning and the transformers Trainer (examples/lightning_callback.py, "
+        "examples/hf_trainer_callback.py; docs/postmortem.md).",
+        (
+            (
+                "bisector.integrations.lightning.BisectorCallback",
+                "bisector.integrations.lightning.BisectorCallback",
+            ),
+            (
+                "bisector.integrations.transformers.BisectorTrainerCallback",
+                "bisector.integrations.transformers.BisectorTrainerCallback",
+            ),
+            ("bisector.integrations.StepWindow", "bisector.integrations.StepWindow"),
+        ),
+    ),
+    Section(
         "Errors",
         "Every error bisector reports to a user is a `BisectorError` whose message is one line "
         "naming the problem and what to do. The CLI prints it as `bisector: error: ...` and "

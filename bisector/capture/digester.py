@@ -19,7 +19,7 @@ import random
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +223,31 @@ class _DigestHooks:
         self._loss.remove()
         self.digester.close(status, error)
 
+    @staticmethod
+    def _after_closure(args: tuple, kwargs: dict, take: Callable[[], None]):
+        """For an optimizer step's pre-hook: take the gradients with ``take`` once they exist.
+        Where the step is given a closure (Lightning's automatic optimization, LBFGS), the
+        forward and backward run inside it: returns (args, kwargs) with the closure wrapped to
+        take them after its first call; else takes them now and returns None."""
+        positional = len(args) > 1 and callable(args[1])  # (args[0] is the optimizer)
+        closure = args[1] if positional else kwargs.get("closure")
+        if not callable(closure):
+            take()
+            return None
+        taken = False
+
+        def closure_then_take():
+            nonlocal taken
+            result = closure()
+            if not taken:
+                taken = True
+                take()
+            return result
+
+        if positional:
+            return (args[0], closure_then_take, *args[2:]), kwargs
+        return args, {**kwargs, "closure": closure_then_take}
+
 
 class Watch(_DigestHooks):
     """Step digests of one model and optimizer, from inside a training script.
@@ -276,8 +301,8 @@ class Watch(_DigestHooks):
     def _forward(self, module, args, kwargs) -> None:
         self.digester.batch(tree_leaves((args, kwargs)))
 
-    def _before_step(self, optimizer, args, kwargs) -> None:
-        self.digester.gradients(self._named)
+    def _before_step(self, optimizer, args, kwargs):
+        return self._after_closure(args, kwargs, lambda: self.digester.gradients(self._named))
 
     def _after_step(self, optimizer, args, kwargs) -> None:
         self.digester.end_step(
@@ -359,12 +384,13 @@ class GlobalDigests(_DigestHooks):
                 named.append((entry[1] if known else f"group{g}.{i}", param))
         return named
 
-    def _before_step(self, optimizer, args, kwargs) -> None:
+    def _before_step(self, optimizer, args, kwargs):
         self._optimizer_depth += 1
         if self._optimizer_depth == 1:
             self._stepped = []
         self._stepped.append(optimizer)
-        self.digester.gradients(self._named(optimizer))
+        named = self._named(optimizer)
+        return self._after_closure(args, kwargs, lambda: self.digester.gradients(named))
 
     def _after_step(self, optimizer, args, kwargs) -> None:
         self._optimizer_depth = max(0, self._optimizer_depth - 1)

@@ -170,6 +170,12 @@ class ModuleTracker:
         if self._stack:
             self._stack.pop()
 
+    def register(self, model: torch.nn.Module) -> None:
+        """Name a model and its submodules now, as its first call would (see Recorder's
+        ``name_modules``); a no-op for a model already named."""
+        if model not in self._names:
+            self._register_root(model)
+
     def _register_root(self, root: torch.nn.Module) -> None:
         self._roots.add(root)
         models = _models_in_script()

@@ -314,6 +314,12 @@ class Recorder:
                 self._progress.close()
         return False
 
+    def name_modules(self, model: torch.nn.Module) -> None:
+        """Name ``model``'s submodules by their path in it (``pool``, ``encoder.0``), as if it
+        had been called: for frameworks that call a model's methods, not the model itself
+        (Lightning's ``training_step``), whose submodules would otherwise be roots."""
+        self._modules.register(model)
+
     @property
     def events(self) -> int:
         """Events recorded so far."""
