@@ -11,6 +11,7 @@ the run (our traceback on stderr; the trace keeps what was recorded).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import runpy
@@ -28,6 +29,7 @@ from bisector.runner import (
     EXIT_SCRIPT_RAISED,
     EXIT_SETUP_FAILED,
     LAUNCH_PYTHONPATH,
+    MODULE_ENV,
 )
 
 
@@ -78,12 +80,15 @@ def main() -> None:
     if launched is not None:
         # torchrun stops the other ranks with SIGTERM when one fails: finish their traces.
         signal.signal(signal.SIGTERM, _terminated)
-    script_dir = os.path.dirname(os.path.abspath(script))
+    # `find -m package.module`: run it as `python -m` does (the working folder first on
+    # sys.path, argv[0] the module's file, its package imported first).
+    module = os.environ.pop(MODULE_ENV, None)
+    first = os.getcwd() if module else os.path.dirname(os.path.abspath(script))
     if sys.path and sys.path[0] in ("", os.getcwd()):
-        sys.path[0] = script_dir
+        sys.path[0] = first
     else:
-        sys.path.insert(0, script_dir)
-    sys.argv = [script, *script_args]
+        sys.path.insert(0, first)
+    sys.argv = [os.path.abspath(script) if module else script, *script_args]
 
     try:
         if options.plain_state or options.step_times:
@@ -121,7 +126,9 @@ def main() -> None:
             _stage = "running"
             try:
                 if options.source:  # a patched copy of the script's code, run as the script
-                    _run_as(script, options.source)
+                    _run_as(script, options.source, module)
+                elif module:
+                    runpy.run_module(module, run_name="__main__", alter_sys=True)
                 else:
                     runpy.run_path(script, run_name="__main__")
             finally:
@@ -153,9 +160,10 @@ def main() -> None:
     os._exit(code)
 
 
-def _run_as(script: str, source: str) -> None:
+def _run_as(script: str, source: str, module_name: str | None = None) -> None:
     """Run the code of ``source`` as ``runpy.run_path(script)`` runs the script: as module
-    ``__main__`` whose ``__file__`` is the script (its frames name the script's path)."""
+    ``__main__`` whose ``__file__`` is the script (its frames name the script's path); for a
+    module run with ``-m``, in its package (relative imports work)."""
     import types
 
     with open(source, encoding="utf-8") as file:
@@ -163,6 +171,11 @@ def _run_as(script: str, source: str) -> None:
     module = types.ModuleType("__main__")
     module.__file__ = script
     module.__builtins__ = __builtins__
+    if module_name:
+        package = module_name if script.endswith("__main__.py") else module_name.rpartition(".")[0]
+        module.__package__ = package
+        if package:
+            importlib.import_module(package)
     saved = sys.modules.get("__main__")
     sys.modules["__main__"] = module
     try:

@@ -61,6 +61,28 @@ def _main(
     """Find why two runs of the same PyTorch training stop being bitwise identical."""
 
 
+_MODULE = typer.Option(
+    None,
+    "--module",
+    "-m",
+    help="Run this module as `python -m` does (package.train), instead of a SCRIPT; the "
+    "script's arguments still go after `--`.",
+)
+
+
+def _target(script: Path | None, module: str | None, args: list[str] | None):
+    """(the script's file, its arguments, environment for the child) of SCRIPT or -m MODULE."""
+    from bisector.runner import MODULE_ENV, module_file
+
+    if module is None:
+        if script is None:
+            raise BisectorError("give the training script to run, or -m package.module")
+        return script, tuple(args or ()), ()
+    if script is not None:  # `-m pkg.train -- --lr 3`: the first script argument landed here
+        args = [str(script), *(args or [])]
+    return module_file(module), tuple(args or ()), ((MODULE_ENV, module),)
+
+
 # torchrun options, shared by find and record.
 _NPROC = typer.Option(
     None,
@@ -121,10 +143,13 @@ def _launch(nproc, nnodes, node_rank, master_addr, master_port, rank_timeout) ->
     short_help="Run a script twice, name the first op that differs, confirm the cause.",
 )
 def find(
-    script: Path = typer.Argument(..., help="The training script to run twice."),
+    script: Path | None = typer.Argument(
+        None, help="The training script to run twice (or -m MODULE)."
+    ),
     args: list[str] | None = typer.Argument(
         None, help="Arguments for the script; put them after `--`."
     ),
+    module: str | None = _MODULE,
     steps: int = typer.Option(
         2,
         "--steps",
@@ -208,6 +233,7 @@ def find(
     from bisector import api
     from bisector.runner import RunOptions
 
+    script, script_args, env = _target(script, module, args)
     launch = _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port, rank_timeout)
     display = _Progress(enabled=not quiet)
     run = RunOptions(
@@ -217,6 +243,7 @@ def find(
         launch=launch,
         on_progress=display.update,
         user_paths=_absolute(user_paths),
+        env=env,
     )
     confirm = None
     if not no_confirm:
@@ -245,16 +272,19 @@ def find(
         check_observer=check_observer,
     )
     with display:
-        report = api.find(script, tuple(args or ()), steps=steps, options=options)
+        report = api.find(script, script_args, steps=steps, options=options)
     _finish(report, json_path, html_path, quiet, next_hint=True)
 
 
 @app.command(short_help="Run a script once and save its trace, for `bisector diff`.")
 def record(
-    script: Path = typer.Argument(..., help="The training script to run once."),
+    script: Path | None = typer.Argument(
+        None, help="The training script to run once (or -m MODULE)."
+    ),
     args: list[str] | None = typer.Argument(
         None, help="Arguments for the script; put them after `--`."
     ),
+    module: str | None = _MODULE,
     output: Path = typer.Option(..., "--output", "-o", help="The trace file to write."),
     steps: int | None = typer.Option(
         2,
@@ -283,6 +313,7 @@ def record(
     """Run SCRIPT once and save its trace, to compare later with `bisector diff`."""
     from bisector.runner import RunOptions, run_ranks, run_recorded
 
+    script, script_args, env = _target(script, module, args)
     launch = _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port, rank_timeout)
     run = RunOptions(
         steps=None if all_steps else steps,
@@ -290,16 +321,17 @@ def record(
         echo=show_output,
         launch=launch,
         user_paths=_absolute(user_paths),
+        env=env,
     )
     out = _console()
     if launch is not None:
-        for rank, info, _ in run_ranks(script, tuple(args or ()), output, run, name="A"):
+        for rank, info, _ in run_ranks(script, script_args, output, run, name="A"):
             out.print(f"Rank {rank}: recorded {_recorded(info)} into")
             _command(out, str(info.trace))
         out.print("Next: record another run with another name, then diff the two jobs:")
         _command(out, f"bisector diff {output} OTHER{output.suffix}")
         return
-    info, _ = run_recorded(script, tuple(args or ()), output, run, name="A")
+    info, _ = run_recorded(script, script_args, output, run, name="A")
     out.print(f"Recorded {_recorded(info)} into")
     _command(out, str(output))
     out.print("Next: record another run, then")
@@ -395,6 +427,7 @@ def doctor(
     args: list[str] | None = typer.Argument(
         None, help="Arguments for the script; put them after `--`."
     ),
+    module: str | None = _MODULE,
     steps: int = typer.Option(1, "--steps", "-n", min=1, help="Optimizer steps to survey."),
     timeout: float | None = typer.Option(
         None, "--timeout", min=1, help="Stop the survey run after this many seconds."
@@ -415,11 +448,12 @@ def doctor(
 
     env = doc.environment()
     survey, hits = None, []
-    if script is not None:
+    if script is not None or module is not None:
+        script, script_args, target_env = _target(script, module, args)
         with tempfile.TemporaryDirectory(prefix="bisector-doctor-") as folder:
             path = Path(folder) / "survey.json"
-            run = RunOptions(steps=steps, timeout=timeout)
-            run_survey(script, tuple(args or ()), path, run)
+            run = RunOptions(steps=steps, timeout=timeout, env=target_env)
+            run_survey(script, script_args, path, run)
             survey = doc.load_survey(path)
         hits = doc.match(survey)
     out = _console()
@@ -580,6 +614,7 @@ _METAVARS = {
     "timeout": "SECONDS",
     "rank_timeout": "SECONDS",
     "tries": "NAME",
+    "module": "MODULE",
     "user_paths": "PATH",
 }
 

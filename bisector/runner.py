@@ -121,6 +121,34 @@ class RunOptions:
 LAUNCH_PYTHONPATH = "BISECTOR_ORIGINAL_PYTHONPATH"
 
 
+# Set for a child that runs a module (`find -m package.module`), as `python -m` does.
+MODULE_ENV = "BISECTOR_RUN_MODULE"
+
+
+def module_file(name: str) -> Path:
+    """The file ``python -m name`` would run, found as Python finds it (the working folder
+    first, then sys.path) without importing anything: ``name``'s ``.py`` file, or a package's
+    ``__main__.py``.
+
+    Raises:
+        ScriptError: no such module.
+    """
+    parts = name.split(".")
+    if not name or not all(part.isidentifier() for part in parts):
+        raise ScriptError(f"{name!r} is not a module name (like package.train)")
+    for base in [os.getcwd(), *sys.path]:
+        folder = Path(base or os.getcwd()).joinpath(*parts[:-1])
+        for candidate in (folder / f"{parts[-1]}.py", folder / parts[-1] / "__main__.py"):
+            if candidate.is_file():
+                found = candidate.resolve()
+                inside = str(found).startswith(os.path.join(os.getcwd(), ""))
+                return Path(os.path.relpath(found)) if inside else found
+    raise ScriptError(
+        f"no module named {name} (looked for {'/'.join(parts)}.py in the working folder and "
+        "on sys.path, as `python -m` would)"
+    )
+
+
 def check_script(script: str | os.PathLike) -> Path:
     """Check that the script exists and parses, before anything runs.
 

@@ -6,6 +6,7 @@ when piped (no line over the width, no word split, no trailing space, one panel 
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 
@@ -223,3 +224,57 @@ def test_runs_are_described_listed_and_pruned(tmp_path):
     done = cli("runs", "--prune", "--keep", "0", "--older-than", "0")
     assert "removed 2 runs" in done.stdout, done.stdout
     assert not list((tmp_path / ".bisector").iterdir())
+
+
+def test_find_runs_a_module_as_python_dash_m(tmp_path):
+    """`find -m package.train`: the module runs in its package (relative imports), its
+    arguments after `--`; the source is named in the package's file."""
+    package = tmp_path / "proj"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "model.py").write_text(
+        "from torch import nn\n\n\n"
+        "class Pool(nn.Module):\n"
+        "    def forward(self, rows, index):\n"
+        "        out = rows.new_zeros(100, rows.shape[1])\n"
+        "        return out.index_put_((index,), rows, accumulate=True)  # SOURCE\n"
+    )
+    (package / "train.py").write_text(
+        "import sys\n\nimport torch\n\nfrom .model import Pool\n\n"
+        "steps = int(sys.argv[sys.argv.index('--steps') + 1])\n"
+        "torch.manual_seed(0)\n"
+        "torch.set_num_threads(2)\n"
+        "proj, pool = torch.nn.Linear(16, 32), Pool()\n"
+        "optimizer = torch.optim.SGD(proj.parameters(), lr=0.1)\n"
+        "g = torch.Generator().manual_seed(1)\n"
+        "x = torch.randn(60000, 16, generator=g)\n"
+        "index = torch.randint(0, 100, (60000,), generator=g)\n"
+        "for _ in range(steps):\n"
+        "    loss = pool(proj(x), index).pow(2).mean()\n"
+        "    optimizer.zero_grad()\n"
+        "    loss.backward()\n"
+        "    optimizer.step()\n"
+    )
+    out = tmp_path / "report.json"
+    env = _narrow_env()
+    command = [sys.executable, "-m", "bisector", "find", "-m", "proj.train", "--no-confirm"]
+    done = subprocess.run(
+        [*command, "--json", str(out), "--", "--steps", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    first = json.loads(out.read_text())["first_divergence"]
+    assert first["op"] == "aten.index_put_.default", first
+    assert first["location"] == "proj/model.py:7", first
+    missing = subprocess.run(
+        [sys.executable, "-m", "bisector", "find", "-m", "proj.nope"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert missing.returncode == 2 and "no module named proj.nope" in missing.stderr
