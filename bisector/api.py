@@ -207,7 +207,8 @@ def _check_observer(script, args, run: RunOptions, workdir: Path, pair: Pair) ->
     where = f" (on rank {', '.join(map(str, differ))})" if job and differ else ""
     if result["equal"]:
         result["verdict"] = (
-            f"recording changed nothing: after {steps} steps{ranks} a plain run's parameters, "
+            f"recording changed nothing: after {counted(steps, 'step')}{ranks} a plain run's "
+            "parameters, "
             "gradients and optimizer state are bitwise those of the recorded run"
         )
     elif report.reproducible and compiled:
@@ -280,7 +281,7 @@ def _find_by_ladder(script, args, steps: int | None, options: FindOptions, workd
 
 def _digest_finding(compared: digests.DigestReport) -> str:
     if compared.reproducible:
-        return f"all {compared.steps_compared} steps bitwise identical"
+        return f"all {counted(compared.steps_compared, 'step')} bitwise identical"
     values = [v for v in compared.first if v["kind"] != "rng"]
     first = values[0]
     kinds: dict[str, int] = {}

@@ -20,7 +20,7 @@ from rich.console import Console
 from bisector import __version__
 from bisector.digests import LADDER_FROM
 from bisector.errors import BisectorError, ScriptError
-from bisector.words import counted
+from bisector.words import counted, plural
 
 if TYPE_CHECKING:
     from bisector.runner import Launch
@@ -564,7 +564,8 @@ class _Progress:
         """Called about twice a second by each run going (pairs may run side by side)."""
         if self._status is None:
             return
-        events = f", {state['events']:,} events recorded" if state["events"] else ""
+        count = state["events"]
+        events = f", {count:,} {plural(count, 'event')} recorded" if count else ""
         now = time.monotonic()
         with self._lock:
             self._lines[label] = (now, f"{label}: step {state['step']}{events}")

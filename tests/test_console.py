@@ -62,7 +62,8 @@ def test_help_shows_plain_placeholders_and_fits_80_columns(command):
     for line in text.splitlines():
         assert len(line) <= WIDTH, line
     if command == "find":
-        assert "Usage: bisector find [OPTIONS] SCRIPT [ARGS]..." in text
+        assert "Usage: bisector find [OPTIONS] [SCRIPT] [ARGS]..." in text
+        assert "-m, --module MODULE" in text
         assert "-n, --steps N" in text and "--json FILE" in text and "-q, --quiet  " in text
 
 

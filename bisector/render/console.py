@@ -162,7 +162,11 @@ def fix_check_text(check: dict) -> str:
     if check.get("error"):
         return f"{patch}: the patched script failed: {check['error']}"
     steps = check.get("steps")
-    over = f"over {counted(steps, 'step')}" if steps else f"over {check.get('events', 0)} events"
+    over = (
+        f"over {counted(steps, 'step')}"
+        if steps
+        else f"over {counted(check.get('events', 0), 'event')}"
+    )
     if check.get("reproducible"):
         text = f"{patch}: the patched script's two runs are bitwise identical {over}"
     else:
@@ -252,14 +256,14 @@ def equal_runs_text(report: Report) -> tuple[str, str]:
     if report.verdict == "inconclusive":
         reasons = report.evidence.get("reasons") or ["nothing that trains was compared"]
         return "Inconclusive:", (
-            f"the recorded runs agree over {report.compared_events} events, but that does not "
-            f"show the training is reproducible: {'; '.join(reasons)}."
+            f"the recorded runs agree over {counted(report.compared_events, 'event')}, but that "
+            f"does not show the training is reproducible: {'; '.join(reasons)}."
         )
     evidence = report.evidence
-    compared = f"over {report.compared_events} events"
+    compared = f"over {counted(report.compared_events, 'event')}"
     steps = evidence.get("optimizer_steps")
     if evidence.get("level") == "digests":
-        compared = f"over {steps} steps (parameters, gradients, optimizer state)"
+        compared = f"over {counted(steps, 'step')} (parameters, gradients, optimizer state)"
     elif steps:
         compared += f" and {steps} optimizer {'step' if steps == 1 else 'steps'}"
     elif evidence.get("model_calls"):
@@ -378,7 +382,8 @@ def _verdict_panel(report: Report, width: int) -> Panel:
         kind = "" if row.get("exact") else ">= "
         state = row.get("max_state_diff")
         text = (
-            f"step {row['step']}: {row['differing_events']} events differ; max |A-B| "
+            f"step {row['step']}: {counted(row['differing_events'], 'event')} "
+            f"{plural(row['differing_events'], 'differs')}; max |A-B| "
             f"grads {kind}{row['max_grad_diff']:.3g}, params {kind}{row['max_param_diff']:.3g}"
         )
         if state is not None:

@@ -8,6 +8,7 @@ from rich.text import Text
 
 from bisector.digests import DigestReport
 from bisector.render.console import environment_table, trimmed
+from bisector.words import counted
 
 # Differing values listed for the first step, and growth rows shown at each end.
 _MAX_VALUES = 20
@@ -32,7 +33,7 @@ def render(report: DigestReport, console: Console) -> None:
         console.print(
             Text.assemble(
                 ("Reproducible: ", "bold green"),
-                f"all {report.steps_compared} steps compared are bitwise identical "
+                f"all {counted(report.steps_compared, 'step')} compared are bitwise identical "
                 "(batch, loss, gradients, parameters, optimizer state, buffers).",
             )
         )

@@ -107,7 +107,7 @@ def _report_headline(report: Report) -> str:
     if first is not None:
         stats.append(("first source", f"step {first.step}, event {first.event}"))
     text = (
-        f"{report.differing_events} of {compared} events differ; "
+        f"{report.differing_events} of {counted(compared, 'event')} differ; "
         f"the first cause is <strong>{esc(kind)}</strong>."
     )
     return headline(False, "Runs diverge:", text, stats)

@@ -17,6 +17,7 @@ from bisector.render.html_blocks import (
     section,
     table,
 )
+from bisector.words import counted
 
 
 def digest_sections(report: DigestReport) -> list[str]:
@@ -40,7 +41,7 @@ def _digest_headline(report: DigestReport) -> str:
     stats = [("steps compared", str(report.steps_compared))]
     if report.reproducible:
         text = (
-            f"all {report.steps_compared} steps compared are bitwise identical "
+            f"all {counted(report.steps_compared, 'step')} compared are bitwise identical "
             "(batch, loss, gradients, parameters, optimizer state, buffers)."
         )
         return headline(True, "Reproducible:", esc(text), stats)
