@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import random
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +73,7 @@ class DrawSites:
         self._sites: dict[str, dict[str, list]] = {PYTHON: {}, NUMPY: {}}
         self._seeds: dict[str, list[list]] = {PYTHON: [], NUMPY: []}
         self._patched: list[tuple[Any, str, Any]] = []
+        self._pid = os.getpid()  # draws in processes the script forks (workers) are not noted
 
     def install(self) -> None:
         import numpy as np
@@ -111,6 +113,8 @@ class DrawSites:
         return wrapped
 
     def _note(self, generator: str, name: str, seeding: bool, args, kwargs) -> None:
+        if os.getpid() != self._pid:
+            return
         user, library, _ = self._locator.locate(3)
         line = self._locator.describe(user, library)
         if seeding:
