@@ -356,3 +356,32 @@ def test_a_capture_keeps_what_is_alive_at_a_replay_per_storage():
     assert [t is outside for t in Capture.alive(capture.reads)] == [True]
     alive = Capture.alive(capture.writes)
     assert len(alive) == 2 and alive[0] is kept and alive[1] is again
+
+
+def test_a_failed_install_leaves_nothing_of_ours_in_the_process(tmp_path, monkeypatch):
+    """Recorder.__enter__ installs hooks and wrappers one after another; if one fails, those
+    before it are undone (nn.Module.__init__, random's functions, the global hooks)."""
+    import random
+
+    from torch.nn.modules import module as nn_module
+    from torch.optim import optimizer as optim_module
+
+    from bisector.capture.cuda_graphs import CudaGraphs
+
+    init, draw = torch.nn.Module.__init__, random.random
+    hooks = (
+        dict(nn_module._global_forward_pre_hooks),
+        dict(nn_module._global_forward_hooks),
+        dict(optim_module._global_optimizer_pre_hooks),
+    )
+
+    def broken(self):
+        raise RuntimeError("cannot install")
+
+    monkeypatch.setattr(CudaGraphs, "install", broken)  # the last to install
+    with pytest.raises(RuntimeError, match="cannot install"), Recorder(tmp_path / "t.trace"):
+        pass
+    assert torch.nn.Module.__init__ is init and random.random is draw
+    assert dict(nn_module._global_forward_pre_hooks) == hooks[0]
+    assert dict(nn_module._global_forward_hooks) == hooks[1]
+    assert dict(optim_module._global_optimizer_pre_hooks) == hooks[2]

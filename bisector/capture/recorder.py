@@ -272,16 +272,23 @@ class Recorder:
         self._started = time.perf_counter()
         self._processes.path.unlink(missing_ok=True)  # notes of an earlier run of this path
         self._replicas_path.unlink(missing_ok=True)
-        self._processes.install()
-        self._escapes.install()
-        self._modules.install()
-        self._draws.install()
-        self._compiled.install()
-        self._hooks = [
-            register_optimizer_step_pre_hook(self._optimizer_pre),
-            register_optimizer_step_post_hook(self._optimizer_post),
-        ]
-        self._graphs.install()
+        try:
+            self._processes.install()
+            self._escapes.install()
+            self._modules.install()
+            self._draws.install()
+            self._compiled.install()
+            self._hooks = [
+                register_optimizer_step_pre_hook(self._optimizer_pre),
+                register_optimizer_step_post_hook(self._optimizer_post),
+            ]
+            self._graphs.install()
+        except BaseException:  # undo what was installed: nothing of ours stays in the process
+            self._uninstall()
+            with contextlib.suppress(Exception):
+                self._writer.close({"status": "failed", "error": "bisector could not install"})
+            self._writer = None
+            raise
         if self.options.progress_file:
             from bisector.capture.progress import Progress
 
