@@ -385,3 +385,20 @@ def test_a_failed_install_leaves_nothing_of_ours_in_the_process(tmp_path, monkey
     assert dict(nn_module._global_forward_pre_hooks) == hooks[0]
     assert dict(nn_module._global_forward_hooks) == hooks[1]
     assert dict(optim_module._global_optimizer_pre_hooks) == hooks[2]
+
+
+def test_a_recorder_that_stops_takes_its_dispatch_mode_off(tmp_path):
+    """After record(steps=N) the training goes on in the with block at full speed: the
+    dispatch mode is popped when recording stops, not when the block ends."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Recorder(tmp_path / "t.trace", RecordOptions(steps=1)) as recorder:
+        assert _get_current_dispatch_mode() is not None
+        model(torch.randn(2, 4)).sum().backward()
+        optimizer.step()
+        assert recorder.status == "stopped"
+        assert _get_current_dispatch_mode() is None
+        model(torch.randn(2, 4)).sum().backward()  # runs on, unrecorded
+    assert _get_current_dispatch_mode() is None

@@ -31,7 +31,11 @@ from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._python_dispatch import (
+    TorchDispatchMode,
+    _disable_current_modes,
+    _get_current_dispatch_mode,
+)
 from torch.utils._pytree import arg_tree_leaves
 
 from bisector.capture import settings
@@ -333,10 +337,16 @@ class Recorder:
         return self._buffer.count
 
     def stop(self) -> None:
-        """Stop recording now and finish the trace; the code being recorded goes on."""
+        """Stop recording now and finish the trace; the code being recorded goes on, without
+        our dispatch mode when it is the innermost (a mode pushed after ours keeps it until
+        the ``with`` block ends; it then passes every op through)."""
         if self.status in ("recording", "waiting"):
             self._finish("stopped")
             self._uninstall()
+            mode = self._mode
+            if mode is not None and _get_current_dispatch_mode() is mode:
+                mode.__exit__(None, None, None)
+                self._mode = None
 
     def _uninstall(self) -> None:
         for handle in self._hooks:
