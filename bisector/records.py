@@ -138,12 +138,34 @@ def records(path: Path, data: bytes, pos: int) -> Iterator[tuple[bytes, bytes, i
         if length > _MAX_RECORD:
             raise TraceError(f"{path} is corrupt (record at byte {pos} claims {length} bytes)")
         if start + length > len(data):
+            if _record_ends_at_end(data, start):  # a later record is whole: not a cut
+                raise TraceError(
+                    f"{path} is corrupt (the record at byte {pos} claims {length} bytes, past the "
+                    "end, yet a whole record ends the file)"
+                )
             return
         payload = data[start : start + length]
         if zlib.crc32(payload) != crc:
             raise TraceError(f"{path} is corrupt (checksum mismatch in the record at byte {pos})")
         yield kind, payload, pos
         pos = start + length
+
+
+# How far back from the end of a file a whole last record is looked for (see below).
+_TAIL_SCAN = 16 << 20
+
+
+def _record_ends_at_end(data: bytes, after: int) -> bool:
+    """True if a whole record (its length and checksum right) ends exactly at the end of
+    ``data``, starting after ``after``. A writer that was killed leaves its last record cut
+    short, so a record that claims to run past the end is then a cut; in a file whose last
+    record is whole, it is a corrupt length instead."""
+    end = len(data)
+    for pos in range(end - _RECORD.size, max(after, end - _TAIL_SCAN) - 1, -1):
+        _, length, crc = _RECORD.unpack_from(data, pos)
+        if pos + _RECORD.size + length == end and zlib.crc32(data[pos + _RECORD.size :]) == crc:
+            return True
+    return False
 
 
 class Inflater:

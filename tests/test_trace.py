@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -73,10 +74,34 @@ def test_cut_short_trace_loads_up_to_its_last_record(recorded, tmp_path):
     assert trace.footer == {}
 
 
-def test_corrupt_byte_is_a_clear_error(recorded, tmp_path):
+def _record_starts(data: bytes) -> list[int]:
+    """Offsets of the records of a trace file (after its magic and version)."""
+    from bisector.records import _RECORD
+
+    for first in range(64):  # the records start right after the file's preamble
+        starts, pos = [], first
+        while pos + _RECORD.size <= len(data):
+            _, length, crc = _RECORD.unpack_from(data, pos)
+            payload = data[pos + _RECORD.size : pos + _RECORD.size + length]
+            if len(payload) != length or zlib.crc32(payload) != crc:
+                break
+            starts.append(pos)
+            pos += _RECORD.size + length
+        if starts and pos == len(data):
+            return starts
+    raise AssertionError("no record structure found")
+
+
+@pytest.mark.parametrize("where", ["payload", "checksum", "length"])
+def test_corrupt_byte_is_a_clear_error(recorded, tmp_path, where):
+    """A flipped bit in a record's payload, checksum or length field (a length that then
+    claims bytes past the end is not taken for a run killed while writing)."""
     path, _ = recorded
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    starts = _record_starts(bytes(data))
+    middle = starts[len(starts) // 2]
+    offset = {"payload": 12, "checksum": 6, "length": 2}[where]  # kind 1, length 4, crc 4
+    data[middle + offset] ^= 0x40
     bad = tmp_path / "bad.trace"
     bad.write_bytes(bytes(data))
     with pytest.raises(TraceError, match="corrupt"):
