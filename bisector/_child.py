@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 import traceback
+from typing import Literal
 
 import bisector
 from bisector.capture.digester import GlobalDigests
@@ -90,6 +91,7 @@ def main() -> None:
         sys.path.insert(0, first)
     sys.argv = [os.path.abspath(script) if module else script, *script_args]
 
+    recorder: _PlainRun | _SurveyRun | _DigestRun | Recorder
     try:
         if options.plain_state or options.step_times:
             recorder = _PlainRun(options.plain_state, options.steps, options.step_times)
@@ -170,7 +172,7 @@ def _run_as(script: str, source: str, module_name: str | None = None) -> None:
         code = compile(file.read(), script, "exec")
     module = types.ModuleType("__main__")
     module.__file__ = script
-    module.__builtins__ = __builtins__
+    module.__builtins__ = __builtins__  # type: ignore[attr-defined]
     if module_name:
         package = module_name if script.endswith("__main__.py") else module_name.rpartition(".")[0]
         module.__package__ = package
@@ -269,7 +271,7 @@ class _PlainRun:
         ]
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         for hook in self._hooks:
             hook.remove()
         if self._step_times:
@@ -319,7 +321,7 @@ class _SurveyRun:
         self._survey.__enter__()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         from bisector.doctor import write_survey
 
         self._survey.__exit__(None, None, None)
@@ -340,7 +342,7 @@ class _DigestRun:
         self._digests.install()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         self._digests.close(*ending(exc_type, exc))
         return False
 

@@ -152,6 +152,7 @@ def _find_on_node(script, args, run: RunOptions, options: FindOptions, workdir: 
     report = pair.report
     if options.check_observer:
         report.observer = _check_observer(script, args, run, workdir, pair)
+    assert run.launch is not None  # (only a job of several nodes comes here)
     ranks = run.launch.ranks()
     which = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks[0]}-{ranks[-1]}"
     report.notes.append(
@@ -257,6 +258,7 @@ def _find_by_ladder(script, args, steps: int | None, options: FindOptions, workd
         report.growth, report.levels = compared.growth, [level]
         return report
     step = compared.first_step
+    assert step is not None  # (the digests differ)
     levels = [level]
     for start in (step, 0) if step else (0,):
         started = time.perf_counter()

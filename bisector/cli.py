@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 from rich.console import Console
@@ -544,7 +544,7 @@ class _Progress:
     def __init__(self, enabled: bool):
         self._console = Console(stderr=True, highlight=False)
         self._enabled = enabled and self._console.is_terminal
-        self._status = None
+        self._status: Any = None
         self._lock = threading.Lock()
         self._lines: dict[str, tuple[float, str]] = {}
 
@@ -554,7 +554,7 @@ class _Progress:
             self._status.__enter__()
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:
         if self._status is not None:
             self._status.__exit__(*exc)
             self._status = None

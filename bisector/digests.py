@@ -260,8 +260,8 @@ def compare(a: Digests, b: Digests) -> DigestReport:
             ]
             report.growth.append(_growth_row(step, []))
             break
-        differing = [_difference(key, left[key], right[key]) for key in left]
-        differing = [d for d in differing if d is not None]
+        found = [_difference(key, left[key], right[key]) for key in left]
+        differing = [d for d in found if d is not None]
         # A generator state that differs (Python's and numpy's are unseeded in every process)
         # matters only where a value differs too: then it is a suspect, listed first.
         values = [d for d in differing if d["kind"] != "rng"]

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bisector.capture.lines import USER_PATHS_ENV
 from bisector.digests import Digests
@@ -278,6 +279,7 @@ def run_ranks(
         ScriptError: a rank raised, exited non-zero, hung or recorded nothing (named).
         Interrupted: Ctrl-C; the traces recorded so far are kept.
     """
+    assert options.launch is not None
     template = _rank_template(trace, options.launch)
     extra = ["--trace", str(template), *_capture_flags(options)]
     if options.snapshots:
@@ -309,6 +311,7 @@ def run_rank_digests(
         ScriptError: a rank raised, exited non-zero or hung (named), or wrote no digests.
         Interrupted: Ctrl-C; the digests written so far are kept.
     """
+    assert options.launch is not None
     template = _rank_template(path, options.launch)
     extra = ["--digests", str(template)]
     results, _, _ = _run_per_rank(script, args, template, extra, options, name, load_digests)
@@ -527,13 +530,14 @@ def _report_progress(options: RunOptions, output_file: Path, seconds: float) -> 
         states = [progress.read(str(output_file) + ".progress")]
     else:
         states = list(_progress(output_file).values())
-    states = [s for s in states if s is not None]
+    found = [s for s in states if s is not None]
     state = {
-        "step": min((s["step"] for s in states), default=0),
-        "events": sum(s["events"] for s in states),
+        "step": min((s["step"] for s in found), default=0),
+        "events": sum(s["events"] for s in found),
         "seconds": seconds,
     }
-    options.on_progress(_label(options, output_file), state)
+    if options.on_progress is not None:
+        options.on_progress(_label(options, output_file), state)
 
 
 def _label(options: RunOptions, output_file: Path) -> str:
@@ -683,9 +687,10 @@ def _wait(
     no rank made progress for ``rank_timeout`` s, which ranks hang)."""
     pump = None
     if options.echo and process.stdout is not None:
+        stdout: Any = process.stdout
 
         def copy_output() -> None:
-            for chunk in iter(lambda: process.stdout.read1(65536), b""):
+            for chunk in iter(lambda: stdout.read1(65536), b""):
                 log_file.write(chunk)
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()

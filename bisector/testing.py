@@ -66,7 +66,7 @@ def assert_reproducible(
         except StopRun:
             pass
         traces.append(load(path))
-    report = analysis.compare(*traces)
+    report = analysis.compare(traces[0], traces[1])
     if not report.reproducible:
         raise AssertionError(headline(report, [str(workdir / "a.trace"), str(workdir / "b.trace")]))
     return report

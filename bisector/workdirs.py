@@ -100,7 +100,7 @@ def prune(
     for index, run in enumerate(runs(base)):
         if protect is not None and run.path.resolve() == protect.resolve():
             continue
-        too_many = bool(keep) and index >= keep
+        too_many = keep is not None and keep > 0 and index >= keep
         too_old = older_than_days is not None and now - run.started > older_than_days * 86400
         if too_many or too_old:
             if not dry_run:

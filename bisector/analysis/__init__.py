@@ -384,7 +384,8 @@ def _source(a: Trace, b: Trace, eq, event: int, spread: int | None) -> Source:
             "its last recorded value, which is equal in both runs"
         )
     namespace = op.split(".", 1)[0]
-    written, built = [], ""
+    written: list[str] = []
+    built = ""
     if kind == "argument" and not _views_only(*args):
         module = a.string("module", event)
         path, written, built = as_written(a, b, module)

@@ -27,7 +27,7 @@ def differences(
         ``[{"what": "torch", "a": "2.11.0", "b": "2.13.0"}, ...]``: versions and devices
         first, then determinism settings (incl. thread counts), then environment variables.
     """
-    found = []
+    found: list[dict[str, Any]] = []
     versions_a, versions_b = header_a.get("versions", {}), header_b.get("versions", {})
     for key in _VERSIONS:
         if key in versions_a or key in versions_b:

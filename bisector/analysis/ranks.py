@@ -49,7 +49,7 @@ def compare_ranks(pairs: list[tuple[int, Trace, Trace]], runs: list[RunInfo]) ->
         for source in report.sources:
             k = _ordinal(ordinals[rank], source.event) if is_collective(source.op) else None
             origins = [] if k is None else _origins(compared, ordinals, rank, k)
-            if not origins:
+            if k is None or not origins:
                 if source.detail == LONE_COLLECTIVE and len(compared) >= trace.world_size:
                     # every rank is compared and none contributed a difference: its own
                     source.kind, source.detail = "kernel", _OWN_COLLECTIVE

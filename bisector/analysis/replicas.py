@@ -44,16 +44,16 @@ def drift(paths: dict[int, Path]) -> dict | None:
             if len(groups) > 1:
                 kind = next(iter(by_rank.values()))[name][0]
                 differing.get(kind, []).append((name, groups))  # (another kind: ignored)
-        for kind, values in differing.items():
-            if values and kind not in found:
-                name, groups = values[0]
+        for kind, listed in differing.items():
+            if listed and kind not in found:
+                name, groups = listed[0]
                 ordered = sorted(groups.values(), key=lambda ranks: (-len(ranks), ranks))
                 found[kind] = {
                     "step": step,
                     "kind": kind,
                     "name": name,
                     "groups": ordered,
-                    "values": len(values),
+                    "values": len(listed),
                 }
     # A parameter that drifts is the finding; buffers only when the parameters agree.
     return found.get("parameter") or found.get("buffer")

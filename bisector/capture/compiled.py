@@ -76,7 +76,7 @@ class CompileBoundary:
             torch.compile = self._original
             self._original = None
             with contextlib.suppress(ValueError):
-                warnings.filters.remove(self._filter)
+                warnings.filters.remove(self._filter)  # type: ignore[attr-defined]
             getattr(warnings, "_filters_mutated", lambda: None)()  # drop cached decisions
 
     def wrap(self, target: Any, compiled: Any) -> Any:
@@ -90,9 +90,9 @@ class CompileBoundary:
             compiled.forward = self._call(compiled.forward, type(module).__name__, module)
             return compiled
         owner = getattr(target, "__self__", None)  # Module.compile() compiles its _call_impl
-        module = owner if isinstance(owner, torch.nn.Module) else None
-        name = type(module).__name__ if module is not None else _name(target)
-        return functools.wraps(target)(self._call(compiled, name, module))
+        owning = owner if isinstance(owner, torch.nn.Module) else None
+        name = type(owning).__name__ if owning is not None else _name(target)
+        return functools.wraps(target)(self._call(compiled, name, owning))
 
     def _call(self, fn: Callable, name: str, module: torch.nn.Module | None) -> Callable:
         recorder = self._recorder
@@ -163,7 +163,7 @@ def _nodes_since(outputs: list[torch.Tensor], start: int) -> list:
         if "AccumulateGrad" in node.name() or node._sequence_nr() < start:
             continue  # a leaf's gradient sink, or made before the call: outside it
         found.append(node)
-        stack.extend(next_node for next_node, _ in node.next_functions)
+        stack.extend(next_node for next_node, _ in node.next_functions if next_node is not None)
     return found
 
 

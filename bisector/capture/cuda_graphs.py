@@ -68,8 +68,8 @@ class Capture:
         """The tensors still alive, the last one per storage, in order."""
         last: dict[int, torch.Tensor] = {}
         for t in (r() for r in refs):
-            if t is not None:
-                key = _key(t)
+            key = None if t is None else _key(t)
+            if t is not None and key is not None:
                 last.pop(key, None)
                 last[key] = t
         return list(last.values())
@@ -124,7 +124,9 @@ class CudaGraphs:
             recorder._boundary_event(REPLAY_OP, reads, Capture.alive(capture.writes), [], None)
             return result
 
-        cls.capture_begin, cls.capture_end, cls.replay = capture_begin, capture_end, replay
+        cls.capture_begin = capture_begin  # type: ignore[method-assign,assignment]
+        cls.capture_end = capture_end  # type: ignore[method-assign,assignment]
+        cls.replay = replay  # type: ignore[method-assign,assignment]
 
     def remove(self) -> None:
         for name, original in self._originals.items():

@@ -19,9 +19,9 @@ import random
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -115,7 +115,7 @@ class StepDigester:
 
     def end_step(
         self,
-        named: list[tuple[str, torch.Tensor]],
+        named: Sequence[tuple[str, torch.Tensor]],
         states: list[tuple[str, dict]],
         buffers: list[tuple[str, torch.Tensor]],
     ) -> None:
@@ -170,7 +170,7 @@ class StepDigester:
         self._rng_taken = True
         state = random.getstate()[1]
         self.add("rng", "python", torch.tensor(np.asarray(state, dtype=np.uint32).view(np.int32)))
-        numpy_state = np.random.get_state(legacy=True)[1]
+        numpy_state = np.random.get_state(legacy=True)[1]  # type: ignore[index]
         self.add("rng", "numpy", torch.from_numpy(np.ascontiguousarray(numpy_state).view(np.int32)))
         self.add("rng", "torch", torch.get_rng_state())
         if torch.cuda.is_initialized():
@@ -183,7 +183,7 @@ class _LossTap:
 
     def __init__(self, on_loss) -> None:
         self._on_loss = on_loss
-        self._original = None
+        self._original: Any = None
 
     def install(self) -> None:
         original = self._original = torch.autograd.backward
@@ -291,7 +291,7 @@ class Watch(_DigestHooks):
     def __enter__(self) -> Watch:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if exc_type is None:
             self.close()
         else:
@@ -381,7 +381,7 @@ class GlobalDigests(_DigestHooks):
             for i, param in enumerate(group["params"]):
                 entry = self._names.get(id(param))
                 known = entry is not None and entry[0]() is param
-                named.append((entry[1] if known else f"group{g}.{i}", param))
+                named.append((entry[1] if entry is not None and known else f"group{g}.{i}", param))
         return named
 
     def _before_step(self, optimizer, args, kwargs):

@@ -301,12 +301,15 @@ class Collector:
                     self._full_rows.append(rows)
                 rows = self._rows[tensor.device] = _ResultRows(tensor.device)
             weights = _WEIGHTS.get(tensor.device)
+            assert stream is not None  # (a CUDA tensor)
             row = rows.take(entry, stream)
             values = _values(tensor)
             fused.fingerprint_into(_words(values), values, weights, _BLOCK, rows.buffers, row)
             return
         total, largest = magnitude(tensor)
-        self._direct.append((entry, fingerprint_words(word_view(tensor)), total, largest))
+        words = word_view(tensor)
+        assert words is not None  # (the caller checked ``hashable``)
+        self._direct.append((entry, fingerprint_words(words), total, largest))
 
     def add_blank(self) -> None:
         """Queue a placeholder for an output without fingerprint (uninitialised, unhashable)."""
@@ -342,13 +345,14 @@ class Collector:
         for items in by_device.values():
             self._mark_read(t for item in items for t in item[1:])
             entries = np.array([item[0] for item in items], dtype=np.int64)
-            columns = (torch.stack([item[column] for item in items]) for column in (1, 2, 3))
-            parts.append((entries, *columns))
+            fps, sums, maxes = (torch.stack([i[column] for i in items]) for column in (1, 2, 3))
+            parts.append((entries, fps, sums, maxes))
         for rows in [*self._full_rows, *self._rows.values()]:
             self._mark_read(rows.buffers)
             used = len(rows.entries)
             entries = np.array(rows.entries, dtype=np.int64)  # -1: an entry truncated away
-            parts.append((entries, *(buffer[:used] for buffer in rows.buffers)))
+            fps, sums, maxes = (buffer[:used] for buffer in rows.buffers)
+            parts.append((entries, fps, sums, maxes))
         pending = PendingResults(self._count, parts)
         self._side = False
         self._count, self._direct, self._batches = 0, [], []
@@ -474,6 +478,7 @@ def _batch(copies: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torc
     flat = torch._utils._flatten_dense_tensors(copies)  # one op: all of them, in logical order
     elements = _values(flat)  # one per word, so words and values share their segments
     words = _words(elements)
+    assert words is not None  # (copies of hashable tensors)
     per_element = words.numel() // flat.numel() if flat.numel() else 1
     total = words.numel()
     lengths = to_device(

@@ -21,6 +21,7 @@ import functools
 import sys
 import weakref
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import torch
@@ -102,7 +103,7 @@ class ModuleTracker:
     def _built_at(self, module: torch.nn.Module) -> str:
         """The line that builds ``module``: the first frame outside its own ``__init__``s."""
         assert self._locator is not None
-        frame = sys._getframe(2)  # the caller of nn.Module.__init__ (past the wrapper)
+        frame: FrameType | None = sys._getframe(2)  # the caller of nn.Module.__init__
         while frame is not None and frame.f_code.co_name == "__init__":
             if frame.f_locals.get("self") is not module:
                 break
@@ -166,7 +167,7 @@ class ModuleTracker:
         if root:
             self._on_root_enter(module)
 
-    def _post(self, module: torch.nn.Module, args: tuple, output: object) -> None:
+    def _post(self, module: torch.nn.Module | None, args: tuple, output: object) -> None:
         if self._stack:
             self._stack.pop()
 
@@ -227,7 +228,7 @@ def _models_in_script() -> dict[torch.nn.Module, str]:
     if not isinstance(scope, dict):
         return {}
     spaces = [scope]
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_globals is scope and frame.f_locals is not scope:
             spaces.append(frame.f_locals)

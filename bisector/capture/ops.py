@@ -8,7 +8,9 @@ when the arguments are (no addresses, no hash seeds).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils._pytree import arg_tree_leaves
@@ -128,7 +130,7 @@ class OpInfo:
         """(index of the return, tensor) of every fresh (non-aliasing) result of a call."""
         if not self.fresh_returns:
             return []
-        returned = out if self.n_returns > 1 else (out,)
+        returned: Any = out if self.n_returns > 1 else (out,)
         found = []
         for i in self.fresh_returns:
             value = returned[i]
@@ -229,7 +231,7 @@ def _flat(out: object) -> list:
     return [item for part in out for item in _flat(part)]
 
 
-def canonical_args(flat: list[object]) -> str:
+def canonical_args(flat: Sequence[object]) -> str:
     """The non-tensor arguments of a call (and tensor shapes and dtypes) as a stable string.
 
     Floats use ``repr`` (shortest exact form), so a learning rate that differs in its last bit

@@ -45,7 +45,7 @@ class Progress:
         if self._file is not None:
             self._map.close()
             self._file.close()
-            self._file = None
+            self._file = None  # type: ignore[assignment]
 
 
 def read(path: str | os.PathLike) -> dict | None:

@@ -23,7 +23,7 @@ import traceback
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
@@ -260,7 +260,7 @@ class Recorder:
         self._captured: set[int] = set()
         self._optimizers: set[str] = set()
         self._stepped: list = []
-        self._progress = None
+        self._progress: Any = None
         self._graphs = CudaGraphs(self)
         self._compiled = CompileBoundary(self)
         self._thread = threading.local()  # _compiled_depth, per thread (autograd's run apart)
@@ -309,7 +309,7 @@ class Recorder:
             self.recording = True
             self.status = "recording"
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         try:
             if self.status in ("recording", "waiting"):
                 try:
@@ -532,7 +532,7 @@ class Recorder:
         tensors = snapshots.state_tensors(self._stepped, name_of)
         self.recording = False  # the copies are ours, not the script's
         try:
-            path = Path(self.options.snapshot_dir) / f"step-{self.step}.pt"
+            path = Path(str(self.options.snapshot_dir)) / f"step-{self.step}.pt"
             snapshots.save(path, tensors)
         finally:
             self.recording = True
@@ -787,7 +787,9 @@ class Recorder:
         views = []
         if info.is_view:  # a view of a written storage may outlive the tensor that wrote it
             views = [t for t in arg_tree_leaves(out) if isinstance(t, torch.Tensor)]
-        self._graphs.capturing.add(read, written, views)
+        capture = self._graphs.capturing
+        assert capture is not None  # (called only while a graph is captured)
+        capture.add(read, written, views)
         return out
 
     def _capture(self, op: str, args: tuple, kwargs: dict) -> bool:

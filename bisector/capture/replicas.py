@@ -65,7 +65,8 @@ def write_step(
     if not kept:
         return
     with torch.no_grad():
-        prints = torch.stack([fingerprint_words(word_view(t)).cpu() for _, _, t in kept])
+        words = [word_view(t) for _, _, t in kept]
+        prints = torch.stack([fingerprint_words(w).cpu() for w in words if w is not None])
     values = {
         name: [kind, f"{fp & 0xFFFFFFFFFFFFFFFF:016x}"]
         for (kind, name, _), fp in zip(kept, prints.tolist(), strict=True)

@@ -4,6 +4,7 @@ often and the user's line of the first call. No fingerprints, no trace: one run,
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -27,7 +28,7 @@ class Survey(TorchDispatchMode):
         self._limit = steps
         self._on_stop = on_stop
         self._locator = Locator()
-        self._hook = None
+        self._hook: Any = None
         self._pid = os.getpid()
         self._forward_lines: dict[int, str] = {}  # autograd sequence nr -> the forward's line
         self._last_seq = -1

@@ -14,6 +14,7 @@ import queue
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -365,7 +366,7 @@ def _pair(
     folder = workdir / (name or "again")
     run = replace(options.run, steps=steps, echo=False, interventions=(name,) if name else ())
     run = replace(run, snapshots=True)
-    entry = {
+    entry: dict[str, Any] = {
         "intervention": name,
         "outcome": "",
         "reproducible": None,
@@ -544,6 +545,7 @@ def best_fix(report: Report) -> str | None:
 
 def _verdict(report: Report, place: Place) -> tuple[str, str | None]:
     first = report.first_divergence
+    assert first is not None  # (confirm runs only for a pair that differs)
     where = f"{first.module or '(no module)'}, {first.phase}, step {first.step}"
     cause = f"{first.op} in {where} ({first.kind})"
     best = best_fix(report)

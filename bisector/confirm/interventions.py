@@ -221,7 +221,7 @@ def _pin_flag(name: str, value: bool) -> Undo:
     import torch
 
     cudnn = torch.backends.cudnn
-    prop = type(cudnn).__dict__[name]  # a ContextProp: its setter is what assignment calls
+    prop = vars(type(cudnn))[name]  # a ContextProp: its setter is what assignment calls
     setter = f"_set_cudnn_{name}"
     undo_value = _patch(cudnn, name, value)
     what = f"torch.backends.cudnn.{name} = {{0}}"
@@ -346,7 +346,7 @@ class EagerAttention(Intervention):
             config._attn_implementation_internal = "eager"
             init(self, config, *args, **kwargs)
 
-        owner._autoset_attn_implementation = classmethod(autoset)
+        owner._autoset_attn_implementation = classmethod(autoset)  # type: ignore[attr-defined]
         undo = _patch(owner, "__init__", eager_init)
         return _chain([lambda: setattr(owner, "_autoset_attn_implementation", descriptor), undo])
 

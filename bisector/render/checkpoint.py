@@ -148,7 +148,7 @@ def _identical_roots(equal: list[str], differing: list[str]) -> list[str]:
     Each equal tensor's prefix is widened one component at a time while no differing tensor
     lies under the wider prefix; the widest prefixes found are listed once each.
     """
-    blocked = set()
+    blocked: set[str] = set()
     for name in differing:
         parts = name.split(".")
         blocked.update(".".join(parts[:depth]) for depth in range(1, len(parts) + 1))

@@ -228,7 +228,7 @@ def describe_check(checked: dict) -> str:
     meaning = {
         "confirmed": "the op is nondeterministic by itself",
         "contradicted": "stable: not a proven kernel source",
-    }.get(checked.get("result"), "")
+    }.get(str(checked.get("result")), "")
     return (
         f"replayed {runs} times on its captured inputs: "
         f"{counted(distinct or 0, 'distinct result')} ({meaning})"
@@ -263,7 +263,7 @@ def equal_runs_text(report: Report) -> tuple[str, str]:
     compared = f"over {counted(report.compared_events, 'event')}"
     steps = evidence.get("optimizer_steps")
     if evidence.get("level") == "digests":
-        compared = f"over {counted(steps, 'step')} (parameters, gradients, optimizer state)"
+        compared = f"over {counted(steps or 0, 'step')} (parameters, gradients, optimizer state)"
     elif steps:
         compared += f" and {steps} optimizer {'step' if steps == 1 else 'steps'}"
     elif evidence.get("model_calls"):

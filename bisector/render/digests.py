@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -91,7 +93,9 @@ def _growth(report: DigestReport) -> Table:
     )
     for column in ("step", "values differing", "grads", "params", "optimizer state"):
         table.add_column(column, justify="right")
-    rows = [r for r in report.growth if r["step"] >= (report.first_step or 0)]
+    rows: list[dict[str, Any] | None] = [
+        r for r in report.growth if r["step"] >= (report.first_step or 0)
+    ]
     if len(rows) > 2 * _GROWTH_ENDS:
         rows = rows[:_GROWTH_ENDS] + [None] + rows[-_GROWTH_ENDS:]
     for row in rows:
