@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bisector.report import Source
+from bisector.words import source_line
 
 Undo = Callable[[], None]
 _CATALOGUE: dict[str, type[Intervention]] = {}
@@ -571,15 +572,8 @@ _SEED_CALLS = {
 
 
 def line_text(location: str) -> str:
-    """The source text at "file.py:LINE" (shortened), or "" if it cannot be read."""
-    import linecache
-    import os
-
-    path, _, line = location.rpartition(":")
-    if not path or not line.isdigit():
-        return ""
-    text = linecache.getline(os.path.abspath(path), int(line)).strip()
-    return text if len(text) <= 70 else text[:67] + "..."
+    """The source text at "file.py:LINE", shortened for a line of advice ("" if unreadable)."""
+    return source_line(location, limit=70)
 
 
 @register

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import linecache
-import os
 import textwrap
 from collections import OrderedDict
 
@@ -14,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bisector.report import Report, RunInfo, Source
-from bisector.words import counted, plural
+from bisector.words import counted, plural, source_line
 
 _KIND_TEXT = {
     "kernel": "a nondeterministic kernel",
@@ -438,9 +436,4 @@ def _runs(runs: list[RunInfo]) -> Group:
 
 
 def _code_line(location: str) -> str:
-    path, _, line = location.rpartition(":")
-    if not path or not line.isdigit():
-        return ""
-    if not os.path.isabs(path):
-        path = os.path.abspath(path)
-    return linecache.getline(path, int(line)).strip()
+    return source_line(location)
