@@ -402,3 +402,29 @@ def test_a_recorder_that_stops_takes_its_dispatch_mode_off(tmp_path):
         assert _get_current_dispatch_mode() is None
         model(torch.randn(2, 4)).sum().backward()  # runs on, unrecorded
     assert _get_current_dispatch_mode() is None
+
+
+def test_draw_sites_tell_seeding_the_global_generator_from_making_a_new_one():
+    """`np.random.default_rng(0)` seeds a generator of its own, not numpy's global one: a later
+    unseeded `np.random.rand` is still a draw from an unseeded generator; `random.seed(1)`
+    seeds Python's."""
+    import random
+
+    import numpy as np
+
+    from bisector.capture.draws import DrawSites
+    from bisector.capture.lines import Locator
+
+    sites = DrawSites(Locator(), lambda: 0)
+    sites.install()
+    try:
+        np.random.default_rng(0)
+        np.random.rand(2)
+        random.seed(1)
+        random.random()
+    finally:
+        sites.remove()
+    noted = sites.summary()
+    assert noted["numpy.random"]["seeds"] == []
+    assert [site[1] for site in noted["numpy.random"]["sites"]] == ["rand"]
+    assert [text for _, text in noted["random"]["seeds"]] == ["seed(1)"]

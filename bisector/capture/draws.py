@@ -119,11 +119,14 @@ class DrawSites:
         line = self._locator.describe(user, library)
         if seeding:
             seed = args[0] if args else kwargs.get("seed", kwargs.get("a"))
-            seeds = self._seeds[generator]
-            if len(seeds) < MAX_SITES:
-                seeds.append([line, f"{name}({seed!r})"[:80]])
-            if name == "seed" or seed is not None:
-                return  # default_rng(None) draws its seed from the system: a draw of its own
+            if name == "seed":  # seeds the global generator (from the system when None)
+                seeds = self._seeds[generator]
+                if len(seeds) < MAX_SITES:
+                    seeds.append([line, f"{name}({seed!r})"[:80]])
+                return
+            if seed is not None:  # default_rng(seed): a generator of its own, seeded
+                return
+            # default_rng(None) seeds itself from the system: a draw of its own
         sites = self._sites[generator]
         site = sites.get(line)
         if site is not None:
