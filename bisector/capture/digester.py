@@ -33,6 +33,7 @@ from torch.optim.optimizer import (
 from torch.utils._pytree import tree_leaves
 
 from bisector.capture import settings
+from bisector.capture.closures import wrap_closure
 from bisector.capture.fingerprint import Collector, PendingResults, hashable, plain_values
 from bisector.digests import DigestWriter
 
@@ -229,24 +230,23 @@ class _DigestHooks:
         Where the step is given a closure (Lightning's automatic optimization, LBFGS), the
         forward and backward run inside it: returns (args, kwargs) with the closure wrapped to
         take them after its first call; else takes them now and returns None."""
-        positional = len(args) > 1 and callable(args[1])  # (args[0] is the optimizer)
-        closure = args[1] if positional else kwargs.get("closure")
-        if not callable(closure):
-            take()
-            return None
         taken = False
 
-        def closure_then_take():
-            nonlocal taken
-            result = closure()
-            if not taken:
-                taken = True
-                take()
-            return result
+        def wrap(closure):
+            def closure_then_take(*a, **k):
+                nonlocal taken
+                result = closure(*a, **k)
+                if not taken:
+                    taken = True
+                    take()
+                return result
 
-        if positional:
-            return (args[0], closure_then_take, *args[2:]), kwargs
-        return args, {**kwargs, "closure": closure_then_take}
+            return closure_then_take
+
+        wrapped = wrap_closure(args, kwargs, wrap)
+        if wrapped is None:
+            take()
+        return wrapped
 
 
 class Watch(_DigestHooks):

@@ -39,6 +39,7 @@ from torch.utils._python_dispatch import (
 from torch.utils._pytree import arg_tree_leaves
 
 from bisector.capture import settings
+from bisector.capture.closures import wrap_closure
 from bisector.capture.compiled import PREFIX as COMPILED_PREFIX
 from bisector.capture.compiled import CompileBoundary
 from bisector.capture.cuda_graphs import CudaGraphs
@@ -470,24 +471,21 @@ class Recorder:
         """Wrap a closure passed to ``step`` (LBFGS, Lightning's automatic optimization) so
         that the forward and backward it runs get their own phase and module, not the
         optimizer's. Returns the hook's (args, kwargs), or None when there is no closure."""
-        positional = len(args) > 1 and callable(args[1])
-        closure = args[1] if positional else kwargs.get("closure")
-        if not callable(closure):
-            return None
         recorder = self
 
-        @functools.wraps(closure)
-        def outside_optimizer(*a, **k):
-            depth, recorder._optimizer_depth = recorder._optimizer_depth, 0
-            try:
-                return closure(*a, **k)
-            finally:
-                recorder._optimizer_depth = depth
-                recorder._forward_open = False
+        def wrap(closure):
+            @functools.wraps(closure)
+            def outside_optimizer(*a, **k):
+                depth, recorder._optimizer_depth = recorder._optimizer_depth, 0
+                try:
+                    return closure(*a, **k)
+                finally:
+                    recorder._optimizer_depth = depth
+                    recorder._forward_open = False
 
-        if positional:
-            return (args[0], outside_optimizer, *args[2:]), kwargs
-        return args, {**kwargs, "closure": outside_optimizer}
+            return outside_optimizer
+
+        return wrap_closure(args, kwargs, wrap)
 
     @_ours
     def _optimizer_post(self, optimizer, args, kwargs) -> None:
