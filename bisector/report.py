@@ -112,13 +112,13 @@ class Report:
             change did not take effect in a run), reproducible, error, first_divergence,
             overrides (the script's own attempts to undo the change, each ``{"what",
             "line"}``: the change held), growth (the pair's own rows, as ``growth``), and
-            for a pair that still differs: param_diff, baseline_param_diff and
-            baseline_again_param_diff (the largest parameter difference after the last step
-            with the intervention and in the two plain pairs), effect_decades (log10 of the
-            first over the plain pairs' geometric mean), baseline_spread_decades (how far the
-            two plain pairs lie apart), growth_ratio, and for adam-to-sgd an explanation.
-            "amplifier" means the effect lies beyond 1 decade and 3x the spread; "no-effect"
-            that it does not (no clear effect).
+            for a pair that still differs: effect (see confirm/effects.py: the pair's curve of
+            the largest parameter difference per step from the first differing step on, the
+            plain pairs' curves, level and rate against them with the plain pairs' spread
+            and the thresholds used, decided_by) and for adam-to-sgd an explanation.
+            "amplifier": the change moves the level or the rate beyond 3x the plain pairs'
+            spread (and beyond 1 decade, or 0.5 decades a step); "no-effect": it does not
+            (no clear effect). Pairs run a few steps past the first differing step.
         replay: one entry per replayed source op: op, event, runs, distinct_results, repro,
             error (why it could not run: inputs not captured or not savable, with the reason).
         growth: per step, differing events and the largest gradient, parameter and

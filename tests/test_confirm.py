@@ -34,9 +34,11 @@ def test_atomic_index_put_is_confirmed_replayed_and_fixed(tmp_path):
     assert "CUBLAS" not in report["fix"]
     # Adam -> SGD: measured against two plain pairs, and explained
     assert report["growth_again"], "a second plain pair measures the baseline's spread"
+    effect = outcomes["adam-to-sgd"]["effect"]
+    assert len(effect["baseline"]) == 2 and len(effect["curve"]["steps"]) >= 2, effect
+    level, rate = abs(effect["level"]), abs(effect["rate_change"] or 0)
+    assert level > effect["level_threshold"] or rate > effect["rate_threshold"], effect
     adam = outcomes["adam-to-sgd"]
-    assert adam["baseline_again_param_diff"] is not None
-    assert abs(adam["effect_decades"]) > max(1.0, 3 * adam["baseline_spread_decades"]), adam
     assert adam["explanation"].startswith("with SGD the pair still first differs at")
     (replayed,) = report["replay"]
     assert replayed["op"] == "aten.index_put_.default" and replayed["runs"] == 8
@@ -197,29 +199,38 @@ def test_eager_attention_intervention_on_transformers_models(tmp_path):
     assert dict(vars(transformers.PreTrainedModel)) == before  # whatever it patched is back
 
 
-def _effect(base: float, again: float | None, changed: float) -> dict:
-    from bisector.confirm import _measure_effect
+def _effect(changed: list[float], *plain: list[float], start: int = 0):
+    """The effect measured from curves of the largest parameter difference per step."""
+    from bisector.confirm.effects import measure
 
-    def rows(value):
-        return [{"step": 0, "max_param_diff": value}]
+    def rows(values):
+        return [{"step": start + i, "max_param_diff": v} for i, v in enumerate(values)]
 
-    entry = {"intervention": "x", "outcome": "", "growth": rows(changed)}
-    _measure_effect(entry, rows(base), rows(again) if again is not None else [], steps=1)
-    return entry
+    return measure(rows(changed), [rows(p) for p in plain], start)
 
 
 def test_an_effect_is_measured_against_the_spread_of_two_plain_pairs():
-    # SGD leaves the weights bitwise equal while Adam's differ: the growth changed
-    assert _effect(3.7e-9, 5.1e-9, 0.0)["outcome"] == "amplifier"
-    assert _effect(1e-6, 2e-6, 1e-3)["outcome"] == "amplifier"
-    steady = _effect(1e-6, 2e-6, 3e-6)
-    assert steady["outcome"] == "no-effect" and steady["baseline_spread_decades"] == 0.3
+    # SGD leaves the weights bitwise equal while Adam's differ: the level moved
+    sgd = _effect([0.0, 0.0, 0.0], [3.7e-9, 4e-9, 5e-9], [5.1e-9, 5e-9, 6e-9])
+    assert (sgd.outcome, sgd.decided_by) == ("amplifier", "level"), sgd
+    assert sgd.level is not None and sgd.level < -30 and sgd.rate is None
+    steady = _effect([3e-6, 4e-6, 5e-6], [1e-6, 2e-6, 3e-6], [2e-6, 3e-6, 4e-6])
+    assert steady.outcome == "no-effect" and steady.level_spread == 0.18, steady
     # A racy kernel's difference varies by 4 decades from pair to pair: 3 decades of change
     # are within that spread, no clear effect (the H200's cudnn "amplifier" of SDPA)
-    noisy = _effect(6.05e-8, 4.1e-4, 5.8e-4)
-    assert noisy["outcome"] == "no-effect" and noisy["baseline_spread_decades"] > 3
-    assert _effect(0.0, 0.0, 0.0)["outcome"] == "no-effect"
-    assert _effect(1e-6, None, 1e-3)["outcome"] == "amplifier"  # no second pair: 2 decades
+    noisy = _effect([5.8e-4, 6e-4], [6.05e-8, 7e-8], [4.1e-4, 5e-4], start=3)
+    assert noisy.outcome == "no-effect" and noisy.level_spread > 3, noisy
+    assert noisy.curve["steps"] == [3, 4]
+    # Same start, but two decades a step faster than either plain pair: the rate moved
+    faster = _effect([1e-8, 1e-6, 1e-4, 1e-2], [1e-8, 2e-8, 3e-8, 4e-8], [2e-8, 2e-8, 4e-8, 5e-8])
+    assert faster.decided_by == "level and rate" and faster.rate == 2.0, faster
+    crossing = _effect([1e-8, 1e-6, 1e-4], [1e-6, 1e-6, 1.1e-6], [1e-6, 1.2e-6, 1e-6])
+    assert crossing.decided_by == "rate" and abs(crossing.level) < 1, crossing
+    assert _effect([0.0, 0.0], [0.0, 0.0], [0.0, 0.0]).outcome == "no-effect"
+    # Without a second plain pair the floors double: 1.5 decades is not enough
+    alone = _effect([3e-5, 3e-5], [1e-6, 1e-6])
+    assert alone.outcome == "no-effect" and alone.level_threshold == 2.0, alone
+    assert _effect([1e-3, 1e-3], [1e-6, 1e-6]).outcome == "amplifier"
 
 
 def test_advice_is_placed_and_device_aware(tmp_path):

@@ -21,6 +21,7 @@ import numpy as np
 from bisector import analysis
 from bisector.capture import snapshots
 from bisector.capture.compiled import PREFIX as COMPILED_PREFIX
+from bisector.confirm import effects
 from bisector.confirm.interventions import (
     Intervention,
     Place,
@@ -51,9 +52,6 @@ _PREFERENCE = (
 )
 # Sources replayed at most (each replay runs the op N times).
 _MAX_REPLAYS = 3
-# A difference that grows or shrinks by more than this factor marks an amplifier. Large, since
-# run-to-run noise alone moves it by a few times (unseeded data differs wholly in every pair).
-_AMPLIFIER_FACTOR = 100.0
 
 
 @dataclass(frozen=True)
@@ -110,16 +108,20 @@ def confirm(
     # the others where pairs run side by side, else afterwards and only if a pair differs.
     side_by_side = len(_slots(options, place, len(chosen) + 1)) > 1
     tasks: list[Intervention | None] = [*chosen, None] if chosen and side_by_side else [*chosen]
-    entries = _pairs(script, args, tasks, report, workdir, steps, options, place)
+    # Pairs run a few steps past the first differing one: enough to fit how fast a difference
+    # grows (see effects.py).
+    first_step = report.first_divergence.step
+    window = first_step + effects.GROWTH_STEPS
+    entries = _pairs(script, args, tasks, report, workdir, window, options, place)
     again = next((e for e in entries if e["intervention"] is None), None)
     report.confirmations = [e for e in entries if e["intervention"] is not None]
     if again is None and any(e["outcome"] == "" for e in report.confirmations):
-        again = _pair(script, args, None, report, workdir, steps, options)
+        again = _pair(script, args, None, report, workdir, window, options)
     if again is not None:
         report.growth_again = again.get("growth") or []
     for entry in report.confirmations:
         if entry["outcome"] == "":  # still differs: what the change does to the growth
-            _measure_effect(entry, report.growth, report.growth_again, steps)
+            _measure_effect(entry, [report.growth, report.growth_again], first_step)
     report.cause, report.fix = _verdict(report, place)
     if options.fix:
         checking = replace(options.run, steps=options.fix_steps, start_step=0)
@@ -405,56 +407,14 @@ def _curve_row(row: dict) -> dict:
     return {key: row.get(key) for key in keys}
 
 
-# Differences at or below this are taken as this (log scale: an exact zero is 45 decades down).
-_TINY = 1e-45
-# An intervention changes the growth when its difference after the last step lies further
-# from the two plain pairs' than this many decades, and further than 3x their own spread.
-_MIN_EFFECT_DECADES = 1.0
-
-
-def _measure_effect(entry: dict, base: list[dict], again: list[dict], steps: int) -> None:
-    """Outcome of a pair that still differs: "amplifier" when the largest parameter difference
-    after the last recorded step is further from the plain pairs' than their own spread from
-    pair to pair allows (more than ``_MIN_EFFECT_DECADES`` and 3x the spread), else
-    "no-effect" (no clear effect). Sets the numbers it used on the entry."""
-    changed = _final_growth(entry.get("growth") or [], steps)
-    first = _final_growth(base, steps)
-    second = _final_growth(again, steps) if again else None
-    logs = [np.log10(max(v, _TINY)) for v in (first, second) if v is not None]
-    center = float(np.mean(logs))
-    spread = float(abs(logs[0] - logs[1])) if len(logs) == 2 else None
-    effect = float(np.log10(max(changed, _TINY)) - center)
-    threshold = max(_MIN_EFFECT_DECADES, 3 * spread) if spread is not None else 2.0
-    entry["outcome"] = "amplifier" if abs(effect) > threshold else "no-effect"
-    entry["param_diff"], entry["baseline_param_diff"] = changed, first
-    entry["baseline_again_param_diff"] = second
-    entry["effect_decades"] = round(effect, 2)
-    entry["baseline_spread_decades"] = None if spread is None else round(spread, 2)
-    entry["growth_ratio"] = float((changed + 1e-300) / (first + 1e-300))
+def _measure_effect(entry: dict, plain: list[list[dict]], start: int) -> None:
+    """Outcome of a pair that still differs, from its growth against the plain pairs' (see
+    effects.py); the numbers it was decided from go on the entry as ``effect``."""
+    effect = effects.measure(entry.get("growth") or [], plain, start)
+    entry["outcome"] = effect.outcome
+    entry["effect"] = vars(effect)
     if entry["intervention"] == "adam-to-sgd":
-        entry["explanation"] = _adam_explanation(entry, first, changed)
-
-
-def _adam_explanation(entry: dict, adam: float, sgd: float) -> str:
-    """Why Adam -> SGD changes the difference, or does not, without removing it."""
-    first = entry.get("first_divergence")
-    still = f"still first differs at {first}" if first else "still differs"
-    numbers = f"largest parameter difference after the last step {adam:.3g} with Adam, "
-    numbers += f"{sgd:.3g} with SGD"
-    text = f"with SGD the pair {still}: the optimizer is not the cause"
-    if entry["outcome"] != "amplifier":
-        return (
-            f"{text}, and it changes the size of the difference no more than the plain pairs "
-            f"vary ({numbers})"
-        )
-    if sgd < adam:
-        return (
-            f"{text}. Adam divides each update by the running scale of the gradient, so a "
-            "last-bit difference in a gradient can move a parameter by up to about the "
-            "learning rate, where SGD moves it by the learning rate times the difference: "
-            f"{numbers}"
-        )
-    return f"{text}; the difference grows faster with SGD ({numbers})"
+        entry["explanation"] = effects.adam_explanation(effect, entry.get("first_divergence"))
 
 
 def _facts(trace: Trace) -> RunFacts:
@@ -527,12 +487,6 @@ def growth(a: Trace, b: Trace, report: Report) -> list[dict]:
 
 def _snapshot(trace: Trace, step: int) -> Path:
     return Path(trace.path).with_suffix(".steps") / f"step-{int(step)}.pt"
-
-
-def _final_growth(rows: list[dict], steps: int) -> float:
-    """The largest parameter/state difference bound up to ``steps`` steps."""
-    values = [r["max_param_diff"] for r in rows if r["step"] < steps]
-    return max(values, default=0.0)
 
 
 def best_fix(report: Report) -> str | None:

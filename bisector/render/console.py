@@ -144,8 +144,8 @@ def levels_table(levels: list[dict]) -> Table:
 # What each confirmation outcome means (shared with the HTML report).
 OUTCOMES = {
     "fixes": "both runs bitwise identical",
-    "amplifier": "still differ, but the difference grows at another rate: an amplifier, "
-    "not the cause",
+    "amplifier": "still differ, but the change moves the difference (its size or how fast it "
+    "grows) beyond what the plain pairs vary: an amplifier, not the cause",
     "no-effect": "still differ, with no clear effect on the difference",
     "fails": "the script fails",
     "did-not-apply": "the change did not take effect, so the pair says nothing",
@@ -184,22 +184,42 @@ def fix_check_text(check: dict) -> str:
 
 
 def effect_numbers(c: dict) -> str:
-    """What an effect was decided from: the largest parameter difference after the last step
-    with the intervention and in the plain pairs, and how far apart those lie (shared with the
-    HTML report)."""
-    text = f"max parameter |A-B| {c['param_diff']:.3g} with it, {c['baseline_param_diff']:.3g}"
-    again = c.get("baseline_again_param_diff")
-    if again is not None:
-        text += f" and {again:.3g} in two pairs without"
-    else:
-        text += " without"
-    effect = c.get("effect_decades")
-    if effect is not None:
-        spread = c.get("baseline_spread_decades")
-        text += f": {abs(effect):.1f} decades {'above' if effect > 0 else 'below'}"
-        if spread is not None:
-            text += f", the plain pairs {spread:.1f} apart"
-    return text
+    """What an effect was decided from: the largest parameter difference per step with the
+    change and in the plain pairs, each curve's rate, and how far the change moves level and
+    rate against how far the plain pairs lie apart (shared with the HTML report)."""
+    e = c["effect"]
+    steps = e["curve"]["steps"]
+    span = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
+    text = f"max parameter |A-B| after {span}: {_curve(e['curve'], e['rate'])} with it"
+    plain = [_curve(b, r) for b, r in zip(e["baseline"], e["baseline_rates"], strict=True)]
+    text += f"; {' and '.join(plain)} in {counted(len(plain), 'plain pair')}"
+    parts = []
+    if e["level"] is not None:
+        where = "above" if e["level"] > 0 else "below"
+        parts.append(
+            f"{abs(e['level']):.1f} decades {where} them"
+            + _against(e["level_spread"], e["level_threshold"], "decades")
+        )
+    if e["rate_change"] is not None:
+        parts.append(
+            f"its rate {e['rate_change']:+.2f} decades/step from theirs"
+            + _against(e["rate_spread"], e["rate_threshold"], "decades/step")
+        )
+    return text + (": " + "; ".join(parts) if parts else "")
+
+
+def _curve(curve: dict, rate: float | None) -> str:
+    values = ", ".join(f"{v:.2g}" for v in curve["values"]) or "none"
+    return f"[{values}]" + ("" if rate is None else f" ({rate:+.2f} decades/step)")
+
+
+def _against(spread: float | None, threshold: float, unit: str) -> str:
+    if threshold == 1:
+        unit = unit.replace("decades", "decade")
+    beyond = f"counts beyond {threshold:g} {unit}"
+    if spread is None:
+        return f" (no second plain pair: {beyond})"
+    return f" (the plain pairs {spread:g} apart: {beyond})"
 
 
 def held_against(overrides: list[dict]) -> str:
@@ -359,7 +379,7 @@ def _verdict_panel(report: Report, width: int) -> Panel:
         text = f"with {c['intervention']}: {OUTCOMES.get(c['outcome'], c['outcome'])}"
         if c.get("not_applied"):
             text += f" ({c['not_applied']})"
-        if c.get("param_diff") is not None:
+        if c.get("effect"):
             text += f" ({effect_numbers(c)}"
             if c.get("first_divergence"):
                 text += f"; still first differs at {c['first_divergence']}"

@@ -211,7 +211,7 @@ def _confirmations(confirmations: list[dict[str, Any]]) -> str:
     for c in confirmations:
         outcome = str(c["outcome"])
         what = esc(OUTCOMES.get(outcome, outcome))
-        if c.get("param_diff") is not None and c.get("baseline_param_diff") is not None:
+        if c.get("effect"):
             what += esc(f" ({effect_numbers(c)})")
         if c.get("explanation"):
             what += esc(f". {c['explanation']}")
