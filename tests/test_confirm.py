@@ -268,8 +268,31 @@ def test_pairs_run_side_by_side_one_per_gpu_or_per_cores(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
     gpus = _slots(ConfirmOptions(), Place(cuda=True), 6)
     assert gpus == [(("CUDA_VISIBLE_DEVICES", "2"),), (("CUDA_VISIBLE_DEVICES", "5"),)]
+    # two pairs per GPU where memory allows: spread over the GPUs first
+    shared = _slots(ConfirmOptions(), Place(cuda=True), 3, per_gpu=2)
+    assert [dict(s)["CUDA_VISIBLE_DEVICES"] for s in shared] == ["2", "5", "2"]
     job = ConfirmOptions(run=RunOptions(launch=Launch(2)))
     assert _slots(job, Place(cuda=True), 6) == [()]  # a torchrun job takes every GPU
+
+
+def test_pairs_share_a_gpu_as_its_memory_and_the_cores_allow(monkeypatch):
+    from types import SimpleNamespace
+
+    import bisector.confirm as confirm
+
+    def pair(peak: int, total: int = 140 << 30):
+        trace = SimpleNamespace(footer={"cuda_memory": {"peak_reserved": peak, "total": total}})
+        return SimpleNamespace(ranks=[(0, trace, trace)])
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(confirm, "_gpus", lambda: 2)
+    assert confirm._pairs_per_gpu(pair(2 << 30)) == 4  # small: as many as allowed
+    assert confirm._pairs_per_gpu(pair(40 << 30)) == 2  # 2 x 40 GiB x 1.25 fit in 80%
+    assert confirm._pairs_per_gpu(pair(100 << 30)) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert confirm._pairs_per_gpu(pair(2 << 30)) == 1  # two cores a pair
+    cpu_only = SimpleNamespace(footer={"cuda_memory": None})
+    assert confirm._pairs_per_gpu(SimpleNamespace(ranks=[(0, cpu_only, cpu_only)])) == 1
 
 
 def test_set_order_structure_is_fixed_by_seeding_the_hash(tmp_path):

@@ -385,6 +385,7 @@ class Recorder:
                     "seconds": time.perf_counter() - self._started,
                     "settings_at_end": settings.determinism(),
                     "cuda_used": torch.cuda.is_initialized(),
+                    "cuda_memory": settings.cuda_memory(),
                     "seeds_at_end": settings.seeds(),
                     "optimizers": sorted(self._optimizers),
                     "modules": settings.notable_modules(),

@@ -82,6 +82,19 @@ def seeds() -> dict[str, Any]:
     }
 
 
+def cuda_memory() -> dict[str, int] | None:
+    """The current GPU's memory as this process used it: the most its allocator held at once
+    and the device's total, in bytes (None without CUDA). Read from the allocator's counters:
+    no device sync."""
+    if not torch.cuda.is_initialized():
+        return None
+    device = torch.cuda.current_device()
+    return {
+        "peak_reserved": torch.cuda.max_memory_reserved(device),
+        "total": torch.cuda.get_device_properties(device).total_memory,
+    }
+
+
 def notable_modules() -> list[str]:
     """Libraries the script used that change which interventions apply."""
     found = [name for name in ("transformers",) if name in sys.modules]

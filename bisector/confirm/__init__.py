@@ -92,27 +92,38 @@ def confirm(
     report.growth = pair_growth(pair)
     if report.reproducible or report.first_divergence is None:
         return report
-    steps = report.first_divergence.step + 1
-    replayed = _replays(script, args, report.sources, ("kernel", "rng"), workdir, steps, options)
-    report.replay = [vars(r) for r in replayed]
-    check_claims(report)
-    situation = _situation(pair, report.sources)
-    if options.only_forced:
-        from bisector.confirm.interventions import get
-
-        chosen = [get(name) for name in options.forced]
-    else:
-        chosen = choose(situation, options.forced)
+    first_step = report.first_divergence.step
     place = _place(script, pair, report)
+    per_gpu = _pairs_per_gpu(pair)
+    chosen = _chosen(pair, report, options)
+    side_by_side = len(_slots(options, place, len(chosen) + 1, per_gpu)) > 1
+
+    def replays() -> None:
+        kinds = ("kernel", "rng")
+        replayed = _replays(script, args, report.sources, kinds, workdir, first_step + 1, options)
+        report.replay = [vars(r) for r in replayed]
+        check_claims(report)
+
     # A second plain pair measures the baseline's own spread from pair to pair: made beside
     # the others where pairs run side by side, else afterwards and only if a pair differs.
-    side_by_side = len(_slots(options, place, len(chosen) + 1)) > 1
-    tasks: list[Intervention | None] = [*chosen, None] if chosen and side_by_side else [*chosen]
     # Pairs run a few steps past the first differing one: enough to fit how fast a difference
     # grows (see effects.py).
-    first_step = report.first_divergence.step
+    tasks: list[Intervention | None] = [*chosen, None] if chosen and side_by_side else [*chosen]
     window = first_step + effects.GROWTH_STEPS
-    entries = _pairs(script, args, tasks, report, workdir, window, options, place)
+    slots = _slots(options, place, len(tasks), per_gpu)
+    if side_by_side:  # the replays' capture run goes beside the pairs
+        with ThreadPoolExecutor(1) as aside:
+            replaying = aside.submit(replays)
+            entries = _pairs(script, args, tasks, report, workdir, window, options, slots)
+            replaying.result()
+        # a replay that contradicts a kernel claim changes the sources: what else applies
+        done = {e["intervention"] for e in entries}
+        more = [i for i in _chosen(pair, report, options) if i.name not in done]
+        entries += _pairs(script, args, more, report, workdir, window, options, slots)
+    else:
+        replays()
+        chosen = _chosen(pair, report, options)
+        entries = _pairs(script, args, chosen, report, workdir, window, options, slots)
     again = next((e for e in entries if e["intervention"] is None), None)
     report.confirmations = [e for e in entries if e["intervention"] is not None]
     if again is None and any(e["outcome"] == "" for e in report.confirmations):
@@ -129,10 +140,18 @@ def confirm(
     return report
 
 
-def _pairs(script, args, chosen, report, workdir, steps, options, place) -> list[dict]:
-    """One pair of runs per intervention, several at a time where the machine allows (see
+def _chosen(pair: Pair, report: Report, options: ConfirmOptions) -> list[Intervention]:
+    """The interventions to try on these sources (only the forced ones with ``only_forced``)."""
+    if options.only_forced:
+        from bisector.confirm.interventions import get
+
+        return [get(name) for name in options.forced]
+    return choose(_situation(pair, report.sources), options.forced)
+
+
+def _pairs(script, args, chosen, report, workdir, steps, options, slots) -> list[dict]:
+    """One pair of runs per intervention, as many at a time as there are ``slots`` (see
     ``_slots``); each pair's two runs one after the other, as the plain pair's were."""
-    slots = _slots(options, place, len(chosen))
     if len(slots) <= 1:
         return [_pair(script, args, i, report, workdir, steps, options) for i in chosen]
     free: queue.Queue = queue.Queue()
@@ -156,20 +175,43 @@ def _pairs(script, args, chosen, report, workdir, steps, options, place) -> list
 _CORES_PER_PAIR = 4
 
 
-def _slots(options: ConfirmOptions, place: Place, pairs: int) -> list[tuple]:
-    """Extra environment of each pair that may run at once: one per GPU (the pair sees only
-    that GPU) when the runs used CUDA, else one per ``_CORES_PER_PAIR`` cores; at most
-    ``options.jobs``. A torchrun job's pairs run one at a time (each takes every GPU)."""
+def _slots(options: ConfirmOptions, place: Place, pairs: int, per_gpu: int = 1) -> list[tuple]:
+    """Extra environment of each pair that may run at once: ``per_gpu`` pairs per GPU (a pair
+    sees only its GPU) when the runs used CUDA, else one per ``_CORES_PER_PAIR`` cores; at
+    most ``options.jobs``. A torchrun job's pairs run one at a time (each takes every GPU)."""
     if options.run.launch is not None or pairs <= 1:
         return [()]
-    limit = options.jobs or pairs
+    limit = min(options.jobs or pairs, pairs)
     if place.cuda:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         gpus = [g for g in visible.split(",") if g] if visible else [str(i) for i in range(_gpus())]
-        return [(("CUDA_VISIBLE_DEVICES", g),) for g in gpus[: min(limit, pairs)]] or [()]
+        # round robin: the first pairs spread over the GPUs before any GPU takes a second
+        slots = [(("CUDA_VISIBLE_DEVICES", g),) for _ in range(per_gpu) for g in gpus]
+        return slots[:limit] or [()]
     cores = os.cpu_count() or 1
     count = options.jobs or max(1, cores // _CORES_PER_PAIR)
     return [()] * max(1, min(count, pairs))
+
+
+# Pairs that share one GPU at most, when its memory allows: a pair's runs are mostly host work
+# (launches, recording), so a few side by side keep a GPU busy.
+_MAX_PAIRS_PER_GPU = 4
+# Of a GPU's memory, the share that pairs side by side may take together.
+_GPU_MEMORY_SHARE = 0.8
+
+
+def _pairs_per_gpu(pair: Pair) -> int:
+    """How many pairs fit on one GPU side by side: by the most memory a run of the plain pair
+    held (its allocator's peak), with room to spare, and by the CPU cores (two per pair)."""
+    memory = [t.footer.get("cuda_memory") for _, a, b in pair.ranks for t in (a, b)]
+    known = [m for m in memory if m is not None]
+    if not known or len(known) < len(memory):
+        return 1
+    peak = max(m["peak_reserved"] for m in known)
+    total = min(m["total"] for m in known)
+    by_memory = int(total * _GPU_MEMORY_SHARE // max(peak * 1.25, 1))
+    by_cores = max(1, (os.cpu_count() or 1) // (2 * max(1, _gpus())))
+    return max(1, min(_MAX_PAIRS_PER_GPU, by_memory, by_cores))
 
 
 def _gpus() -> int:
