@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from bisector.environment import differences
 from bisector.errors import MismatchError, TraceError
 from bisector.records import Inflater, RecordWriter, parse_fields, parse_json, read, records
 
@@ -234,8 +235,6 @@ def compare(a: Digests, b: Digests) -> DigestReport:
         MismatchError: the files share no step, or record different values in a step (not two
             runs of the same training).
     """
-    from bisector.analysis.environment import differences
-
     common = sorted(set(a.steps) & set(b.steps))
     if not common:
         raise MismatchError(

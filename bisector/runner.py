@@ -87,7 +87,8 @@ class RunOptions:
         echo: let the script's output through to our stdout/stderr as well as the log.
         capture: event indices whose op inputs the run saves (for a replay), in ``capture_dir``.
         capture_rank: in a torchrun job, the rank whose events ``capture`` numbers.
-        interventions: names of interventions applied in the child (see confirm/).
+        interventions: names of interventions applied in the child (see confirm/; the caller
+            puts what they need in ``env``).
         snapshots: save the training state after each step next to the trace (``.steps/``).
         start_step: record ops only from this optimizer step on (earlier steps run unrecorded).
         launch: start the run through torchrun, one process per rank (see Launch); None: one
@@ -440,10 +441,7 @@ def _run_child(
     if options.source:
         command += ["--source", options.source]
     if options.interventions:
-        from bisector.confirm.interventions import child_env
-
         command += ["--intervene", ",".join(options.interventions)]
-        env.update(child_env(list(options.interventions)))
     command += ["--", str(script), *args]
     started = time.perf_counter()
     with open(log, "wb") as log_file:

@@ -186,17 +186,6 @@ class Trace:
         return int(self.header.get("world_size", 1))
 
 
-# Collectives are recorded as ops of these namespaces (torch.distributed's calls, DDP and FSDP
-# through c10d; functional collectives); their waits and wrappers are not collectives.
-_COLLECTIVE_NAMESPACES = ("c10d.", "_c10d_functional.")
-_NOT_COLLECTIVES = ("_c10d_functional.wait_tensor.", "_c10d_functional._wrap_tensor_autograd.")
-
-
-def is_collective(op: str) -> bool:
-    """True for collective ops (all_reduce, broadcast, all_gather, ...), not their waits."""
-    return op.startswith(_COLLECTIVE_NAMESPACES) and not op.startswith(_NOT_COLLECTIVES)
-
-
 def _row_events(counts: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(counts), dtype=np.int64), counts.astype(np.int64))
 

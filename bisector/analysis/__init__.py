@@ -9,7 +9,6 @@ import numpy as np
 
 from bisector.analysis import evidence as proof
 from bisector.analysis.align import Alignment, Break, align, project
-from bisector.analysis.environment import differences
 from bisector.analysis.graph import (
     Equality,
     classify,
@@ -20,11 +19,10 @@ from bisector.analysis.graph import (
     source_events,
     unexplained,
 )
-from bisector.capture.compiled import PREFIX as COMPILED_PREFIX
-from bisector.capture.cuda_graphs import REPLAY_OP
-from bisector.capture.ops import UNINITIALISED_OPS
+from bisector.environment import differences
 from bisector.errors import MismatchError
 from bisector.report import Report, RunInfo, Source
+from bisector.schema import COMPILED_PREFIX, REPLAY_OP, UNINITIALISED_OPS, is_collective, is_leaf
 from bisector.trace import (
     FLAG_RANDOM,
     FLAG_WIDE,
@@ -32,7 +30,6 @@ from bisector.trace import (
     OUT_NODATA,
     PHASES,
     Trace,
-    is_collective,
     split_location,
 )
 from bisector.words import counted
@@ -487,7 +484,7 @@ def _collective_results(a: Trace, eq, found: list[int]) -> list[int]:
     holds while the collective's recorded inputs are equal is the collective's."""
     mapped: list[int] = []
     for event in found:
-        if a.string("op", event).startswith("leaf.") and int(a.columns["n_in"][event]) == 1:
+        if is_leaf(a.string("op", event)) and int(a.columns["n_in"][event]) == 1:
             producer = int(eq.producer[int(a.in_start[event])])
             if producer >= 0 and is_collective(a.string("op", producer)):
                 event = producer

@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from bisector.analysis.align import Alignment
-from bisector.capture.processes import describe, unseen_training
 from bisector.report import Source
+from bisector.schema import describe, unseen_training
 from bisector.trace import OUT_PARTIAL, Trace
 
 REPRODUCIBLE, DIVERGED, INCONCLUSIVE = "reproducible", "diverged", "inconclusive"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bisector.analysis.align import NO_PARTNER
+from bisector.schema import is_leaf
 from bisector.trace import OUT_HASHED, OUT_NODATA, OUT_PARTIAL, Trace
 
 # Beyond this many sources, reach is computed only for the first ones (it is only displayed
@@ -135,7 +136,7 @@ def classify(op: str, args_equal: bool, random: bool, rewired: bool = False) -> 
     drew random numbers, and whether it reads tensors from other producers in the two runs."""
     if rewired:
         return "structure"
-    if op.startswith("leaf."):
+    if is_leaf(op):
         return "input"
     if not args_equal:
         return "argument"

@@ -18,7 +18,8 @@ import numpy as np
 from bisector.analysis import LONE_COLLECTIVE, compare_traces, lead_with_headline
 from bisector.analysis.graph import Equality
 from bisector.report import Report, RunInfo, Source
-from bisector.trace import Trace, is_collective
+from bisector.schema import is_collective
+from bisector.trace import Trace
 
 _OWN_COLLECTIVE = (
     "a collective whose inputs are equal in both runs on every rank of the job and whose "

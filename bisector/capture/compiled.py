@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils._pytree import tree_leaves
 
-if TYPE_CHECKING:
-    from bisector.capture.recorder import Recorder
+from bisector.schema import COMPILED_PREFIX
 
-PREFIX = "compiled."
+if TYPE_CHECKING:
+    from bisector.capture.recorder import Boundary
+
 _HOOKS_WARNING = r"Using `torch.compile\(module\)` when there are global hooks"
 
 
@@ -44,12 +45,13 @@ class CompileBoundary:
     """Wraps ``torch.compile`` while installed; records each compiled call through the recorder.
 
     Args:
-        recorder: the Recorder that records the boundary events and holds the nesting depth
-            (ops are not recorded while ``recorder._compiled_depth`` is above zero).
+        boundary: the recorder's side of it: records the boundary events, and holds how deep
+            the calling thread is in code seen only at its boundary (ops are not recorded
+            there).
     """
 
-    def __init__(self, recorder: Recorder):
-        self._recorder = recorder
+    def __init__(self, boundary: Boundary):
+        self._boundary = boundary
         self._original: Callable | None = None
         self._filter: tuple | None = None
 
@@ -95,32 +97,32 @@ class CompileBoundary:
         return functools.wraps(target)(self._call(compiled, name, owning))
 
     def _call(self, fn: Callable, name: str, module: torch.nn.Module | None) -> Callable:
-        recorder = self._recorder
+        boundary = self._boundary
 
         def call(*args, **kwargs):
-            entered = recorder.recording and module is not None and recorder._enter_module(module)
-            hooks = recorder._hide_module_hooks()
+            entered = boundary.recording and module is not None and boundary.enter_module(module)
+            hooks = boundary.hide_module_hooks()
             try:
-                if not recorder.recording:
+                if not boundary.recording:
                     return fn(*args, **kwargs)
                 inputs = _tensors((args, kwargs))
                 if module is not None:
                     inputs += list(module.parameters()) + list(module.buffers())
                 versions = [_version(t) for t in inputs]
                 start = torch._C._autograd._get_sequence_nr()
-                refs = recorder._boundary_inputs(inputs)
-                recorder._compiled_depth += 1
+                refs = boundary.inputs(inputs)
+                boundary.enter_opaque()
                 try:
                     result = fn(*args, **kwargs)
                 finally:
-                    recorder._compiled_depth -= 1
+                    boundary.leave_opaque()
             finally:
-                recorder._show_module_hooks(hooks)
+                boundary.show_module_hooks(hooks)
                 if entered:
-                    recorder._leave_module()
+                    boundary.leave_module()
             written = [t for t, v in zip(inputs, versions, strict=True) if _version(t) != v]
             outputs = _tensors(result)
-            recorder._boundary_event(PREFIX + name, refs, written, outputs, module)
+            boundary.event(COMPILED_PREFIX + name, refs, written, outputs, module)
             if torch.is_grad_enabled():
                 self._hook_backward(outputs, start, inputs + outputs, name, module, refs[1])
             return result
@@ -131,20 +133,18 @@ class CompileBoundary:
         """Record the backward of what this call computed: each autograd node it created (a
         compiled graph's, or those of eager code Dynamo left uncompiled inside it) is one
         event, in the module and at the line of the forward call; ops inside are not."""
-        recorder = self._recorder
+        boundary = self._boundary
         for node in _nodes_since(outputs, start):
 
             def pre(grad_outputs):
-                recorder._compiled_depth += 1
+                boundary.enter_opaque()
 
             def post(grad_inputs, grad_outputs):
-                recorder._compiled_depth -= 1
-                if recorder.recording:
-                    refs = recorder._boundary_inputs(
-                        _tensors(grad_outputs) + forward, backward_of=context
-                    )
+                boundary.leave_opaque()
+                if boundary.recording:
+                    refs = boundary.inputs(_tensors(grad_outputs) + forward, backward_of=context)
                     outputs = _tensors(grad_inputs)
-                    recorder._boundary_event(f"{PREFIX}{name}.backward", refs, [], outputs, module)
+                    boundary.event(f"{COMPILED_PREFIX}{name}.backward", refs, [], outputs, module)
 
             node.register_prehook(pre)
             node.register_hook(post)

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from bisector.capture.recorder import Recorder
+from bisector.schema import REPLAY_OP
 
-REPLAY_OP = "cuda_graph.replay"
+if TYPE_CHECKING:
+    from bisector.capture.recorder import Boundary
 
 
 @dataclass
@@ -79,11 +79,11 @@ class CudaGraphs:
     """Wraps CUDAGraph's capture and replay; counts replays and records each as one event.
 
     Args:
-        recorder: the Recorder that records the replay events.
+        boundary: the recorder's side of it, which records the replay events.
     """
 
-    def __init__(self, recorder: Recorder):
-        self._recorder = recorder
+    def __init__(self, boundary: Boundary):
+        self._boundary = boundary
         self._originals: dict[str, object] = {}
         self._captures: dict[int, Capture] = {}  # id(graph) -> what its capture did
         self._capture: Capture | None = None
@@ -105,7 +105,7 @@ class CudaGraphs:
 
         def capture_begin(graph, *args, **kwargs):
             result = graphs._originals["capture_begin"](graph, *args, **kwargs)
-            if not graphs._recorder._compiled_depth:
+            if not graphs._boundary.opaque_depth:
                 graphs._capture = graphs._captures[id(graph)] = Capture()
             return result
 
@@ -116,12 +116,12 @@ class CudaGraphs:
         def replay(graph, *args, **kwargs):
             graphs.replays += 1
             capture = graphs._captures.get(id(graph))
-            recorder = graphs._recorder
-            if capture is None or not recorder.recording or recorder._compiled_depth:
+            boundary = graphs._boundary
+            if capture is None or not boundary.recording or boundary.opaque_depth:
                 return graphs._originals["replay"](graph, *args, **kwargs)
-            reads = recorder._boundary_inputs(Capture.alive(capture.reads))
+            reads = boundary.inputs(Capture.alive(capture.reads))
             result = graphs._originals["replay"](graph, *args, **kwargs)
-            recorder._boundary_event(REPLAY_OP, reads, Capture.alive(capture.writes), [], None)
+            boundary.event(REPLAY_OP, reads, Capture.alive(capture.writes), [], None)
             return result
 
         cls.capture_begin = capture_begin  # type: ignore[method-assign,assignment]

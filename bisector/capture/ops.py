@@ -15,23 +15,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import arg_tree_leaves
 
-from bisector.trace import is_collective
-
-# Results of these ops are uninitialised memory: fingerprinting them would report noise.
-UNINITIALISED_OPS = frozenset(
-    {
-        "aten.empty.memory_format",
-        "aten.empty_like.default",
-        "aten.empty_strided.default",
-        "aten.new_empty.default",
-        "aten.new_empty_strided.default",
-        "aten.empty_permuted.default",
-        "aten.resize_.default",
-        "aten.set_.source_Storage",
-        "aten.set_.source_Storage_storage_offset",
-    }
-)
-
+from bisector.schema import UNINITIALISED_OPS, is_collective
 
 # Arguments of c10d collectives that only receive results.
 _OUTPUT_ARGUMENTS = frozenset({"output_tensor", "output_tensors", "output"})

@@ -20,8 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# What a note says a process did.
-OPS, BACKWARD, OPTIMIZER, MODEL = "ops", "backward", "optimizer", "model"
 _DATALOADER_LOOP = "torch.utils.data._utils.worker._worker_loop"
 
 
@@ -113,30 +111,6 @@ class Processes:
                 if note["did"] not in entry["did"]:
                     entry["did"] = sorted([*entry["did"], note["did"]])
         return list(found.values())
-
-
-def unseen_training(processes: list[dict]) -> list[dict]:
-    """The processes whose torch work can change what the script trains: not DataLoader
-    workers, and either seen training (backward, an optimizer step, a module with parameters)
-    or started with a method that hides what they do (spawn, forkserver)."""
-    found = []
-    for process in processes:
-        if process.get("dataloader_worker"):
-            continue
-        did = set(process.get("did") or ())
-        hidden = process.get("started") not in (None, "fork")
-        if did & {BACKWARD, OPTIMIZER, MODEL} or hidden:
-            found.append(process)
-    return found
-
-
-def describe(process: dict) -> str:
-    """One process, in words: "pid 4242 (fork, train): backward, optimizer"."""
-    how = ", ".join(str(x) for x in (process.get("started"), process.get("target")) if x)
-    did = ", ".join(process.get("did") or ()) or (
-        "unknown work" if process.get("started") not in (None, "fork") else "no torch op"
-    )
-    return f"pid {process['pid']}" + (f" ({how})" if how else "") + f": {did}"
 
 
 def _start_method(process) -> str:

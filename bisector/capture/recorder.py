@@ -40,7 +40,6 @@ from torch.utils._pytree import arg_tree_leaves
 
 from bisector.capture import settings
 from bisector.capture.closures import wrap_closure
-from bisector.capture.compiled import PREFIX as COMPILED_PREFIX
 from bisector.capture.compiled import CompileBoundary
 from bisector.capture.cuda_graphs import CudaGraphs
 from bisector.capture.draws import DrawSites
@@ -50,8 +49,9 @@ from bisector.capture.fingerprint import hashable, plain_values
 from bisector.capture.lines import Locator, in_custom_backward
 from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import OpInfo, canonical_args, complete_collective
-from bisector.capture.processes import BACKWARD, MODEL, OPS, OPTIMIZER, Processes
+from bisector.capture.processes import Processes
 from bisector.capture.replicas import job_rank, replicated_values, write_step
+from bisector.schema import BACKWARD, COMPILED_PREFIX, MODEL, OPS, OPTIMIZER, leaf_op
 from bisector.trace import (
     FLAG_RANDOM,
     FLAG_WIDE,
@@ -262,8 +262,9 @@ class Recorder:
         self._optimizers: set[str] = set()
         self._stepped: list = []
         self._progress: Any = None
-        self._graphs = CudaGraphs(self)
-        self._compiled = CompileBoundary(self)
+        self.boundary = Boundary(self)
+        self._graphs = CudaGraphs(self.boundary)
+        self._compiled = CompileBoundary(self.boundary)
         self._thread = threading.local()  # _compiled_depth, per thread (autograd's run apart)
         self.compiled_calls = 0
 
@@ -694,7 +695,8 @@ class Recorder:
                 kept.append((i, t))
         return kept
 
-    # ----- code recorded at its boundary: called by capture/compiled.py and cuda_graphs.py ---
+    # ----- code recorded at its boundary: driven by capture/compiled.py and cuda_graphs.py ---
+    # through ``Boundary``
 
     @property
     def _compiled_depth(self) -> int:
@@ -796,7 +798,7 @@ class Recorder:
         index = self._buffer.count
         if index not in self.options.capture or self.options.capture_dir is None:
             return False
-        from bisector.confirm.replay import save_inputs
+        from bisector.capture.inputs import save_inputs
 
         path = Path(self.options.capture_dir) / f"event-{index}.pt"
         try:
@@ -934,7 +936,7 @@ class Recorder:
         self._buffer.add_output(whole, False, None, index)
         name_id = self._buffer.string(name)
         self._buffer.add_event(
-            f"leaf.{kind}",
+            leaf_op(kind),
             module_id,
             location_id,
             name_id,
@@ -944,6 +946,52 @@ class Recorder:
             1,
         )
         return index
+
+
+class Boundary:
+    """What capture/compiled.py and capture/cuda_graphs.py may do to a Recorder: code seen
+    only at its boundary (a compiled call, a CUDA graph replay) is recorded as one event, and
+    the ops inside it are not recorded (``opaque_depth`` above zero)."""
+
+    def __init__(self, recorder: Recorder):
+        self._recorder = recorder
+
+    @property
+    def recording(self) -> bool:
+        return self._recorder.recording
+
+    @property
+    def opaque_depth(self) -> int:
+        """How deep the calling thread is inside code seen only at its boundary."""
+        return self._recorder._compiled_depth
+
+    def enter_opaque(self) -> None:
+        self._recorder._compiled_depth += 1
+
+    def leave_opaque(self) -> None:
+        self._recorder._compiled_depth -= 1
+
+    def enter_module(self, module: torch.nn.Module) -> bool:
+        return self._recorder._enter_module(module)
+
+    def leave_module(self) -> None:
+        self._recorder._leave_module()
+
+    def hide_module_hooks(self) -> bool:
+        return self._recorder._hide_module_hooks()
+
+    def show_module_hooks(self, hidden: bool) -> None:
+        self._recorder._show_module_hooks(hidden)
+
+    def inputs(
+        self, tensors: list[torch.Tensor], backward_of: tuple[int, int, int] | None = None
+    ) -> tuple[list, tuple[int, int, int]]:
+        """Refs of what a call reads and the call's context, taken before it runs."""
+        return self._recorder._boundary_inputs(tensors, backward_of)
+
+    def event(self, name: str, reads, written, outputs, module) -> None:
+        """Record the call as one event (see ``Recorder._boundary_event``)."""
+        self._recorder._boundary_event(name, reads, written, outputs, module)
 
 
 def _call_users(func, args: tuple, kwargs: dict):

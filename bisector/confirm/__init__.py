@@ -20,13 +20,13 @@ import numpy as np
 
 from bisector import analysis
 from bisector.capture import snapshots
-from bisector.capture.compiled import PREFIX as COMPILED_PREFIX
 from bisector.confirm import effects
 from bisector.confirm.interventions import (
     Intervention,
     Place,
     RunFacts,
     Situation,
+    child_env,
     choose,
     line_text,
 )
@@ -36,6 +36,7 @@ from bisector.errors import InternalError, ScriptError
 from bisector.pairs import Pair, record_pair
 from bisector.report import Report, Source
 from bisector.runner import RunOptions, run_ranks, run_recorded
+from bisector.schema import COMPILED_PREFIX
 from bisector.trace import PHASES, Trace
 
 # Fixes in order of preference: the smallest, most targeted change first.
@@ -409,6 +410,8 @@ def _pair(
     name = intervention.name if intervention is not None else None
     folder = workdir / (name or "again")
     run = replace(options.run, steps=steps, echo=False, interventions=(name,) if name else ())
+    if name:  # what the change needs set before the child's Python starts
+        run = replace(run, env=run.env + tuple(child_env([name]).items()))
     run = replace(run, snapshots=True)
     entry: dict[str, Any] = {
         "intervention": name,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bisector.report import Source
+from bisector.schema import COMPILED_PREFIX
 from bisector.words import source_line
 
 Undo = Callable[[], None]
@@ -557,9 +558,8 @@ class NoCompile(Intervention):
         return _patch(torch, "compile", identity)
 
     def check(self, run: RunFacts) -> str | None:
-        from bisector.capture.compiled import PREFIX
 
-        compiled = sorted(op for op in run.ops if op.startswith(PREFIX))
+        compiled = sorted(op for op in run.ops if op.startswith(COMPILED_PREFIX))
         return f"compiled code still ran ({compiled[0]})" if compiled else None
 
 

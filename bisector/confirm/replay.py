@@ -1,10 +1,10 @@
 """Replay a suspect op in isolation: save its inputs, write a standalone repro, run it N times.
 
 The capture pass of ``find`` saves the inputs of each source op (and only those) with
-``save_inputs``. ``write_repro`` writes, next to them, a small Python script that imports only
-torch: it re-creates the inputs, calls the op N times on fresh copies, and counts distinct
-results (bitwise). ``replay`` runs that very script, so the evidence in the report is exactly
-what a user can attach to an upstream bug report.
+``capture.inputs.save_inputs``. ``write_repro`` writes, next to them, a small Python script that
+imports only torch: it re-creates the inputs, calls the op N times on fresh copies, and counts
+distinct results (bitwise). ``replay`` runs that very script, so the evidence in the report is
+exactly what a user can attach to an upstream bug report.
 """
 
 from __future__ import annotations
@@ -15,12 +15,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-
-# Python types torch.load(weights_only=True) reads back as they are.
-_PLAIN = (bool, int, float, str, type(None))
 
 
 @dataclass
@@ -46,34 +42,6 @@ class Replay:
     error: str | None = None
     seed: int | None = None
     rank: int = 0
-
-
-def encode(value: Any) -> Any:
-    """Arguments of an op call as plain data torch.load(weights_only=True) can read."""
-    if isinstance(value, torch.Tensor):
-        return {"__tensor__": value.detach().to("cpu", copy=True), "device": str(value.device)}
-    if isinstance(value, _PLAIN):
-        return value
-    if isinstance(value, (list, tuple)):
-        items = [encode(v) for v in value]
-        return {"__tuple__": items} if isinstance(value, tuple) else items
-    if isinstance(value, dict):
-        return {"__dict__": {str(k): encode(v) for k, v in value.items()}}
-    if isinstance(value, torch.dtype):
-        return {"__dtype__": str(value).removeprefix("torch.")}
-    if isinstance(value, torch.device):
-        return {"__device__": str(value)}
-    if isinstance(value, (torch.layout, torch.memory_format)):
-        return {"__torch__": str(value).removeprefix("torch.")}
-    if isinstance(value, torch.Generator):  # its state now, before the op draws from it
-        return {"__generator__": value.get_state(), "device": str(value.device)}
-    raise TypeError(f"cannot save an argument of type {type(value).__name__}")
-
-
-def save_inputs(path: Path, op: str, args: tuple, kwargs: dict) -> None:
-    """Save the inputs of one op call (tensors copied to the CPU, devices remembered)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"op": op, "args": encode(tuple(args)), "kwargs": encode(dict(kwargs))}, path)
 
 
 _REPRO = '''"""Standalone repro, written by bisector: {op} on the saved inputs, run N times.

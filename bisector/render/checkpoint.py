@@ -91,7 +91,7 @@ def _tensor_table(differing: list[TensorDiff]) -> Group:
         if t.max_ulp_diff is None:
             ulp = "-"
         shape = ", ".join(str(n) for n in t.shape)
-        cells = (t.name, f"{t.dtype}[{shape}]", _share(t), size, ulp)
+        cells = (t.name, f"{t.dtype}[{shape}]", share(t), size, ulp)
         table.add_row(*(Text(cell) for cell in cells))
     parts: list = [table]
     rest = len(differing) - _MAX_TENSORS
@@ -100,7 +100,7 @@ def _tensor_table(differing: list[TensorDiff]) -> Group:
     return Group(*parts)
 
 
-def _share(t: TensorDiff) -> str:
+def share(t: TensorDiff) -> str:
     total = math.prod(t.shape)
     percent = 100.0 * t.differing / total if total else 0.0
     shown = "<0.01" if percent < 0.01 else f"{percent:.3g}"
@@ -133,7 +133,7 @@ def _identical(report: CheckpointReport) -> Text | None:
     # Anything that differs in any way keeps its prefixes from being called identical.
     differing = [t.name for t in report.tensors if not t.equal] + report.missing + report.extra
     differing += [m["name"] for m in report.mismatched] + [v["name"] for v in report.values]
-    roots = _identical_roots([t.name for t in equal], differing)
+    roots = identical_roots([t.name for t in equal], differing)
     text = Text.assemble(("Identical: ", "bold"), f"{len(equal)} of {len(report.tensors)} tensors")
     if roots:
         shown = ", ".join(roots[:_MAX_PREFIXES])
@@ -142,7 +142,7 @@ def _identical(report: CheckpointReport) -> Text | None:
     return text
 
 
-def _identical_roots(equal: list[str], differing: list[str]) -> list[str]:
+def identical_roots(equal: list[str], differing: list[str]) -> list[str]:
     """The shortest prefixes under which every tensor is identical, e.g. ["model.1", "optimizer"].
 
     Each equal tensor's prefix is widened one component at a time while no differing tensor

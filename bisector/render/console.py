@@ -14,7 +14,7 @@ from rich.text import Text
 from bisector.report import Report, RunInfo, Source
 from bisector.words import counted, plural, source_line
 
-_KIND_TEXT = {
+KIND_TEXT = {
     "kernel": "a nondeterministic kernel",
     "rng": "a random op with a different generator state",
     "input": "an input tensor that differs",
@@ -304,7 +304,7 @@ def _verdict(report: Report, width: int) -> Text:
         style = "bold green" if report.reproducible else "bold yellow"
     else:
         first = report.first_divergence
-        kind = _KIND_TEXT.get(first.kind, first.kind) if first else "unknown"
+        kind = KIND_TEXT.get(first.kind, first.kind) if first else "unknown"
         label, style = "Runs diverge:", "bold red"
         text = (
             f"{report.differing_events} of {counted(report.compared_events, 'event')} differ; "
@@ -324,7 +324,7 @@ def _first(report: Report, source: Source, width: int) -> Panel:
     table.add_row("module", source.module or "(no module)")
     table.add_row("when", f"{source.phase}, step {source.step}, rank {source.rank}")
     table.add_row("line", source.location or "(unknown)")
-    code = _code_line(source.location)
+    code = code_line(source.location)
     if code:
         table.add_row("", Text(code, style="dim"))
     if source.library:
@@ -344,7 +344,7 @@ def _first(report: Report, source: Source, width: int) -> Panel:
         table.add_row("module B", source.written[1])
     if source.built:
         table.add_row("built at", source.built)
-        built = _code_line(source.built)
+        built = code_line(source.built)
         if built:
             table.add_row("", Text(built, style="dim"))
     if source.spread is not None:
@@ -455,5 +455,5 @@ def _runs(runs: list[RunInfo]) -> Group:
     return Group(*lines)
 
 
-def _code_line(location: str) -> str:
+def code_line(location: str) -> str:
     return source_line(location)

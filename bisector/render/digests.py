@@ -16,7 +16,7 @@ from bisector.words import counted
 _MAX_VALUES = 20
 _GROWTH_ENDS = 8
 
-_WHERE = {
+WHERE = {
     "rng": "a generator state differs at the start of the step",
     "batch": "the data differs: look at data loading and augmentation",
     "loss": "the forward pass differs while the batch was equal",
@@ -46,7 +46,7 @@ def render(report: DigestReport, console: Console) -> None:
             Text.assemble(
                 ("Runs diverge ", "bold red"),
                 f"at step {report.first_step}: {first['kind']} {first['name']} differs first; ",
-                _WHERE.get(first["kind"], ""),
+                WHERE.get(first["kind"], ""),
                 ".",
             )
         )

@@ -11,9 +11,9 @@ from bisector.digests import DigestReport
 
 # The console's wording and helpers, so that both outputs say the same thing.
 from bisector.render.console import (
-    _KIND_TEXT,
+    KIND_TEXT,
     OUTCOMES,
-    _code_line,
+    code_line,
     describe_check,
     describe_magnitude,
     effect_numbers,
@@ -97,7 +97,7 @@ def _report_headline(report: Report) -> str:
         label, text = equal_runs_text(report)
         return headline(report.reproducible, label, esc(text), [("events compared", str(compared))])
     first = report.first_divergence
-    kind = _KIND_TEXT.get(first.kind, first.kind) if first else "unknown"
+    kind = KIND_TEXT.get(first.kind, first.kind) if first else "unknown"
     share = f"{100 * report.differing_events / compared:.0f}%" if compared else "–"
     stats = [
         ("events compared", str(compared)),
@@ -115,7 +115,7 @@ def _report_headline(report: Report) -> str:
 
 def _first_card(report: Report, source: Source) -> str:
     line = code(source.location) if source.location else "(unknown)"
-    user_code = _code_line(source.location) if source.location else ""
+    user_code = code_line(source.location) if source.location else ""
     if user_code:
         line += f'<pre class="source-line">{esc(user_code)}</pre>'
     rows = [

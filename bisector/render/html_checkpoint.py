@@ -8,7 +8,7 @@ from typing import Any
 from bisector.checkpoint import CheckpointReport
 
 # The console's helpers, so that both outputs count and group the same way.
-from bisector.render.checkpoint import _identical_roots, _share, summary
+from bisector.render.checkpoint import identical_roots, share, summary
 from bisector.render.html_blocks import (
     MAX_ROWS,
     bullets,
@@ -57,9 +57,7 @@ def _tensors(report: CheckpointReport) -> str:
         elif t.nan_differing:
             size += f" +{t.nan_differing} NaN"
         shape = ", ".join(str(n) for n in t.shape)
-        rows.append(
-            [code(t.name), code(f"{t.dtype}[{shape}]"), esc(_share(t)), esc(size), esc(ulp)]
-        )
+        rows.append([code(t.name), code(f"{t.dtype}[{shape}]"), esc(share(t)), esc(size), esc(ulp)])
     if not rows:
         return ""
     headers = ["tensor", "dtype[shape]", "elements differing", "max |A−B|", "max ULP"]
@@ -107,7 +105,7 @@ def _identical(report: CheckpointReport) -> str:
     # Anything that differs in any way keeps its prefixes from being called identical.
     differing = [t.name for t in report.tensors if not t.equal] + report.missing + report.extra
     differing += [m["name"] for m in report.mismatched] + [v["name"] for v in report.values]
-    roots = _identical_roots(equal, differing)
+    roots = identical_roots(equal, differing)
     text = f"<p>{len(equal)} of {len(report.tensors)} tensors are bitwise identical.</p>"
     if roots:
         text += "<p>Fully identical: " + ", ".join(code(r) for r in roots[:MAX_ROWS]) + "</p>"

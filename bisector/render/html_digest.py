@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisector.digests import DigestReport
-from bisector.render.digests import _WHERE  # the console's wording, so both say the same
+from bisector.render.digests import WHERE  # the console's wording, so both say the same
 from bisector.render.html_blocks import (
     code,
     environment_section,
@@ -49,7 +49,7 @@ def _digest_headline(report: DigestReport) -> str:
     first = values[0] if values else report.first[0]
     text = (
         f"at step {esc(report.first_step)}: {esc(first['kind'])} {code(first['name'])} differs "
-        f"first; {esc(_WHERE.get(first['kind'], ''))}."
+        f"first; {esc(WHERE.get(first['kind'], ''))}."
     )
     stats += [("first differing step", str(report.first_step))]
     stats += [("values differ there", str(len(report.first)))]
