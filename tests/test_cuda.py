@@ -247,6 +247,32 @@ def test_outputs_made_on_a_side_stream_are_fingerprinted_once_written(tmp_path):
     assert recorded == [fp.fingerprint(tensor) for tensor in made]
 
 
+def test_a_batch_fingerprinted_on_a_side_stream_is_read_once_computed():
+    """Staged copies overflow inside an op on a side stream (FSDP2's copy-in stream): their
+    batch is fingerprinted there, and read back later on the default stream, which must wait
+    for it (it once did not: the read-back took unfinished results, and an FSDP2 all-gather
+    copy-in under load was named a source)."""
+    from bisector.capture import fingerprint as fp
+
+    side = torch.cuda.Stream()
+    collector = fp.Collector()
+    small = [torch.randn(100, 100, device="cuda") for _ in range(6)]
+    large = torch.randn(1 << 20, device="cuda")
+    with torch.no_grad():
+        for tensor in small[:3]:
+            collector.add(tensor)  # staged on the default stream
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            torch.cuda._sleep(300_000_000)  # the side stream lags by a good part of a second
+            for tensor in [*small[3:], large]:
+                collector.add(tensor)
+            collector._settle()  # as an overflow of the staged copies there does
+        fps, _, _ = collector.drain()  # read on the default stream
+    torch.cuda.synchronize()
+    expected = [fp.fingerprint(t) for t in [*small, large]]
+    assert [int(v) & fp._MASK64 for v in fps] == expected
+
+
 def test_cli_on_gpu_prints_the_source(tmp_path):
     result = subprocess.run(
         [

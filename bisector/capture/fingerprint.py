@@ -339,6 +339,7 @@ class Collector:
         to pinned host memory behind the work already queued. The collector is empty after."""
         self._settle()
         parts = list(self._batches)
+        self._mark_read(column for _, *columns in parts for column in columns)
         by_device: dict[torch.device, list] = {}
         for item in self._direct:
             by_device.setdefault(item[1].device, []).append(item)
@@ -354,22 +355,24 @@ class Collector:
             fps, sums, maxes = (buffer[:used] for buffer in rows.buffers)
             parts.append((entries, fps, sums, maxes))
         pending = PendingResults(self._count, parts)
-        self._side = False
+        self._side, self._streams = False, {}
         self._count, self._direct, self._batches = 0, [], []
         self._rows, self._full_rows = {}, []
         return pending
 
     def _join_streams(self) -> None:
-        """Make the reading stream of each device wait for the work queued on the other streams
-        (a dependency on the device: no host sync). ``_side`` is set while tensors made on
-        those streams await reading: they are then marked as used by the reading stream, so the
-        caching allocator does not hand out their memory before it has read them."""
-        for stream in self._streams.values():
+        """Make the current stream of each device wait for the work queued on the other streams
+        (a dependency on the device: no host sync). The streams are remembered until the
+        collector is drained: a batch may be fingerprinted on a side stream (when the staged
+        copies overflow inside an op that runs there) and read on another, which must then
+        wait for that stream too. ``_side`` is set while tensors made on other streams await
+        reading: they are then marked as used by the reading stream, so the caching allocator
+        does not hand out their memory before it has read them."""
+        for stream in list(self._streams.values()):
             current = torch.cuda.current_stream(stream.device)
             if stream != current:
                 current.wait_stream(stream)
                 self._side = True
-        self._streams = {}
 
     def _mark_read(self, tensors) -> None:
         """See ``_join_streams``: the reading stream uses these tensors (device ones only)."""
@@ -379,11 +382,14 @@ class Collector:
                     tensor.record_stream(torch.cuda.current_stream(tensor.device))
 
     def _settle(self) -> None:
-        """Fingerprint every staged copy, one batch per (device, dtype)."""
+        """Fingerprint every staged copy, one batch per (device, dtype), on the current stream."""
         staged, self._staged, self._staged_bytes = self._staged, {}, 0
         self._join_streams()
-        for items in staged.values():
+        for (device, _), items in staged.items():
             if items:
+                if device.type == "cuda":  # the batch is computed here: read after it
+                    stream = torch.cuda.current_stream(device)
+                    self._streams.setdefault((stream.device_index, stream.cuda_stream), stream)
                 self._mark_read(copy for _, copy in items)
                 entries = np.array([entry for entry, _ in items], dtype=np.int64)
                 self._batches.append((entries, *_batch([copy for _, copy in items])))
