@@ -428,3 +428,31 @@ def test_draw_sites_tell_seeding_the_global_generator_from_making_a_new_one():
     assert noted["numpy.random"]["seeds"] == []
     assert [site[1] for site in noted["numpy.random"]["sites"]] == ["rand"]
     assert [text for _, text in noted["random"]["seeds"]] == ["seed(1)"]
+
+
+def _inputs(trace, event: int) -> list[tuple[int, int]]:
+    """(producer event, slot) of each input row of an event."""
+    c, start, end = trace.columns, int(trace.in_start[event]), int(trace.in_start[event + 1])
+    return [(event - int(c["in_back"][r]), int(c["in_slot"][r])) for r in range(start, end)]
+
+
+def test_reads_of_the_parts_one_op_wrote_follow_each_part(tmp_path):
+    """FSDP2 copies every parameter's shard into the views of one flat buffer with a single
+    foreach copy, then reads the views (its all-gather copy-in). Each read must follow the
+    part it reads, not the last part written: an H200 run named the copy-in a source when a
+    part other than the last differed."""
+    flat = torch.empty(10)
+    parts = list(torch.split(flat, [4, 6]))
+    with bisector.record(tmp_path / "t.trace"):
+        torch._foreach_copy_(parts, [torch.full((4,), 1.0), torch.full((6,), 2.0)])
+        first, second = parts[0] * 3, parts[1] * 3  # each reads one part
+        both = flat * 2  # reads the whole buffer: both parts
+        corner = flat[2:6] + 1  # overlaps both parts
+    trace, events = _events(tmp_path / "t.trace")
+    (copy,) = [i for i, e in enumerate(events) if e["op"] == "aten._foreach_copy_.default"]
+    muls = [i for i, e in enumerate(events) if e["op"] == "aten.mul.Tensor"]
+    assert [_inputs(trace, i)[0] for i in muls[:2]] == [(copy, 0), (copy, 1)]
+    assert _inputs(trace, muls[2]) == [(copy, 0), (copy, 1)]
+    (add,) = [i for i, e in enumerate(events) if e["op"] == "aten.add.Tensor"]
+    assert _inputs(trace, add)[:2] == [(copy, 0), (copy, 1)]
+    assert (first.sum() + second.sum() + both.sum() + corner.sum()).item() > 0

@@ -232,7 +232,8 @@ class Recorder:
         self._buffer = EventBuffer(self.options.chunk_events)
         self._op_infos: dict[Any, OpInfo] = {}
         self._location_ids: dict[tuple[Any, int], int] = {}
-        self._states: dict[int, list] = {}  # cdata -> [version, event, slot, weakref, bump]
+        # cdata -> [version, event, slot, weakref, bump, parts (see _register) or None]
+        self._states: dict[int, list] = {}
         self._states_pruned_at = 0
         # (event, slot) of a collective just recorded, until the next op: a tensor first seen
         # then is its backend's (gloo's reduce-scatter returns through a buffer of its own).
@@ -434,7 +435,7 @@ class Recorder:
         this set, that nothing read into a differing result, was scratch (see analysis).
         None when there are too many to list (then every value counts as live)."""
         live: list[int] = [x for pair in self._kept[:_MAX_LIVE] for x in pair]
-        for _, event, slot, ref, _ in self._states.values():
+        for _, event, slot, ref, *_ in self._states.values():
             if not ref.expired():
                 if len(live) >= _MAX_LIVE:
                     return None
@@ -612,7 +613,8 @@ class Recorder:
         flat = arg_tree_leaves(*args, **kwargs)
         tensors = [a for a in flat if isinstance(a, torch.Tensor)]
         phase, module_id, location_id = self._context(tensors, user, library)
-        refs = [self._ref(t, phase, module_id, location_id) for t in info.reads(args, kwargs, flat)]
+        reads = info.reads(args, kwargs, flat)
+        refs = [r for t in reads for r in self._refs(t, phase, module_id, location_id)]
         args_id = self._buffer.string(canonical_args(flat))
 
         written = info.writes(args, kwargs)
@@ -740,7 +742,7 @@ class Recorder:
             user, library, _ = self._locator.locate(2)
             context = self._context(tensors, user, library)
         with _outside_mode():  # leaves are fingerprinted here, as in the dispatch handler
-            return [self._ref(t, *context) for t in tensors], context
+            return [r for t in tensors for r in self._refs(t, *context)], context
 
     @_ours
     def _boundary_event(
@@ -865,20 +867,30 @@ class Recorder:
     def _ref(
         self, t: torch.Tensor, phase: int, module_id: int, location_id: int
     ) -> tuple[int, int]:
-        """(event index, slot) of the event that produced the tensor's current value."""
+        """(event index, slot) of the event that produced the tensor's current value (where one
+        event wrote several parts of its storage: the part the tensor is, else the last)."""
+        return self._refs(t, phase, module_id, location_id)[-1]
+
+    def _refs(
+        self, t: torch.Tensor, phase: int, module_id: int, location_id: int
+    ) -> list[tuple[int, int]]:
+        """Every (event index, slot) the tensor's current value comes from: one, or, where the
+        event that wrote its storage last wrote it in several parts (a foreach copy into the
+        views of one flat buffer, as FSDP2 makes its all-gather input), each part it reads."""
         storage = _storage(t)
         if storage is None:
-            return _UNTRACKED
+            return [_UNTRACKED]
         version = _version(t)
         entry = self._states.get(storage._cdata)
         previous = None
         if entry is not None:
-            if entry[0] == version:
-                return entry[1], entry[2]
-            if entry[4] and entry[0] + 1 == version:
-                # The version bump of an in-place op happens after our handler returns.
-                entry[0], entry[4] = version, False
-                return entry[1], entry[2]
+            if entry[0] == version or (entry[4] and entry[0] + 1 == version):
+                if entry[0] != version:
+                    # The version bump of an in-place op happens after our handler returns.
+                    entry[0], entry[4] = version, False
+                if entry[5] is None:
+                    return [(entry[1], entry[2])]
+                return [(entry[1], slot) for slot in _parts_read(entry[5], _byte_span(t))]
             # Another version counter over the same storage (``p.data.add_`` bumps the
             # counter of ``p.data``, not of ``p``), or a write we did not see: read it again as
             # a leaf whose input is the last value we know, so that a difference it carries
@@ -888,27 +900,42 @@ class Recorder:
             previous = self._after_collective
         index = self._add_leaf(t, storage, phase, module_id, location_id, previous)
         self._register(t, index, 0)
-        return index, 0
+        return [(index, 0)]
 
     def _register(self, t: torch.Tensor, index: int, slot: int, bump: bool = False) -> None:
         """Remember that event ``index`` (output ``slot``) produced the tensor's current value.
 
         ``bump``: the op wrote the tensor in place, so autograd's ADInplaceOrView layer will
-        bump its version counter by one once our handler has returned.
+        bump its version counter by one once our handler has returned. Where the event writes
+        several parts of one storage, each part's slot is kept (``_refs``).
         """
         storage = _storage(t)
         if storage is None:
             return
         key = storage._cdata
         entry = self._states.get(key)
+        part = None if _covers_storage(t) else (*_byte_span(t), slot)
         if entry is None:
             # Holding a weak reference keeps the storage's address from being reused by a new
             # storage while we remember it, so a key always means the same storage.
-            self._states[key] = [_version(t), index, slot, StorageWeakRef(storage), bump]
+            parts = None if part is None else [part]
+            self._states[key] = [_version(t), index, slot, StorageWeakRef(storage), bump, parts]
             if len(self._states) > 2 * self._states_pruned_at + 4096:
                 self._prune_states()
         else:
-            entry[0], entry[1], entry[2], entry[4] = _version(t), index, slot, bump
+            if part is None:
+                parts = None
+            elif entry[1] == index and entry[5] is not None:  # another part, same event
+                parts = [*entry[5], part]
+            else:
+                parts = [part]
+            entry[0], entry[1], entry[2], entry[4], entry[5] = (
+                _version(t),
+                index,
+                slot,
+                bump,
+                parts,
+            )
         if bump and key in self._parameter_storages:
             self.parameter_writes += 1
 
@@ -1037,6 +1064,28 @@ def _covers_storage(t: torch.Tensor) -> bool:
         return True
     covered = t.numel() * t.element_size() == storage.nbytes()
     return t.storage_offset() == 0 and t.is_contiguous() and covered
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """[start, end) of the bytes of its storage that the tensor's elements lie in."""
+    t = plain_values(t)
+    size = t.element_size()
+    start = int(t.storage_offset()) * size
+    if t.numel() == 0:
+        return start, start
+    last = sum((n - 1) * abs(stride) for n, stride in zip(t.shape, t.stride(), strict=True))
+    return start, start + (int(last) + 1) * size
+
+
+def _parts_read(parts: list[tuple[int, int, int]], span: tuple[int, int]) -> list[int]:
+    """The slots of the parts a read of ``span`` overlaps: the one part it is, where it is one;
+    the last part where it overlaps none (it reads what the event left as it was)."""
+    start, end = span
+    exact = [slot for s, e, slot in parts if (s, e) == (start, end)]
+    if exact:
+        return exact[-1:]
+    overlapping = [slot for s, e, slot in parts if s < end and start < e]
+    return overlapping or [parts[-1][2]]
 
 
 def _storage(t: torch.Tensor):
