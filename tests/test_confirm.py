@@ -214,6 +214,15 @@ def test_an_effect_is_measured_against_the_spread_of_two_plain_pairs():
     sgd = _effect([0.0, 0.0, 0.0], [3.7e-9, 4e-9, 5e-9], [5.1e-9, 5e-9, 6e-9])
     assert (sgd.outcome, sgd.decided_by) == ("amplifier", "level"), sgd
     assert sgd.level is not None and sgd.level < -30 and sgd.rate is None
+    from bisector.confirm.effects import adam_explanation
+    from bisector.render.console import effect_numbers
+
+    assert "the parameters stay bitwise equal at every step" in effect_numbers(
+        {"effect": vars(sgd)}
+    )
+    assert "with SGD the parameters stay bitwise equal over steps 0-2" in adam_explanation(
+        sgd, None
+    )
     steady = _effect([3e-6, 4e-6, 5e-6], [1e-6, 2e-6, 3e-6], [2e-6, 3e-6, 4e-6])
     assert steady.outcome == "no-effect" and steady.level_spread == 0.18, steady
     # A racy kernel's difference varies by 4 decades from pair to pair: 3 decades of change

@@ -168,11 +168,16 @@ def adam_explanation(effect: Effect, first_divergence: str | None) -> str:
     if effect.outcome != "amplifier":
         return f"{text}, and it changes the difference no more than the plain pairs vary"
     if effect.level is not None and effect.level < 0 and sgd < adam:
+        steps = effect.curve["steps"]
+        less = (
+            f"with SGD the parameters stay bitwise equal over steps {steps[0]}-{steps[-1]}"
+            if not any(effect.curve["values"])
+            else f"the parameters differ {abs(effect.level):.1f} decades less with SGD"
+        )
         return (
             f"{text}. Adam divides each update by the running scale of the gradient, so a "
             "last-bit difference in a gradient can move a parameter by up to about the "
-            "learning rate, where SGD moves it by the learning rate times the difference: "
-            f"the parameters differ {abs(effect.level):.1f} decades less with SGD"
+            f"learning rate, where SGD moves it by the learning rate times the difference: {less}"
         )
     faster = effect.rate_change is not None and effect.rate_change > 0
     text += f"; the difference {'grows faster' if faster else 'is larger'} with SGD"

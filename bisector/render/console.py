@@ -194,7 +194,12 @@ def effect_numbers(c: dict) -> str:
     plain = [_curve(b, r) for b, r in zip(e["baseline"], e["baseline_rates"], strict=True)]
     text += f"; {' and '.join(plain)} in {counted(len(plain), 'plain pair')}"
     parts = []
-    if e["level"] is not None:
+    equal = not any(e["curve"]["values"])
+    if equal and any(v for b in e["baseline"] for v in b["values"]):
+        parts.append(
+            "with it the parameters stay bitwise equal at every step, where the plain pairs' differ"
+        )
+    elif e["level"] is not None:
         where = "above" if e["level"] > 0 else "below"
         parts.append(
             f"{abs(e['level']):.1f} decades {where} them"
