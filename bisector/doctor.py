@@ -166,6 +166,14 @@ def advice(env: dict[str, Any], survey: Survey | None = None) -> list[str]:
         )
     if "PYTHONHASHSEED" not in s["env"]:
         found.append("PYTHONHASHSEED is not set: set iteration order differs between processes")
+    from bisector import torch_api
+
+    gone = torch_api.missing()
+    if gone:
+        found.append(
+            f"this torch lacks internals bisector uses ({', '.join(gone)}): recording may fail; "
+            "bisector is checked on torch 2.11 and 2.13"
+        )
     return found
 
 

@@ -76,3 +76,16 @@ def test_no_private_name_is_imported_from_another_module():
 def test_boundary_helpers_drive_the_recorder_through_its_public_boundary(name):
     text = (PACKAGE / "capture" / f"{name}.py").read_text()
     assert re.findall(r"\b(?:recorder|boundary)\._\w+", text) == []
+
+
+def test_every_private_torch_name_is_there_and_used_only_through_torch_api():
+    from bisector import torch_api
+
+    assert torch_api.missing() == []
+    private = re.compile(r"torch\._C\b|torch\.utils\._|from torch\._|import torch\._")
+    users = [
+        str(file.relative_to(PACKAGE.parent))
+        for file in _modules("")
+        if file.name != "torch_api.py" and private.search(file.read_text())
+    ]
+    assert users == []

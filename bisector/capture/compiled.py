@@ -24,9 +24,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils._pytree import tree_leaves
 
 from bisector.schema import COMPILED_PREFIX
+from bisector.torch_api import (
+    autograd_sequence_nr,
+    optimized_module_class,
+    supports_ignore_compile_internals,
+    tree_leaves,
+)
 
 if TYPE_CHECKING:
     from bisector.capture.recorder import Boundary
@@ -36,9 +41,7 @@ _HOOKS_WARNING = r"Using `torch.compile\(module\)` when there are global hooks"
 
 def supported() -> bool:
     """True if this torch lets a dispatch mode leave compiled code alone (torch >= 2.8)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    return hasattr(TorchDispatchMode, "ignore_compile_internals")
+    return supports_ignore_compile_internals()
 
 
 class CompileBoundary:
@@ -85,9 +88,7 @@ class CompileBoundary:
         """Return ``compiled`` (what torch.compile made of ``target``) recorded at its boundary."""
         if compiled is target or not callable(compiled):  # compiling turned off (no-compile)
             return compiled
-        from torch._dynamo.eval_frame import OptimizedModule
-
-        if isinstance(compiled, OptimizedModule):
+        if isinstance(compiled, optimized_module_class()):
             module = compiled._orig_mod
             compiled.forward = self._call(compiled.forward, type(module).__name__, module)
             return compiled
@@ -109,7 +110,7 @@ class CompileBoundary:
                 if module is not None:
                     inputs += list(module.parameters()) + list(module.buffers())
                 versions = [_version(t) for t in inputs]
-                start = torch._C._autograd._get_sequence_nr()
+                start = autograd_sequence_nr()
                 refs = boundary.inputs(inputs)
                 boundary.enter_opaque()
                 try:

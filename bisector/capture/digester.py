@@ -30,12 +30,12 @@ from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
-from torch.utils._pytree import tree_leaves
 
 from bisector.capture import settings
 from bisector.capture.closures import wrap_closure
 from bisector.capture.fingerprint import Collector, PendingResults, hashable, plain_values
 from bisector.digests import DigestWriter
+from bisector.torch_api import tree_leaves
 
 # Tensors of the batch, and losses, digested per step at most (a loop over micro-batches).
 _MAX_BATCH_TENSORS = 16

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils._pytree import arg_tree_leaves
 
 from bisector.schema import UNINITIALISED_OPS, is_collective
+from bisector.torch_api import arg_tree_leaves
 
 # Arguments of c10d collectives that only receive results.
 _OUTPUT_ARGUMENTS = frozenset({"output_tensor", "output_tensors", "output"})

@@ -26,17 +26,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
-from torch.utils._python_dispatch import (
-    TorchDispatchMode,
-    _disable_current_modes,
-    _get_current_dispatch_mode,
-)
-from torch.utils._pytree import arg_tree_leaves
 
 from bisector.capture import settings
 from bisector.capture.closures import wrap_closure
@@ -52,6 +45,15 @@ from bisector.capture.ops import OpInfo, canonical_args, complete_collective
 from bisector.capture.processes import Processes
 from bisector.capture.replicas import job_rank, replicated_values, write_step
 from bisector.schema import BACKWARD, COMPILED_PREFIX, MODEL, OPS, OPTIMIZER, leaf_op
+from bisector.torch_api import (
+    StorageWeakRef,
+    TorchDispatchMode,
+    arg_tree_leaves,
+    autograd_sequence_nr,
+    current_autograd_node,
+    current_dispatch_mode,
+    disable_current_modes,
+)
 from bisector.trace import (
     FLAG_RANDOM,
     FLAG_WIDE,
@@ -347,7 +349,7 @@ class Recorder:
             self._finish("stopped")
             self._uninstall()
             mode = self._mode
-            if mode is not None and _get_current_dispatch_mode() is mode:
+            if mode is not None and current_dispatch_mode() is mode:
                 mode.__exit__(None, None, None)
                 self._mode = None
 
@@ -541,7 +543,7 @@ class Recorder:
     def _in_other_process(self) -> None:
         """An op in a process the script forked: note what kind of work it is."""
         self._processes.note(OPS)
-        if torch._C._current_autograd_node() is not None:
+        if current_autograd_node() is not None:
             self._processes.note(BACKWARD)
 
     def _owns_parameters_of(self, module: torch.nn.Module) -> bool:
@@ -813,7 +815,7 @@ class Recorder:
     def _context(self, tensors: list[torch.Tensor], user, library) -> tuple[int, int, int]:
         """(phase, module id, location id) of the call being dispatched from the ``user`` frame
         (and the ``library`` frame inside it)."""
-        node = torch._C._current_autograd_node()
+        node = current_autograd_node()
         location_id = self._location(user, library)
         if self._optimizer_depth:
             return _OPTIMIZER, self._buffer.string(self._optimizer_module(tensors)), location_id
@@ -829,7 +831,7 @@ class Recorder:
         module_id = self._buffer.string(self._modules.current)
         # The autograd node an op creates has the sequence number just taken; remember where
         # it was created so that its backward ops get this module and line.
-        seq = torch._C._autograd._get_sequence_nr()
+        seq = autograd_sequence_nr()
         if seq != self._last_seq:
             self._last_seq = seq
             self._node_info[seq - 1] = (module_id, location_id)
@@ -1039,7 +1041,7 @@ def _mark_users(exc: Exception) -> None:
 def _outside_mode():
     """Run our own tensor work (fingerprints) from outside the dispatch handler as if inside
     it: unseen by the recording mode, and out of autograd."""
-    with torch.no_grad(), _disable_current_modes():
+    with torch.no_grad(), disable_current_modes():
         yield
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bisector import torch_api
+
 # Environment variables that change numerics or kernel choice.
 _ENV_VARS = (
     "CUBLAS_WORKSPACE_CONFIG",
@@ -99,19 +101,16 @@ def notable_modules() -> list[str]:
     """Libraries the script used that change which interventions apply."""
     found = [name for name in ("transformers",) if name in sys.modules]
     try:
-        from torch._dynamo.utils import counters
-
-        compiled = bool(sum(counters["frames"].values()))
+        compiled = bool(sum(torch_api.dynamo_counters()["frames"].values()))
     except Exception:  # noqa: BLE001 - dynamo absent, or its counters moved
         compiled = False
     if not compiled and "torch._dynamo" in sys.modules:
         # Under a recording dispatch mode Dynamo compiles nothing, so look for what the script
         # asked to compile: a module wrapped by torch.compile.
-        from torch._dynamo.eval_frame import OptimizedModule
-
+        wrapper = torch_api.optimized_module_class()
         with warnings.catch_warnings():  # some objects warn when looked at (deprecations)
             warnings.simplefilter("ignore")
-            compiled = any(isinstance(obj, OptimizedModule) for obj in gc.get_objects())
+            compiled = any(isinstance(obj, wrapper) for obj in gc.get_objects())
     if compiled:
         found.append("torch.compile")
     return found

@@ -8,10 +8,14 @@ from typing import Any
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import arg_tree_leaves
 
 from bisector.capture.lines import Locator
+from bisector.torch_api import (
+    TorchDispatchMode,
+    arg_tree_leaves,
+    autograd_sequence_nr,
+    current_autograd_node,
+)
 from bisector.trace import split_location
 
 _MAX_NODES = 1 << 16  # forward lines remembered for their backward ops
@@ -61,10 +65,10 @@ class Survey(TorchDispatchMode):
     def _where(self, wanted: bool) -> str:
         """The user's line of the op being dispatched ("" if not ``wanted``): for a backward
         op, the line of the forward op whose autograd node runs it (as the recorder does)."""
-        node = torch._C._current_autograd_node()
+        node = current_autograd_node()
         if node is not None:
             return self._forward_lines.get(node._sequence_nr(), "") if wanted else ""
-        seq = torch._C._autograd._get_sequence_nr()
+        seq = autograd_sequence_nr()
         if seq != self._last_seq:  # this op made an autograd node: note where, for its backward
             self._last_seq = seq
             self._forward_lines[seq - 1] = where = self._line()

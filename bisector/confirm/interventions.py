@@ -222,6 +222,8 @@ def _pin_flag(name: str, value: bool) -> Undo:
     assignments (``cudnn.<name> = ...`` and ``cudnn.flags(...)``) that would change it."""
     import torch
 
+    from bisector import torch_api
+
     cudnn = torch.backends.cudnn
     prop = vars(type(cudnn))[name]  # a ContextProp: its setter is what assignment calls
     setter = f"_set_cudnn_{name}"
@@ -231,7 +233,7 @@ def _pin_flag(name: str, value: bool) -> Undo:
         [
             undo_value,
             _pin(prop, "setter", lambda v: bool(v) == value, what),
-            _pin(torch._C, setter, lambda v: bool(v) == value, what),
+            _pin(torch_api.C, setter, lambda v: bool(v) == value, what),
         ]
     )
 
@@ -381,6 +383,8 @@ class Deterministic(Intervention):
     def apply(self) -> Undo:
         import torch
 
+        from bisector import torch_api
+
         before = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(True)
         what = "torch.use_deterministic_algorithms({0})"
@@ -388,7 +392,7 @@ class Deterministic(Intervention):
             [
                 lambda: torch.use_deterministic_algorithms(before),
                 _pin(torch, "use_deterministic_algorithms", _truthy, what),
-                _pin(torch._C, "_set_deterministic_algorithms", _truthy, what),
+                _pin(torch_api.C, "_set_deterministic_algorithms", _truthy, what),
             ]
         )
 
@@ -440,6 +444,8 @@ class NoTf32(Intervention):
     def apply(self) -> Undo:
         import torch
 
+        from bisector import torch_api
+
         precision = torch.get_float32_matmul_precision()
         undos = [
             _patch(torch.backends.cuda.matmul, "allow_tf32", False),
@@ -451,9 +457,11 @@ class NoTf32(Intervention):
             [
                 *undos,
                 _pin_flag("allow_tf32", False),
-                _pin(torch._C, "_set_cublas_allow_tf32", _falsy, "matmul.allow_tf32 = {0}"),
+                _pin(torch_api.C, "_set_cublas_allow_tf32", _falsy, "matmul.allow_tf32 = {0}"),
                 _pin(torch, "set_float32_matmul_precision", lambda p: p == "highest", highest),
-                _pin(torch._C, "_set_float32_matmul_precision", lambda p: p == "highest", highest),
+                _pin(
+                    torch_api.C, "_set_float32_matmul_precision", lambda p: p == "highest", highest
+                ),
             ]
         )
 
