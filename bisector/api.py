@@ -398,7 +398,7 @@ def watch(
         >>> with bisector.watch(model, optimizer, "run-a.digests"):
         ...     train()
     """
-    return Watch(model, optimizer, path, every)
+    return Watch(model, optimizer, path, every).start()
 
 
 def record(path: str | os.PathLike, steps: int | None = None) -> Recorder:

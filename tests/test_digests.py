@@ -230,3 +230,24 @@ def test_watch_inside_a_script_run_by_python(tmp_path):
         assert done.returncode == 0, done.stderr
     result = run_cli("diff", str(tmp_path / "a.digests"), str(tmp_path / "b.digests"))
     assert result.returncode == 0, result.stdout
+
+
+def test_a_watch_installs_on_start_and_a_failed_start_leaves_nothing(tmp_path, monkeypatch):
+    from bisector.capture.digester import Watch
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    backward = torch.autograd.backward
+    watch = Watch(model, optimizer, tmp_path / "a.digests")
+    assert torch.autograd.backward is backward and not model._forward_pre_hooks  # not yet
+    with watch:
+        assert torch.autograd.backward is not backward and model._forward_pre_hooks
+    assert torch.autograd.backward is backward and not model._forward_pre_hooks
+
+    def broken(self):
+        raise RuntimeError("the loss tap failed")
+
+    monkeypatch.setattr("bisector.capture.digester._LossTap.install", broken)
+    with pytest.raises(RuntimeError, match="loss tap"):
+        Watch(model, optimizer, tmp_path / "b.digests").start()
+    assert not model._forward_pre_hooks and not optimizer._optimizer_step_pre_hooks

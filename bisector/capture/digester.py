@@ -14,6 +14,7 @@ and remove it on close, also when the script fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -203,6 +204,11 @@ class _LossTap:
             self._original = None
 
 
+def _remove_all(handles: list) -> None:
+    for handle in handles:
+        handle.remove()
+
+
 def _optimizer_state(optimizer, named) -> list[tuple[str, dict]]:
     return [(name, optimizer.state[p]) for name, p in named if p in optimizer.state]
 
@@ -264,21 +270,33 @@ class Watch(_DigestHooks):
     ):
         super().__init__(StepDigester(path, every))
         self._model = model
+        self._optimizer = optimizer
         names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
         if optimizer is None:
             self._named = list(model.named_parameters())
         else:
             params = [p for group in optimizer.param_groups for p in group["params"]]
             self._named = [(names.get(id(p), f"param{i}"), p) for i, p in enumerate(params)]
-        self._handles = [model.register_forward_pre_hook(self._forward, with_kwargs=True)]
-        if optimizer is not None:
-            self._handles += [
-                optimizer.register_step_pre_hook(self._before_step),
-                optimizer.register_step_post_hook(self._after_step),
-            ]
-        else:  # no optimizer: a step is one forward call of the model
-            self._handles.append(model.register_forward_hook(self._after_forward))
-        self._loss.install()
+        self._started = False
+
+    def start(self) -> Watch:
+        """Install the hooks and the loss tap (once): if one fails, those already installed
+        are taken out again and the error is raised."""
+        if self._started:
+            return self
+        model, optimizer = self._model, self._optimizer
+        with contextlib.ExitStack() as undo:
+            handles = [model.register_forward_pre_hook(self._forward, with_kwargs=True)]
+            undo.callback(_remove_all, handles)
+            if optimizer is not None:
+                handles.append(optimizer.register_step_pre_hook(self._before_step))
+                handles.append(optimizer.register_step_post_hook(self._after_step))
+            else:  # no optimizer: a step is one forward call of the model
+                handles.append(model.register_forward_hook(self._after_forward))
+            self._loss.install()
+            undo.pop_all()
+        self._handles, self._started = handles, True
+        return self
 
     @property
     def path(self) -> Path:
@@ -289,7 +307,7 @@ class Watch(_DigestHooks):
         super().close(status, error)
 
     def __enter__(self) -> Watch:
-        return self
+        return self.start()
 
     def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if exc_type is None:

@@ -61,7 +61,7 @@ class StepWindow:
         trace numbers the steps as training does)."""
         self._rank = rank
         if self.digests and self.watch is None:
-            self.watch = Watch(model, optimizer, self._path(self.digests), self.every)
+            self.watch = Watch(model, optimizer, self._path(self.digests), self.every).start()
         if self.record and self.recorder is None:
             options = RecordOptions(
                 steps=self.record_from + self.record_steps, start_step=self.record_from
