@@ -1,16 +1,17 @@
 """The child process of a recorded run: runs the user's script as __main__ under a Recorder.
 
-Started by runner.py as ``python -c <boot> --trace PATH [--steps N] -- SCRIPT ARGS...``, or
-with ``--digests PATH`` instead of ``--trace`` for a run that writes step digests only.
+Started by runner.py as ``python -c <boot> --spec JSON`` (or through torchrun as
+``-m bisector._child --spec JSON``): what to do is one ``runfiles.ChildSpec``, the files it
+writes are named by ``runfiles.RunFiles``.
+
 Exit status: the script's own (0 when stopped after the requested steps), 130 on Ctrl-C,
-runner.EXIT_SCRIPT_RAISED when the script raised (its traceback, without our frames, is printed
-on stderr as Python would print it), runner.EXIT_INTERNAL when bisector's own code failed inside
-the run (our traceback on stderr; the trace keeps what was recorded).
+runfiles.EXIT_SCRIPT_RAISED when the script raised (its traceback, without our frames, is
+printed on stderr as Python would print it), runfiles.EXIT_INTERNAL when bisector's own code
+failed inside the run (our traceback on stderr; the trace keeps what was recorded).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -19,47 +20,29 @@ import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Literal
 
 import bisector
 from bisector.capture.digester import GlobalDigests
 from bisector.capture.recorder import InternalFailure, Recorder, RecordOptions, StopRun, ending
 from bisector.confirm.interventions import apply_interventions
-from bisector.runner import (
+from bisector.runfiles import (
     EXIT_INTERNAL,
     EXIT_SCRIPT_RAISED,
     EXIT_SETUP_FAILED,
-    LAUNCH_PYTHONPATH,
-    MODULE_ENV,
+    ChildSpec,
+    RunFiles,
 )
+from bisector.runner import LAUNCH_PYTHONPATH, MODULE_ENV
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="bisector-child")
-    parser.add_argument("--trace", default=None)
-    parser.add_argument("--digests", default=None, help="digest-only run: the digest file")
-    parser.add_argument("--start-step", type=int, default=0, help="record ops from this step")
-    parser.add_argument("--survey", default=None, help="survey run: the JSON file of ops seen")
-    parser.add_argument("--plain-state", default=None, help="plain run: save the final state")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--capture", default="", help="event indices whose inputs to save")
-    parser.add_argument("--capture-dir", default=None)
-    parser.add_argument("--capture-rank", type=int, default=None, help="only this rank saves")
-    parser.add_argument("--snapshot-dir", default=None)
-    parser.add_argument("--intervene", default="", help="interventions to apply, comma-separated")
-    parser.add_argument("--source", default=None, help="run this file's code as the script")
-    parser.add_argument("--step-times", default=None, help="plain run: write each step's time")
-    parser.add_argument("script")
-    parser.add_argument("args", nargs=argparse.REMAINDER)
     argv = sys.argv[1:]
-    if "--" in argv:
-        split = argv.index("--")
-        options = parser.parse_args(argv[:split] + argv[split + 1 : split + 2])
-        script_args = argv[split + 2 :]
-    else:
-        options = parser.parse_args(argv)
-        script_args = options.args
-    script = options.script
+    if len(argv) != 2 or argv[0] != "--spec":
+        sys.exit("bisector-child: expects --spec JSON (started by bisector, not by hand)")
+    spec = ChildSpec.from_json(argv[1])
+    script, script_args = spec.script, spec.args
 
     # Look like `python script.py ARGS`: argv, and the script's folder first on sys.path.
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(bisector.__file__)))
@@ -70,11 +53,8 @@ def main() -> None:
         _restore_pythonpath(launched, package_root)
     rank = os.environ.get("RANK", "0")
     # Under torchrun every rank writes its own files: "{rank}" in a path is this rank.
-    for name in ("trace", "digests", "snapshot_dir", "plain_state", "step_times"):
-        if getattr(options, name):
-            setattr(options, name, getattr(options, name).replace("{rank}", rank))
-    written = options.trace or options.digests or options.plain_state or options.step_times
-    status_file = (written or "") + ".status"
+    spec = spec.for_rank(rank)
+    files = RunFiles(Path(spec.main_file or ""))
     # The parent asks the run to stop with SIGINT (Ctrl-C, --timeout, a hung job): a process
     # started from a background job inherits SIGINT ignored, and would never finish its trace.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -93,29 +73,30 @@ def main() -> None:
 
     recorder: _PlainRun | _SurveyRun | _DigestRun | Recorder
     try:
-        if options.plain_state or options.step_times:
-            recorder = _PlainRun(options.plain_state, options.steps, options.step_times)
-        elif options.survey:
-            recorder = _SurveyRun(options.survey, options.steps)
-        elif options.digests:
-            recorder = _DigestRun(options.digests, options.steps, options.digests + ".progress")
+        if spec.plain_state or spec.step_times:
+            recorder = _PlainRun(spec.plain_state, spec.steps, spec.step_times)
+        elif spec.survey:
+            recorder = _SurveyRun(spec.survey, spec.steps)
+        elif spec.digests:
+            recorder = _DigestRun(spec.digests, spec.steps, str(files.progress))
         else:
-            capture = frozenset(int(i) for i in options.capture.split(",") if i)
-            if options.capture_rank is not None and options.capture_rank != int(rank):
+            assert spec.trace is not None  # (a recorded run when no other file is named)
+            capture = frozenset(spec.capture)
+            if spec.capture_rank is not None and spec.capture_rank != int(rank):
                 capture = frozenset()  # event numbers are another rank's
             record_options = RecordOptions(
-                steps=options.steps,
+                steps=spec.steps,
                 exit_on_stop=True,
                 argv=tuple(sys.argv),
                 capture=capture,
-                capture_dir=options.capture_dir,
-                snapshot_dir=options.snapshot_dir,
-                start_step=options.start_step,
-                progress_file=options.trace + ".progress",
+                capture_dir=spec.capture_dir,
+                snapshot_dir=str(files.steps) if spec.snapshots else None,
+                start_step=spec.start_step,
+                progress_file=str(files.progress),
                 stop_when_captured=launched is None,
             )
-            recorder = Recorder(options.trace, record_options)
-        undo = apply_interventions([n for n in options.intervene.split(",") if n])
+            recorder = Recorder(spec.trace, record_options)
+        undo = apply_interventions(spec.interventions)
     except Exception as exc:  # pragma: no cover - our own failure, not the user's
         print(f"bisector: cannot start recording: {exc}", file=sys.stderr)
         sys.exit(EXIT_SETUP_FAILED)
@@ -127,8 +108,8 @@ def main() -> None:
         with recorder:
             _stage = "running"
             try:
-                if options.source:  # a patched copy of the script's code, run as the script
-                    _run_as(script, options.source, module)
+                if spec.source:  # a patched copy of the script's code, run as the script
+                    _run_as(script, spec.source, module)
                 elif module:
                     runpy.run_module(module, run_name="__main__", alter_sys=True)
                 else:
@@ -150,11 +131,11 @@ def main() -> None:
         code = EXIT_SCRIPT_RAISED
         error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     finally:
-        if options.intervene and (options.trace or options.digests):
-            _write_notes((options.trace or options.digests) + ".intervened")
+        if spec.interventions and (spec.trace or spec.digests):
+            _write_notes(str(files.intervened))
         undo()
     if launched is not None:
-        _write_status(status_file, rank, code, error)
+        _write_status(str(files.status), rank, code, error)
     sys.stdout.flush()
     sys.stderr.flush()
     # The trace is complete on disk; skip interpreter teardown, which can hang on threads the

@@ -16,6 +16,7 @@ from bisector.confirm import ConfirmOptions, check_kernel_claims, confirm
 from bisector.errors import MismatchError, TraceError
 from bisector.pairs import Pair, diff_jobs, digest_pair, job_files, record_pair
 from bisector.report import Report
+from bisector.runfiles import RunFiles
 from bisector.runner import RunOptions, check_script
 from bisector.trace import load
 from bisector.words import counted
@@ -174,22 +175,22 @@ def _check_observer(script, args, run: RunOptions, workdir: Path, pair: Pair) ->
     report = pair.report
     taken = {}
     for rank, trace in pair.traces_a().items():
-        folder = Path(trace.path).with_suffix(".steps")
-        numbers = sorted(int(p.stem.split("-")[1]) for p in folder.glob("step-*.pt"))
+        files = RunFiles(Path(trace.path))
+        numbers = files.snapshot_steps()
         if not numbers:
             return {"checked": False, "why": "run A saved no training state (no optimizer step)"}
-        taken[rank] = (folder, numbers)
+        taken[rank] = (files, numbers)
     steps = min(numbers[-1] for _, numbers in taken.values()) + 1
     job = run.launch is not None
-    plain = workdir / ("plain.rank{rank}.pt" if job else "plain.pt")
+    plain = RunFiles.per_rank(workdir / "plain.pt").output if job else workdir / "plain.pt"
     run_plain(script, args, plain, replace(run, steps=steps, start_step=0, snapshots=False))
     compared = {}
-    for rank, (folder, _) in taken.items():
-        mine = Path(str(plain).replace("{rank}", str(rank)))
+    for rank, (files, _) in taken.items():
+        mine = RunFiles(plain).of_rank(rank).output
         if not mine.exists():
             why = "the plain run saved no training state" + (f" on rank {rank}" if job else "")
             return {"checked": False, "why": why}
-        compared[rank] = snapshots.compare_in_order(mine, folder / f"step-{steps - 1}.pt")
+        compared[rank] = snapshots.compare_in_order(mine, files.snapshot(steps - 1))
     result = {
         "checked": True,
         "steps": steps,

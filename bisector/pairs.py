@@ -14,6 +14,7 @@ from pathlib import Path
 from bisector import analysis, digests
 from bisector.errors import MismatchError
 from bisector.report import Report, RunInfo
+from bisector.runfiles import RunFiles
 from bisector.runner import RunOptions, run_digests, run_rank_digests, run_ranks, run_recorded
 from bisector.trace import Trace
 
@@ -163,7 +164,7 @@ def _compare_job(ranks: list[tuple[int, Trace, Trace]], runs: list[RunInfo]) -> 
     from bisector.analysis.replicas import describe, drift
 
     report = compare_ranks(ranks, runs)
-    report.replicas = drift({rank: Path(f"{a.path}.replicas") for rank, a, _ in ranks})
+    report.replicas = drift({rank: RunFiles(Path(a.path)).replicas for rank, a, _ in ranks})
     if report.replicas is not None:
         report.notes.insert(0, describe(report.replicas))
     return report

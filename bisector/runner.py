@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,19 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bisector import jobs
 from bisector.capture.lines import USER_PATHS_ENV
 from bisector.digests import Digests
 from bisector.digests import load as load_digests
-from bisector.errors import BisectorError, InternalError, Interrupted, ScriptError, TraceError
+from bisector.errors import InternalError, Interrupted, ScriptError, TraceError
 from bisector.report import RunInfo
+from bisector.runfiles import (
+    EXIT_INTERNAL,
+    EXIT_SCRIPT_RAISED,
+    EXIT_SETUP_FAILED,
+    RANK,
+    ChildSpec,
+    RunFiles,
+)
 from bisector.trace import Trace, load
 
-# Exit status the child uses when the user's script raised (its traceback is on stderr).
-EXIT_SCRIPT_RAISED = 97
-# Exit status the child uses when bisector itself could not start recording.
-EXIT_SETUP_FAILED = 98
-# Exit status the child uses when bisector's own code failed while recording (a bug in bisector).
-EXIT_INTERNAL = 99
 # Seconds we give a child to write its trace after Ctrl-C before we stop it harder.
 _GRACE = 20.0
 
@@ -197,12 +199,8 @@ def run_recorded(
         ScriptError: the script raised, exited non-zero, or recorded no op.
         Interrupted: Ctrl-C; the trace written so far is kept.
     """
-    extra = ["--trace", str(trace), *_capture_flags(options)]
-    if options.snapshots:
-        extra += ["--snapshot-dir", str(trace.with_suffix(".steps"))]
-    if options.start_step:
-        extra += ["--start-step", str(options.start_step)]
-    path, output, code, seconds = _run_child(script, args, trace, extra, options, name)
+    spec = _recording(trace, options)
+    path, output, code, seconds = _run_child(script, args, trace, spec, options, name)
     try:
         loaded = load(trace)
     except TraceError as exc:
@@ -232,9 +230,7 @@ def run_digests(
         ScriptError: the script raised or exited non-zero.
         Interrupted: Ctrl-C; the digests written so far are kept.
     """
-    _, output, code, seconds = _run_child(
-        script, args, path, ["--digests", str(path)], options, name
-    )
+    _, output, code, seconds = _run_child(script, args, path, {"digests": str(path)}, options, name)
     try:
         loaded = load_digests(path)
     except TraceError as exc:
@@ -281,13 +277,9 @@ def run_ranks(
         Interrupted: Ctrl-C; the traces recorded so far are kept.
     """
     assert options.launch is not None
-    template = _rank_template(trace, options.launch)
-    extra = ["--trace", str(template), *_capture_flags(options)]
-    if options.snapshots:
-        extra += ["--snapshot-dir", str(template.with_suffix(".steps"))]
-    if options.start_step:
-        extra += ["--start-step", str(options.start_step)]
-    results, path, output = _run_per_rank(script, args, template, extra, options, name, load)
+    template = jobs.rank_template(trace, options.launch.ranks())
+    spec = _recording(template, options)
+    results, path, output = _run_per_rank(script, args, template, spec, options, name, load)
     if not results or all(len(t) == 0 for _, _, t in results):
         raise ScriptError(
             f"{path.name} ran without calling any torch operator on any rank", output=output
@@ -313,34 +305,18 @@ def run_rank_digests(
         Interrupted: Ctrl-C; the digests written so far are kept.
     """
     assert options.launch is not None
-    template = _rank_template(path, options.launch)
-    extra = ["--digests", str(template)]
-    results, _, _ = _run_per_rank(script, args, template, extra, options, name, load_digests)
+    template = jobs.rank_template(path, options.launch.ranks())
+    spec = {"digests": str(template)}
+    results, _, _ = _run_per_rank(script, args, template, spec, options, name, load_digests)
     return results
 
 
-def _rank_template(output_file: Path, launch: Launch) -> Path:
-    """``a.trace`` -> ``a.rank{rank}.trace`` (the child puts its rank in), with the files of
-    an earlier job of that name on this node's ranks removed."""
-    stem, suffix = output_file.stem, output_file.suffix
-    for rank in launch.ranks():
-        stale_files = [f"{stem}.rank{rank}{suffix}*"]  # the file, its .status, .progress, ...
-        if suffix == ".trace":
-            stale_files.append(f"{stem}.rank{rank}.steps")  # its snapshots
-        for stale in (f for pattern in stale_files for f in output_file.parent.glob(pattern)):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
-    return output_file.with_name(f"{output_file.stem}.rank{{rank}}{output_file.suffix}")
-
-
-def _run_per_rank(script, args, template: Path, extra: list[str], options, name: str, loader):
+def _run_per_rank(script, args, template: Path, spec: dict, options, name: str, loader):
     """Run a torchrun job whose ranks each write ``template`` (with their rank), and load each
     rank's file: ([(rank, RunInfo, loaded)], the script's path, its output)."""
-    path, output, code, seconds = _run_child(script, args, template, extra, options, name)
+    path, output, code, seconds = _run_child(script, args, template, spec, options, name)
     results, log = [], _log_of(template, options)
-    for rank, file in _per_rank(template, "", options.launch.ranks()):
+    for rank, file in jobs.rank_files(template, "", options.launch.ranks()):
         try:
             loaded = loader(file)
         except TraceError as exc:
@@ -353,13 +329,17 @@ def _run_per_rank(script, args, template: Path, extra: list[str], options, name:
     return results, path, output
 
 
-def _capture_flags(options: RunOptions) -> list[str]:
-    if not (options.capture and options.capture_dir):
-        return []
-    flags = ["--capture", ",".join(map(str, options.capture)), "--capture-dir", options.capture_dir]
-    if options.capture_rank is not None:
-        flags += ["--capture-rank", str(options.capture_rank)]
-    return flags
+def _recording(trace: Path, options: RunOptions) -> dict[str, Any]:
+    """The child spec's fields of a recorded run writing ``trace`` (see runfiles.ChildSpec)."""
+    spec: dict[str, Any] = {
+        "trace": str(trace),
+        "snapshots": options.snapshots,
+        "start_step": options.start_step,
+    }
+    if options.capture and options.capture_dir:
+        spec.update(capture=list(options.capture), capture_dir=options.capture_dir)
+        spec["capture_rank"] = options.capture_rank
+    return spec
 
 
 def run_plain(script: str | os.PathLike, args: tuple[str, ...], path: Path, options: RunOptions):
@@ -370,7 +350,7 @@ def run_plain(script: str | os.PathLike, args: tuple[str, ...], path: Path, opti
     Raises:
         ScriptError: the script raised or exited non-zero.
     """
-    _run_child(script, args, path, ["--plain-state", str(path)], options, "plain")
+    _run_child(script, args, path, {"plain_state": str(path)}, options, "plain")
 
 
 def run_step_times(
@@ -384,7 +364,7 @@ def run_step_times(
     """
     import json
 
-    _run_child(script, args, path, ["--step-times", str(path)], options, "timing")
+    _run_child(script, args, path, {"step_times": str(path)}, options, "timing")
     try:
         return [float(t) for t in json.loads(path.read_text())["seconds"]]
     except (OSError, ValueError, KeyError, TypeError):
@@ -398,19 +378,20 @@ def run_survey(script: str | os.PathLike, args: tuple[str, ...], path: Path, opt
     Raises:
         ScriptError: the script raised or exited non-zero.
     """
-    _run_child(script, args, path, ["--survey", str(path)], options, "survey")
+    _run_child(script, args, path, {"survey": str(path)}, options, "survey")
 
 
 def _run_child(
     script: str | os.PathLike,
     args: tuple[str, ...],
     output_file: Path,
-    extra: list[str],
+    fields: dict[str, Any],
     options: RunOptions,
     name: str,
 ) -> tuple[Path, str, int, float]:
     """Start the child on the script (through torchrun if ``options.launch``), wait for it,
-    and turn a failed run into an exception that names the failing rank.
+    and turn a failed run into an exception that names the failing rank. ``fields``: what
+    the run writes, as the ChildSpec's fields (the rest comes from ``options``).
 
     Returns:
         (the script's path, its output, exit code (0), seconds).
@@ -426,23 +407,25 @@ def _run_child(
             f"import sys; sys.path.insert(0, {_package_root()!r}); "
             "import bisector._child as child; child.main()"
         )
-        command = [options.python, "-c", boot, *extra]
+        command = [options.python, "-c", boot]
     else:
         # torchrun starts a module: put our folder on PYTHONPATH; the child restores it.
         env[LAUNCH_PYTHONPATH] = env.get("PYTHONPATH", "")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), env.get("PYTHONPATH")]))
         command = [options.python, "-m", "torch.distributed.run", *launch.torchrun_args()]
-        command += ["-m", "bisector._child", *extra]
-    if options.steps is not None:
-        command += ["--steps", str(options.steps)]
+        command += ["-m", "bisector._child"]
     if options.user_paths:
         named = [*options.user_paths, env.get(USER_PATHS_ENV, "")]
         env[USER_PATHS_ENV] = os.pathsep.join(filter(None, named))
-    if options.source:
-        command += ["--source", options.source]
-    if options.interventions:
-        command += ["--intervene", ",".join(options.interventions)]
-    command += ["--", str(script), *args]
+    spec = ChildSpec(
+        script=str(script),
+        args=list(args),
+        steps=options.steps,
+        interventions=list(options.interventions),
+        source=options.source,
+        **fields,
+    )
+    command += ["--spec", spec.to_json()]
     started = time.perf_counter()
     with open(log, "wb") as log_file:
         process = subprocess.Popen(
@@ -461,7 +444,9 @@ def _run_child(
     seconds = time.perf_counter() - started
     output = log.read_text(errors="replace")
     if launch is not None and (code != 0 or hung is not None):
-        raise _rank_failure(path, name, output_file, output, code, hung, options)
+        raise jobs.failure(
+            path, name, output_file, output, code, hung, launch, options.timeout, log
+        )
     recorded = f"recorded so far: {output_file}"
     if code == EXIT_SCRIPT_RAISED:
         raise ScriptError(
@@ -507,17 +492,15 @@ def _internal_line(output: str) -> str:
 
 
 def _log_of(output_file: Path, options: RunOptions | None = None) -> Path:
-    """The log of a run: its output file (for every rank) with the suffix .log; one per node
-    in a job of several nodes (``a.node1.log``: the nodes may share the folder)."""
-    log = Path(str(output_file).replace(".rank{rank}", "")).with_suffix(".log")
+    """The log of a run (see RunFiles.log)."""
     launch = options.launch if options is not None else None
-    if launch is not None and launch.nnodes > 1:
-        log = log.with_suffix(f".node{launch.node_rank}.log")
-    return log
+    if launch is None:
+        return RunFiles(output_file).log()
+    return RunFiles(output_file).log(launch.nnodes, launch.node_rank)
 
 
 def _shown(output_file: Path) -> str:
-    return str(output_file).replace("{rank}", "*")
+    return str(output_file).replace(RANK, "*")
 
 
 def _report_progress(options: RunOptions, output_file: Path, seconds: float) -> None:
@@ -525,9 +508,9 @@ def _report_progress(options: RunOptions, output_file: Path, seconds: float) -> 
     from bisector.capture import progress
 
     if options.launch is None:
-        states = [progress.read(str(output_file) + ".progress")]
+        states = [progress.read(RunFiles(output_file).progress)]
     else:
-        states = list(_progress(output_file).values())
+        states = list(jobs.progress_of_ranks(output_file).values())
     found = [s for s in states if s is not None]
     state = {
         "step": min((s["step"] for s in found), default=0),
@@ -549,128 +532,6 @@ def _label(options: RunOptions, output_file: Path) -> str:
     elif options.start_step:
         label += f" (ops of step {options.start_step})"
     return label
-
-
-def _per_rank(output_file: Path, suffix: str, ranks=None) -> list[tuple[int, Path]]:
-    """The files ``<output_file with its rank><suffix>`` of the ranks that wrote one (of
-    ``ranks`` only, if given: another node may write into the same folder)."""
-    head, _, tail = output_file.name.partition("{rank}")
-    found = []
-    for file in output_file.parent.glob(f"{head}*{tail}{suffix}"):
-        rank = file.name[len(head) : len(file.name) - len(tail) - len(suffix)]
-        if rank.isdigit() and (ranks is None or int(rank) in ranks):
-            found.append((int(rank), file))
-    return sorted(found)
-
-
-def _statuses(output_file: Path) -> dict[int, dict]:
-    """How the ranks that ended ended (exit_code, time, error), from their status files."""
-    import json
-
-    found = {}
-    for rank, file in _per_rank(output_file, ".status"):
-        try:
-            status = json.loads(file.read_text())
-            found[rank] = {
-                "exit_code": int(status["exit_code"]),
-                "time": float(status.get("time", 0.0)),
-                "error": status.get("error"),
-            }
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return found
-
-
-def _progress(output_file: Path) -> dict[int, dict]:
-    """The progress of each rank that has started recording (see capture/progress.py)."""
-    from bisector.capture import progress
-
-    found = {}
-    for rank, file in _per_rank(output_file, ".progress"):
-        state = progress.read(file)
-        if state is not None:
-            found[rank] = state
-    return found
-
-
-def _hang(output_file: Path, statuses: dict[int, dict], ranks) -> str:
-    """Which ranks hang, from their last progress: a rank waiting in a collective waits for
-    the ranks that are not in one."""
-    progress = _progress(output_file)
-    waiting = {r: p for r, p in progress.items() if p["collective"] and r not in statuses}
-    stuck = [r for r in ranks if r not in statuses and r not in waiting]
-    if stuck:
-        where = "; ".join(
-            f"rank {r} at step {progress[r]['step']}, event {progress[r]['events']}"
-            if r in progress
-            else f"rank {r} before recording anything"
-            for r in stuck
-        )
-        others = ", ".join(
-            f"rank {r} waits in {p['collective']} (step {p['step']})" for r, p in waiting.items()
-        )
-        return f"{where} stopped making progress outside any collective" + (
-            f"; {others}" if others else ""
-        )
-    if waiting:
-        return (
-            "every rank still running waits in a collective ("
-            + ", ".join(
-                f"rank {r}: {p['collective']} at step {p['step']}" for r, p in waiting.items()
-            )
-            + "): the ranks do not call the same collectives (another count or order?)"
-        )
-    return "no rank made progress"
-
-
-def _rank_failure(path, name, output_file, output, code, hung, options) -> BisectorError:
-    """The error of a torchrun run that failed: which rank raised, exited or hung."""
-    statuses = _statuses(output_file)
-    launch = options.launch
-    kept = f"traces of every rank so far: {_shown(output_file)}"
-    if hung is not None:
-        return ScriptError(
-            f"run {name} hangs: no rank made progress for {launch.rank_timeout:g} s: {hung}; "
-            f"the job was stopped (its output: {_log_of(output_file, options)}); {kept}"
-        )
-    raised = sorted((s["time"], r, s) for r, s in statuses.items() if s["exit_code"] != 0)
-    if code is None:
-        missing = [r for r in launch.ranks() if r not in statuses]
-        return ScriptError(
-            f"run {name} took longer than {options.timeout:g} s and was stopped (ranks still "
-            f"running: {', '.join(map(str, missing)) or 'none'}); {kept}",
-            output=output,
-        )
-    if code in (130, -signal.SIGINT) and all(s["exit_code"] == 130 for s in statuses.values()):
-        return Interrupted(f"run {name} was interrupted; {kept}")
-    if raised:
-        _, rank, status = raised[0]
-        after = [str(r) for _, r, _ in raised[1:]]
-        then = f"; rank {', '.join(after)} failed after it" if after else ""
-        error = f": {status['error']}" if status.get("error") else ""
-        if status["exit_code"] == EXIT_INTERNAL:
-            return InternalError(
-                f"bisector failed while recording rank {rank} of run {name}{error}. This is a "
-                f"bug in bisector, not in {path.name}; please report it with its traceback (in "
-                f"{_log_of(output_file, options)}); {kept}",
-                output=output,
-            )
-        if status["exit_code"] == EXIT_SCRIPT_RAISED:
-            what = f"raised an exception on rank {rank}{error}"
-        else:
-            what = f"exited with status {status['exit_code']} on rank {rank}"
-        return ScriptError(
-            f"{path.name} {what} in run {name}{then} (its output is above; {kept})",
-            output=output,
-            exit_code=status["exit_code"],
-        )
-    missing = [r for r in launch.ranks() if r not in statuses]
-    return ScriptError(
-        f"torchrun failed in run {name} (exit status {code}) before rank "
-        f"{', '.join(map(str, missing)) or '?'} ended (its output is above; {kept})",
-        output=output,
-        exit_code=code,
-    )
 
 
 def _package_root() -> str:
@@ -713,12 +574,12 @@ def _wait(
             _report_progress(options, output_file, now - started)
         if options.launch is not None:
             # The watchdog: once ranks record, some rank must make progress (or end).
-            state = (_progress(output_file), _statuses(output_file))
+            state = (jobs.progress_of_ranks(output_file), jobs.statuses(output_file))
             if state != seen:
                 seen, changed = state, now
             elif state[0] and now - changed > options.launch.rank_timeout:
                 ranks = options.launch.ranks()
-                hung = _hang(output_file, state[1], ranks)  # before the stop changes it
+                hung = jobs.hang(output_file, state[1], ranks)  # before the stop changes it
                 _interrupt(process)
                 code = process.returncode
                 break

@@ -89,3 +89,20 @@ def test_every_private_torch_name_is_there_and_used_only_through_torch_api():
         if file.name != "torch_api.py" and private.search(file.read_text())
     ]
     assert users == []
+
+
+def test_the_child_spec_travels_as_json_and_names_each_ranks_files(tmp_path):
+    from bisector.runfiles import ChildSpec, RunFiles
+
+    template = RunFiles.per_rank(tmp_path / "a.trace").output
+    assert template.name == "a.rank{rank}.trace"
+    spec = ChildSpec("train.py", ["--lr", "0.1"], trace=str(template), steps=3, capture=[5, 9])
+    back = ChildSpec.from_json(spec.to_json())
+    assert back == spec
+    mine = back.for_rank(1)
+    assert mine.trace == str(tmp_path / "a.rank1.trace") and mine.capture == [5, 9]
+    files = RunFiles(tmp_path / "a.rank1.trace")
+    assert files.status.name == "a.rank1.trace.status"
+    assert files.snapshot(2) == tmp_path / "a.rank1.steps" / "step-2.pt"
+    assert RunFiles(template).log() == tmp_path / "a.log"
+    assert RunFiles(template).log(nnodes=2, node_rank=1) == tmp_path / "a.node1.log"

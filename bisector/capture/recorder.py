@@ -44,6 +44,7 @@ from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import OpInfo, canonical_args, complete_collective
 from bisector.capture.processes import Processes
 from bisector.capture.replicas import job_rank, replicated_values, write_step
+from bisector.runfiles import RunFiles, captured_inputs, snapshot_name
 from bisector.schema import BACKWARD, COMPILED_PREFIX, MODEL, OPS, OPTIMIZER, leaf_op
 from bisector.torch_api import (
     StorageWeakRef,
@@ -255,8 +256,9 @@ class Recorder:
         self._seen_optimizers: weakref.WeakSet = weakref.WeakSet()
         self.model_calls = 0  # calls of top-level modules that own parameters
         self.parameter_writes = 0  # in-place writes into those parameters while recording
-        self._processes = Processes(f"{self.path}.processes", self.pid)
-        self._replicas_path = Path(f"{self.path}.replicas")
+        files = RunFiles(self.path)
+        self._processes = Processes(files.processes, self.pid)
+        self._replicas_path = files.replicas
         self._kept: list[tuple[int, int]] = []  # values taken out of torch (saved, tolist)
         self._escapes = Escapes(self._keep_value)
         self._optimizer_present: bool | None = None
@@ -535,7 +537,7 @@ class Recorder:
         tensors = snapshots.state_tensors(self._stepped, name_of)
         self.recording = False  # the copies are ours, not the script's
         try:
-            path = Path(str(self.options.snapshot_dir)) / f"step-{self.step}.pt"
+            path = Path(str(self.options.snapshot_dir)) / snapshot_name(self.step)
             snapshots.save(path, tensors)
         finally:
             self.recording = True
@@ -804,7 +806,7 @@ class Recorder:
             return False
         from bisector.capture.inputs import save_inputs
 
-        path = Path(self.options.capture_dir) / f"event-{index}.pt"
+        path = captured_inputs(Path(self.options.capture_dir), index)
         try:
             save_inputs(path, op, args, kwargs)
         except (TypeError, OSError, RuntimeError) as exc:  # the replay says why it is missing

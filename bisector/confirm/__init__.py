@@ -35,6 +35,7 @@ from bisector.digests import merge_growth
 from bisector.errors import InternalError, ScriptError
 from bisector.pairs import Pair, record_pair
 from bisector.report import Report, Source
+from bisector.runfiles import RunFiles, captured_inputs
 from bisector.runner import RunOptions, run_ranks, run_recorded
 from bisector.schema import COMPILED_PREFIX
 from bisector.trace import PHASES, Trace
@@ -329,7 +330,7 @@ def _capture(script, args, sources, rank, folder, workdir, steps, options) -> st
 
 
 def _replay_one(source: Source, folder: Path, missed: str, options: ConfirmOptions) -> Replay:
-    inputs = folder / f"event-{source.event}.pt"
+    inputs = captured_inputs(folder, source.event)
     if not inputs.exists() and not inputs.with_suffix(".error").exists():
         error = f"its inputs were not captured: {missed}"
         return Replay(source.op, source.event, 0, None, "", error, rank=source.rank)
@@ -465,7 +466,7 @@ def _measure_effect(entry: dict, plain: list[list[dict]], start: int) -> None:
 def _facts(trace: Trace) -> RunFacts:
     """What a run of a pair shows about the intervention applied to it."""
     try:
-        notes = json.loads(Path(f"{trace.path}.intervened").read_text())
+        notes = json.loads(RunFiles(Path(trace.path)).intervened.read_text())
     except (OSError, ValueError):
         notes = {}
     return RunFacts(ops=_ops(trace), footer=trace.footer, notes=notes)
@@ -531,7 +532,7 @@ def growth(a: Trace, b: Trace, report: Report) -> list[dict]:
 
 
 def _snapshot(trace: Trace, step: int) -> Path:
-    return Path(trace.path).with_suffix(".steps") / f"step-{int(step)}.pt"
+    return RunFiles(Path(trace.path)).snapshot(step)
 
 
 def best_fix(report: Report) -> str | None:
