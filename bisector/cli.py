@@ -501,27 +501,15 @@ def _write(text: str, path: Path, what: str, out: Console) -> None:
 
 def _finish(report, json_path: Path | None, html_path: Path | None, quiet: bool, next_hint: bool):
     """Show the report (a Report, DigestReport or CheckpointReport), write its files, exit."""
-    from bisector.render import console as console_render
-    from bisector.report import Report
+    from bisector.render import to_console, to_file
 
     out = Console(file=io.StringIO()) if quiet else _console()
-    if quiet:
-        pass  # nothing on screen: the exit code and the files carry the result
-    elif isinstance(report, Report):
-        console_render.render(report, out)
-    else:
-        from bisector.checkpoint import CheckpointReport
-        from bisector.render import checkpoint as checkpoint_render
-        from bisector.render import digests as digests_render
-
-        renderer = checkpoint_render if isinstance(report, CheckpointReport) else digests_render
-        renderer.render(report, out)
+    if not quiet:  # quiet: nothing on screen, the exit code and the files carry the result
+        to_console(report, out)
     if json_path is not None:  # the report is only serialised when asked for
-        _write(report.to_json(), json_path, "JSON", out)
+        _write(to_file(report, "json"), json_path, "JSON", out)
     if html_path is not None:
-        from bisector.render.html import render_html
-
-        _write(render_html(report), html_path, "HTML", out)
+        _write(to_file(report, "html"), html_path, "HTML", out)
     if next_hint and len(report.runs) == 2 and not report.reproducible:
         a, b = report.runs
         out.print("Re-read these runs any time:")

@@ -215,7 +215,7 @@ def test_an_effect_is_measured_against_the_spread_of_two_plain_pairs():
     assert (sgd.outcome, sgd.decided_by) == ("amplifier", "level"), sgd
     assert sgd.level is not None and sgd.level < -30 and sgd.rate is None
     from bisector.confirm.effects import adam_explanation
-    from bisector.render.console import effect_numbers
+    from bisector.render.wording import effect_numbers
 
     assert "the parameters stay bitwise equal at every step" in effect_numbers(
         {"effect": vars(sgd)}

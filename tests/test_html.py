@@ -395,3 +395,20 @@ def test_cli_writes_html_and_quiet_prints_nothing(tmp_path):
     text = html.read_text()
     assert text.startswith("<!DOCTYPE html>") and "aten.index_put_.default" in text
     assert "<svg" in text and "http://" not in text and "https://" not in text
+
+
+def test_every_report_file_comes_from_one_renderer_interface():
+    import io
+
+    from rich.console import Console
+
+    from bisector.render import to_console, to_file
+
+    report = _diverging()
+    assert to_file(report, "json") == report.to_json()
+    assert to_file(report, "html") == render_html(report)
+    with pytest.raises(ValueError, match="one of json, html"):
+        to_file(report, "xml")
+    out = io.StringIO()
+    to_console(report, Console(file=out, width=80))
+    assert "First divergence" in out.getvalue() and "Verdict" in out.getvalue()

@@ -8,20 +8,6 @@ from typing import Any
 
 from bisector.checkpoint import CheckpointReport
 from bisector.digests import DigestReport
-
-# The console's wording and helpers, so that both outputs say the same thing.
-from bisector.render.console import (
-    KIND_TEXT,
-    OUTCOMES,
-    code_line,
-    describe_check,
-    describe_magnitude,
-    effect_numbers,
-    equal_runs_text,
-    fix_check_text,
-    held_against,
-    replay_verdict,
-)
 from bisector.render.html_blocks import (
     bullets,
     code,
@@ -41,8 +27,21 @@ from bisector.render.html_checkpoint import checkpoint_sections
 from bisector.render.html_digest import digest_sections
 from bisector.render.html_tree import module_tree
 from bisector.render.svg import curve_plot, pairs_plot
+
+# The console's wording and helpers, so that both outputs say the same thing.
+from bisector.render.wording import (
+    KIND_TEXT,
+    OUTCOMES,
+    describe_check,
+    describe_magnitude,
+    effect_numbers,
+    equal_runs_text,
+    fix_check_text,
+    held_against,
+    replay_verdict,
+)
 from bisector.report import Report, RunInfo, Source
-from bisector.words import counted
+from bisector.words import counted, source_line
 
 
 def render_html(report: Report | DigestReport | CheckpointReport) -> str:
@@ -115,7 +114,7 @@ def _report_headline(report: Report) -> str:
 
 def _first_card(report: Report, source: Source) -> str:
     line = code(source.location) if source.location else "(unknown)"
-    user_code = code_line(source.location) if source.location else ""
+    user_code = source_line(source.location) if source.location else ""
     if user_code:
         line += f'<pre class="source-line">{esc(user_code)}</pre>'
     rows = [
