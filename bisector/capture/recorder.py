@@ -44,10 +44,10 @@ from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import OpInfo, canonical_args, complete_collective
 from bisector.capture.processes import Processes
 from bisector.capture.replicas import job_rank, replicated_values, write_step
+from bisector.capture.values import ValueTable, covers_storage, storage_of
 from bisector.runfiles import RunFiles, captured_inputs, snapshot_name
 from bisector.schema import BACKWARD, COMPILED_PREFIX, MODEL, OPS, OPTIMIZER, leaf_op
 from bisector.torch_api import (
-    StorageWeakRef,
     TorchDispatchMode,
     arg_tree_leaves,
     autograd_sequence_nr,
@@ -235,9 +235,7 @@ class Recorder:
         self._buffer = EventBuffer(self.options.chunk_events)
         self._op_infos: dict[Any, OpInfo] = {}
         self._location_ids: dict[tuple[Any, int], int] = {}
-        # cdata -> [version, event, slot, weakref, bump, parts (see _register) or None]
-        self._states: dict[int, list] = {}
-        self._states_pruned_at = 0
+        self._values = ValueTable()
         # (event, slot) of a collective just recorded, until the next op: a tensor first seen
         # then is its backend's (gloo's reduce-scatter returns through a buffer of its own).
         # The trace only links it (a leaf whose input is the collective); the events are
@@ -439,11 +437,10 @@ class Recorder:
         this set, that nothing read into a differing result, was scratch (see analysis).
         None when there are too many to list (then every value counts as live)."""
         live: list[int] = [x for pair in self._kept[:_MAX_LIVE] for x in pair]
-        for _, event, slot, ref, *_ in self._states.values():
-            if not ref.expired():
-                if len(live) >= _MAX_LIVE:
-                    return None
-                live += (event, slot)
+        for event, slot in self._values.alive():
+            if len(live) >= _MAX_LIVE:
+                return None
+            live += (event, slot)
         return live
 
     @_ours
@@ -559,7 +556,7 @@ class Recorder:
     def _count_writes_into(self, parameters) -> None:
         """In-place writes into these tensors' storages are training (``parameter_writes``)."""
         self._parameter_storages.update(
-            s._cdata for s in map(_storage, parameters) if s is not None
+            s._cdata for s in map(storage_of, parameters) if s is not None
         )
 
     def _root_enter(self, module: torch.nn.Module) -> None:
@@ -628,7 +625,7 @@ class Recorder:
             # reduce-scatter reduces in its input): whatever they hold after it comes from it.
             written += _apart_from(info.reads(args, kwargs, flat), info.outputs_only(args))
         previous: list[tuple[int, int] | None] = [
-            None if _covers_storage(t) else self._ref(t, phase, module_id, location_id)
+            None if covers_storage(t) else self._ref(t, phase, module_id, location_id)
             for t in written
         ]
 
@@ -693,10 +690,12 @@ class Recorder:
         geometry is in the reader's arguments), not a value of its own that would hide the
         input's. (A collective also returns the very tensors it wrote without saying so: those
         are its writes, and stay results.)"""
-        inputs = {s._cdata for s in map(_storage, info.reads(args, kwargs, flat)) if s is not None}
+        inputs = {
+            s._cdata for s in map(storage_of, info.reads(args, kwargs, flat)) if s is not None
+        }
         kept = []
         for i, t in results:
-            storage = _storage(t)
+            storage = storage_of(t)
             if storage is None or storage._cdata not in inputs:
                 kept.append((i, t))
         return kept
@@ -878,74 +877,26 @@ class Recorder:
     def _refs(
         self, t: torch.Tensor, phase: int, module_id: int, location_id: int
     ) -> list[tuple[int, int]]:
-        """Every (event index, slot) the tensor's current value comes from: one, or, where the
-        event that wrote its storage last wrote it in several parts (a foreach copy into the
-        views of one flat buffer, as FSDP2 makes its all-gather input), each part it reads."""
-        storage = _storage(t)
+        """Every (event index, slot) the tensor's current value comes from (see
+        ``ValueTable.find``); a value no recorded event made is recorded as a leaf first."""
+        storage = storage_of(t)
         if storage is None:
             return [_UNTRACKED]
-        version = _version(t)
-        entry = self._states.get(storage._cdata)
-        previous = None
-        if entry is not None:
-            if entry[0] == version or (entry[4] and entry[0] + 1 == version):
-                if entry[0] != version:
-                    # The version bump of an in-place op happens after our handler returns.
-                    entry[0], entry[4] = version, False
-                if entry[5] is None:
-                    return [(entry[1], entry[2])]
-                return [(entry[1], slot) for slot in _parts_read(entry[5], _byte_span(t))]
-            # Another version counter over the same storage (``p.data.add_`` bumps the
-            # counter of ``p.data``, not of ``p``), or a write we did not see: read it again as
-            # a leaf whose input is the last value we know, so that a difference it carries
-            # from there is not taken for a new one.
-            previous = (entry[1], entry[2])
-        elif self._after_collective is not None:
+        refs, previous = self._values.find(t, storage)
+        if refs is not None:
+            return refs
+        if previous is None:
             previous = self._after_collective
         index = self._add_leaf(t, storage, phase, module_id, location_id, previous)
         self._register(t, index, 0)
         return [(index, 0)]
 
     def _register(self, t: torch.Tensor, index: int, slot: int, bump: bool = False) -> None:
-        """Remember that event ``index`` (output ``slot``) produced the tensor's current value.
-
-        ``bump``: the op wrote the tensor in place, so autograd's ADInplaceOrView layer will
-        bump its version counter by one once our handler has returned. Where the event writes
-        several parts of one storage, each part's slot is kept (``_refs``).
-        """
-        storage = _storage(t)
-        if storage is None:
-            return
-        key = storage._cdata
-        entry = self._states.get(key)
-        part = None if _covers_storage(t) else (*_byte_span(t), slot)
-        if entry is None:
-            # Holding a weak reference keeps the storage's address from being reused by a new
-            # storage while we remember it, so a key always means the same storage.
-            parts = None if part is None else [part]
-            self._states[key] = [_version(t), index, slot, StorageWeakRef(storage), bump, parts]
-            if len(self._states) > 2 * self._states_pruned_at + 4096:
-                self._prune_states()
-        else:
-            if part is None:
-                parts = None
-            elif entry[1] == index and entry[5] is not None:  # another part, same event
-                parts = [*entry[5], part]
-            else:
-                parts = [part]
-            entry[0], entry[1], entry[2], entry[4], entry[5] = (
-                _version(t),
-                index,
-                slot,
-                bump,
-                parts,
-            )
-        if bump and key in self._parameter_storages:
+        """Remember that event ``index`` (output ``slot``) produced the tensor's current value
+        (``bump``: see ``ValueTable.register``); count in-place writes into parameters."""
+        key = self._values.register(t, index, slot, bump)
+        if bump and key is not None and key in self._parameter_storages:
             self.parameter_writes += 1
-
-    def _prune_states(self) -> None:
-        self._states = {k: v for k, v in self._states.items() if not v[3].expired()}
-        self._states_pruned_at = len(self._states)
 
     def _add_leaf(
         self, t, storage, phase: int, module_id: int, location_id: int, previous=None
@@ -960,7 +911,7 @@ class Recorder:
             kind = "parameter" if isinstance(t, torch.nn.Parameter) else "tensor"
             name = canonical_args([t])
         whole = t
-        if hashable(plain_values(t)) and not _covers_storage(t):
+        if hashable(plain_values(t)) and not covers_storage(t):
             # Another view may read other parts of this storage later: fingerprint all of it.
             whole = torch.empty(0, dtype=torch.uint8, device=t.device).set_(storage)
         index = self._buffer.count
@@ -1047,55 +998,7 @@ def _outside_mode():
         yield
 
 
-def _version(t: torch.Tensor) -> int:
-    try:
-        return plain_values(t)._version
-    except RuntimeError:  # inference tensors have no version counter
-        return -1
-
-
 def _apart_from(tensors: list[torch.Tensor], others: list[torch.Tensor]) -> list[torch.Tensor]:
     """The tensors that share no storage with any of ``others``."""
-    taken = {s._cdata for s in map(_storage, others) if s is not None}
-    return [t for t in tensors if (s := _storage(t)) is not None and s._cdata not in taken]
-
-
-def _covers_storage(t: torch.Tensor) -> bool:
-    """True if the tensor's elements are exactly its whole storage."""
-    t = plain_values(t)
-    storage = _storage(t)
-    if storage is None:
-        return True
-    covered = t.numel() * t.element_size() == storage.nbytes()
-    return t.storage_offset() == 0 and t.is_contiguous() and covered
-
-
-def _byte_span(t: torch.Tensor) -> tuple[int, int]:
-    """[start, end) of the bytes of its storage that the tensor's elements lie in."""
-    t = plain_values(t)
-    size = t.element_size()
-    start = int(t.storage_offset()) * size
-    if t.numel() == 0:
-        return start, start
-    last = sum((n - 1) * abs(stride) for n, stride in zip(t.shape, t.stride(), strict=True))
-    return start, start + (int(last) + 1) * size
-
-
-def _parts_read(parts: list[tuple[int, int, int]], span: tuple[int, int]) -> list[int]:
-    """The slots of the parts a read of ``span`` overlaps: the one part it is, where it is one;
-    the last part where it overlaps none (it reads what the event left as it was)."""
-    start, end = span
-    exact = [slot for s, e, slot in parts if (s, e) == (start, end)]
-    if exact:
-        return exact[-1:]
-    overlapping = [slot for s, e, slot in parts if s < end and start < e]
-    return overlapping or [parts[-1][2]]
-
-
-def _storage(t: torch.Tensor):
-    """The tensor's untyped storage, or None for tensors without one (sparse, some subclasses).
-    A DTensor's is that of the shard or replica it holds: a value is followed through it."""
-    try:
-        return plain_values(t).untyped_storage()
-    except (RuntimeError, NotImplementedError):
-        return None
+    taken = {s._cdata for s in map(storage_of, others) if s is not None}
+    return [t for t in tensors if (s := storage_of(t)) is not None and s._cdata not in taken]
