@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -15,7 +16,7 @@ from bisector.capture.recorder import Recorder, RecordOptions
 from bisector.confirm import ConfirmOptions, check_kernel_claims, confirm
 from bisector.errors import MismatchError, TraceError
 from bisector.pairs import Pair, diff_jobs, digest_pair, job_files, record_pair
-from bisector.report import Report
+from bisector.report import GrowthRow, Level, ObserverCheck, Report
 from bisector.runfiles import RunFiles
 from bisector.runner import RunOptions, check_script
 from bisector.trace import load
@@ -165,7 +166,7 @@ def _find_on_node(script, args, run: RunOptions, options: FindOptions, workdir: 
     return report
 
 
-def _check_observer(script, args, run: RunOptions, workdir: Path, pair: Pair) -> dict:
+def _check_observer(script, args, run: RunOptions, workdir: Path, pair: Pair) -> ObserverCheck:
     """Run the script once without recording, as many steps as run A recorded, and compare
     the training state after the last step with run A's snapshot of it (every rank's, for a
     torchrun job)."""
@@ -191,7 +192,7 @@ def _check_observer(script, args, run: RunOptions, workdir: Path, pair: Pair) ->
             why = "the plain run saved no training state" + (f" on rank {rank}" if job else "")
             return {"checked": False, "why": why}
         compared[rank] = snapshots.compare_in_order(mine, files.snapshot(steps - 1))
-    result = {
+    result: ObserverCheck = {
         "checked": True,
         "steps": steps,
         "equal": all(c["equal"] for c in compared.values()),
@@ -243,7 +244,7 @@ def _find_by_ladder(script, args, steps: int | None, options: FindOptions, workd
         report = _find_ops(script, args, run, options, workdir)
         report.notes.append("no optimizer step was seen, so every op was recorded at once")
         return report
-    level = {
+    level: Level = {
         "level": "digests",
         "steps": f"0-{compared.steps_compared - 1} (values only)",
         "found": _digest_finding(compared),
@@ -256,11 +257,11 @@ def _find_by_ladder(script, args, steps: int | None, options: FindOptions, workd
         report.verdict = "reproducible"
         report.evidence = {"level": "digests", "optimizer_steps": compared.steps_compared}
         report.environment, report.notes = compared.environment, compared.notes
-        report.growth, report.levels = compared.growth, [level]
+        report.growth, report.levels = cast(list[GrowthRow], compared.growth), [level]
         return report
     step = compared.first_step
     assert step is not None  # (the digests differ)
-    levels = [level]
+    levels: list[Level] = [level]
     for start in (step, 0) if step else (0,):
         started = time.perf_counter()
         report = _find_ops(

@@ -21,6 +21,7 @@ import json
 import os
 import struct
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,7 +287,9 @@ def compare(a: Digests, b: Digests) -> DigestReport:
 _KIND_ORDER = ("structure", "batch", "loss", "grad", "param", "state", "buffer")
 
 
-def merge_growth(per_rank: list[list[dict[str, Any]]], count: str) -> list[dict[str, Any]]:
+def merge_growth(
+    per_rank: Sequence[Sequence[Mapping[str, Any]]], count: str
+) -> list[dict[str, Any]]:
     """Growth rows of a job's ranks as one row per step: the ``count`` of differing values
     summed, each largest difference the largest over the ranks (None where no rank measured
     it), ``exact`` only where every rank's value was exact."""

@@ -11,12 +11,118 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 SCHEMA = 1
 
 # Kinds of source (see DESIGN.md).
 KINDS = ("kernel", "rng", "input", "argument", "structure", "uninitialized", "unconfirmed")
+
+
+# ----- the parts of a report, as typed records (plain dicts in memory and in JSON) -----------
+
+
+class GrowthRow(TypedDict, total=False):
+    """One step of a pair's difference: differing events (or values, for digests) and the
+    largest gradient, parameter and optimizer-state differences (exact from snapshots, else
+    lower bounds)."""
+
+    step: int
+    differing_events: int
+    differing: int
+    max_grad_diff: float | None
+    max_param_diff: float | None
+    max_state_diff: float | None
+    exact: bool
+
+
+class Confirmation(TypedDict, total=False):
+    """One pair of runs with an intervention (see confirm/)."""
+
+    intervention: str | None
+    outcome: str  # fixes, amplifier, no-effect, fails, did-not-apply
+    reproducible: bool | None
+    error: str | None
+    first_divergence: str | None
+    summary: str
+    growth: list[GrowthRow]
+    overrides: list[dict[str, Any]]
+    not_applied: str
+    effect: dict[str, Any]  # confirm.effects.Effect, as a dict
+    explanation: str
+
+
+class Replayed(TypedDict, total=False):
+    """One source op replayed on its captured inputs (confirm.replay.Replay, as a dict)."""
+
+    op: str
+    event: int
+    runs: int
+    distinct_results: int | None
+    repro: str
+    error: str | None
+    seed: int | None
+    rank: int
+
+
+class Level(TypedDict, total=False):
+    """One rung of the ladder: what it recorded, what it found, how long it took."""
+
+    level: str  # digests, ops
+    steps: str
+    found: str
+    seconds: float
+    first_step: int | None
+    first_values: list[dict[str, Any]]
+
+
+class Spreader(TypedDict, total=False):
+    """A collective that carried another rank's difference to this rank."""
+
+    op: str
+    module: str
+    phase: str
+    step: int
+    location: str
+    library: str
+    ranks: list[int]
+    from_ranks: list[int]
+    origin: str
+
+
+class ObserverCheck(TypedDict, total=False):
+    """``--check-observer``: a plain run's training state against the recorded run's."""
+
+    checked: bool
+    why: str
+    steps: int
+    equal: bool
+    tensors: int
+    differing: int
+    max_abs_diff: float
+    ranks: dict[int, dict[str, Any]]
+    verdict: str
+
+
+class FixCheck(TypedDict, total=False):
+    """``find --fix``: the fix written as a patch, and the patched script's runs."""
+
+    made: bool
+    why: str
+    intervention: str
+    patch: str
+    diff: str
+    file: str
+    line: int
+    reproducible: bool | None
+    steps: int
+    events: int
+    first_step: int | None
+    first_values: list[dict[str, Any]]
+    step_seconds: dict[str, float]
+    cost: float | None
+    notes: list[str]
+    error: str
 
 
 @dataclass
@@ -173,17 +279,17 @@ class Report:
     sources_total: int = 0
     cause: str | None = None
     fix: str | None = None
-    confirmations: list[dict[str, Any]] = field(default_factory=list)
-    replay: list[dict[str, Any]] = field(default_factory=list)
-    growth: list[dict[str, Any]] = field(default_factory=list)
-    growth_again: list[dict[str, Any]] = field(default_factory=list)
-    fix_check: dict[str, Any] | None = None
+    confirmations: list[Confirmation] = field(default_factory=list)
+    replay: list[Replayed] = field(default_factory=list)
+    growth: list[GrowthRow] = field(default_factory=list)
+    growth_again: list[GrowthRow] = field(default_factory=list)
+    fix_check: FixCheck | None = None
     environment: list[dict[str, Any]] = field(default_factory=list)
-    levels: list[dict[str, Any]] = field(default_factory=list)
-    spreaders: list[dict[str, Any]] = field(default_factory=list)
+    levels: list[Level] = field(default_factory=list)
+    spreaders: list[Spreader] = field(default_factory=list)
     curve: list[list] = field(default_factory=list)
     modules: list[dict[str, Any]] = field(default_factory=list)
-    observer: dict[str, Any] | None = None
+    observer: ObserverCheck | None = None
     verdict: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
     dead: list[Source] = field(default_factory=list)

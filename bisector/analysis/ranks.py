@@ -11,13 +11,11 @@ equal on every rank and whose outputs still differ is a source in its own right.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from bisector.analysis import LONE_COLLECTIVE, compare_traces, lead_with_headline
 from bisector.analysis.graph import Equality
-from bisector.report import Report, RunInfo, Source
+from bisector.report import Report, RunInfo, Source, Spreader
 from bisector.schema import is_collective
 from bisector.trace import Trace
 
@@ -45,7 +43,7 @@ def compare_ranks(pairs: list[tuple[int, Trace, Trace]], runs: list[RunInfo]) ->
     ordinals = {rank: _collectives(trace) for rank, (_, _, trace) in compared.items()}
 
     sources: list[Source] = []
-    spreaders: dict[int, dict[str, Any]] = {}
+    spreaders: dict[int, Spreader] = {}
     for rank, (report, _, trace) in compared.items():
         for source in report.sources:
             k = _ordinal(ordinals[rank], source.event) if is_collective(source.op) else None
@@ -128,7 +126,7 @@ def _origins(compared, ordinals, rank: int, k: int) -> list[tuple[int, Source | 
     return found
 
 
-def _spreader(trace: Trace, source: Source, origins) -> dict[str, Any]:
+def _spreader(trace: Trace, source: Source, origins) -> Spreader:
     origin_rank, origin = origins[0]
     described = (
         f"{origin.op} in {origin.module or '(no module)'} on rank {origin_rank}"

@@ -14,7 +14,7 @@ import queue
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from bisector.confirm.replay import Replay, replay
 from bisector.digests import merge_growth
 from bisector.errors import InternalError, ScriptError
 from bisector.pairs import Pair, record_pair
-from bisector.report import Report, Source
+from bisector.report import Confirmation, FixCheck, GrowthRow, Report, Source
 from bisector.runfiles import RunFiles, captured_inputs
 from bisector.runner import RunOptions, run_ranks, run_recorded
 from bisector.schema import COMPILED_PREFIX
@@ -151,7 +151,7 @@ def _chosen(pair: Pair, report: Report, options: ConfirmOptions) -> list[Interve
     return choose(_situation(pair, report.sources), options.forced)
 
 
-def _pairs(script, args, chosen, report, workdir, steps, options, slots) -> list[dict]:
+def _pairs(script, args, chosen, report, workdir, steps, options, slots) -> list[Confirmation]:
     """One pair of runs per intervention, as many at a time as there are ``slots`` (see
     ``_slots``); each pair's two runs one after the other, as the plain pair's were."""
     if len(slots) <= 1:
@@ -160,7 +160,7 @@ def _pairs(script, args, chosen, report, workdir, steps, options, slots) -> list
     for slot in slots:
         free.put(slot)
 
-    def one(intervention: Intervention) -> dict:
+    def one(intervention: Intervention | None) -> Confirmation:
         slot = free.get()
         try:
             run = replace(options.run, env=options.run.env + slot)
@@ -377,7 +377,7 @@ def check_claims(report: Report) -> None:
             why = (replayed or {}).get("error") or "not replayed (only the first are)"
             source.checked = {"how": "replay", "result": "not checked", "why": why}
             continue
-        runs, distinct = replayed["runs"], replayed["distinct_results"]
+        runs, distinct = replayed["runs"], replayed["distinct_results"] or 0
         checked = {"how": "replay", "runs": runs, "distinct_results": distinct}
         if distinct > 1:
             source.checked = {**checked, "result": "confirmed"}
@@ -404,7 +404,7 @@ def _pair(
     workdir: Path,
     steps: int,
     options: ConfirmOptions,
-) -> dict:
+) -> Confirmation:
     """Run both runs with one intervention (None: a second plain pair) and say what it
     changed; the effect on the growth of a pair that still differs is measured afterwards,
     against both plain pairs (``_measure_effect``)."""
@@ -414,7 +414,7 @@ def _pair(
     if name:  # what the change needs set before the child's Python starts
         run = replace(run, env=run.env + tuple(child_env([name]).items()))
     run = replace(run, snapshots=True)
-    entry: dict[str, Any] = {
+    entry: Confirmation = {
         "intervention": name,
         "outcome": "",
         "reproducible": None,
@@ -425,7 +425,7 @@ def _pair(
     try:
         intervened = record_pair(script, args, folder, run)
     except ScriptError as exc:
-        entry.update(outcome="fails", error=_error_line(exc))
+        entry["outcome"], entry["error"] = "fails", _error_line(exc)
         return entry
     paired = intervened.report
     entry["reproducible"] = paired.reproducible
@@ -437,7 +437,7 @@ def _pair(
     entry["overrides"] = list({(o["what"], o["line"]): o for o in overrides}.values())
     not_applied = next(filter(None, (intervention.check(f) for f in facts)), None)
     if not_applied is not None:  # the pair says nothing about the change
-        entry.update(outcome="did-not-apply", not_applied=not_applied)
+        entry["outcome"], entry["not_applied"] = "did-not-apply", not_applied
         return entry
     if paired.reproducible:
         entry["outcome"] = "fixes"
@@ -447,13 +447,18 @@ def _pair(
     return entry
 
 
-def _curve_row(row: dict) -> dict:
+def _curve_row(row: GrowthRow) -> GrowthRow:
     """A growth row as a pair's curve keeps it."""
-    keys = ("step", "max_grad_diff", "max_param_diff", "max_state_diff", "exact")
-    return {key: row.get(key) for key in keys}
+    return {
+        "step": row["step"],
+        "max_grad_diff": row.get("max_grad_diff"),
+        "max_param_diff": row.get("max_param_diff"),
+        "max_state_diff": row.get("max_state_diff"),
+        "exact": bool(row.get("exact")),
+    }
 
 
-def _measure_effect(entry: dict, plain: list[list[dict]], start: int) -> None:
+def _measure_effect(entry: Confirmation, plain: list[list[GrowthRow]], start: int) -> None:
     """Outcome of a pair that still differs, from its growth against the plain pairs' (see
     effects.py); the numbers it was decided from go on the entry as ``effect``."""
     effect = effects.measure(entry.get("growth") or [], plain, start)
@@ -484,14 +489,14 @@ def _error_line(exc: ScriptError) -> str:
     return (errors or lines or [str(exc)])[-1][:500]
 
 
-def pair_growth(pair: Pair) -> list[dict]:
+def pair_growth(pair: Pair) -> list[GrowthRow]:
     """The growth of the pair's difference per step (``growth``); for a torchrun job, the
     largest over the ranks (differing events summed)."""
     per_rank = [growth(a, b, pair.report) for _, a, b in pair.ranks]
-    return merge_growth(per_rank, count="differing_events")
+    return cast(list[GrowthRow], merge_growth(per_rank, count="differing_events"))
 
 
-def growth(a: Trace, b: Trace, report: Report) -> list[dict]:
+def growth(a: Trace, b: Trace, report: Report) -> list[GrowthRow]:
     """Per step: differing events, and the largest difference of gradients, parameters and
     optimizer state after the step: exact from the runs' snapshots where they were taken
     (``exact``: true), else lower bounds from the trace's stats."""
@@ -505,13 +510,13 @@ def growth(a: Trace, b: Trace, report: Report) -> list[dict]:
     bound = np.where(differs, np.nan_to_num(bound), 0.0)
     steps = ca["step"][event]
     phases = ca["phase"][event]
-    result = []
+    result: list[GrowthRow] = []
     for step in np.unique(ca["step"]):
         in_step = steps == step
         events = len(np.unique(event[in_step & differs]))
         grads = bound[in_step & (phases == PHASES.index("backward"))]
         params = bound[in_step & (phases == PHASES.index("optimizer"))]
-        row = {
+        row: GrowthRow = {
             "step": int(step),
             "differing_events": events,
             "max_grad_diff": float(grads.max()) if len(grads) else 0.0,
@@ -521,12 +526,8 @@ def growth(a: Trace, b: Trace, report: Report) -> list[dict]:
         }
         exact = snapshots.max_differences(_snapshot(a, step), _snapshot(b, step))
         if exact is not None:
-            row.update(
-                max_grad_diff=exact["grad"],
-                max_param_diff=exact["param"],
-                max_state_diff=exact["state"],
-                exact=True,
-            )
+            row["max_grad_diff"], row["max_param_diff"] = exact["grad"], exact["param"]
+            row["max_state_diff"], row["exact"] = exact["state"], True
         result.append(row)
     return result
 
@@ -575,7 +576,7 @@ _TIMED_STEPS = 6
 
 def prove_fix(
     script, args: tuple[str, ...], report: Report, workdir: Path, run: RunOptions, place: Place
-) -> dict:
+) -> FixCheck:
     """``find --fix``: write the verdict's fix as a patch (``fix/fix.patch``, never applied to
     the script), run a pair of the patched script (step digests of every step asked for; every
     op where no optimizer steps), and time a plain run's steps with and without the patch.
@@ -608,7 +609,7 @@ def prove_fix(
     patched = folder / Path(script).name
     patched.write_text(patch.patched)
     checking = replace(run, source=str(patched), echo=False, snapshots=False, capture=())
-    result: dict = {
+    result: FixCheck = {
         "made": True,
         "intervention": name,
         "patch": str(patch_file),
@@ -620,27 +621,24 @@ def prove_fix(
     try:
         _, compared = digest_pair(script, args, folder, checking)
         if compared.steps_compared:
-            result.update(
-                reproducible=compared.reproducible,
-                steps=compared.steps_compared,
-                first_step=compared.first_step,
-                first_values=compared.first[:5],
-            )
+            result["reproducible"] = compared.reproducible
+            result["steps"] = compared.steps_compared
+            result["first_step"] = compared.first_step
+            result["first_values"] = compared.first[:5]
         else:  # no optimizer stepped: every op of both runs
             paired = record_pair(script, args, folder, checking).report
             first = paired.first_divergence
-            result.update(
-                reproducible=paired.reproducible,
-                steps=0,
-                events=paired.compared_events,
-                first_step=None if first is None else first.step,
-                first_values=[] if first is None else [{"kind": first.kind, "name": first.op}],
+            result["reproducible"] = paired.reproducible
+            result["steps"], result["events"] = 0, paired.compared_events
+            result["first_step"] = None if first is None else first.step
+            result["first_values"] = (
+                [] if first is None else [{"kind": first.kind, "name": first.op}]
             )
         timing = replace(checking, steps=max(run.steps or 0, _TIMED_STEPS), source=None)
         before = _step_times(script, args, folder / "before", timing)
         after = _step_times(script, args, folder / "after", replace(timing, source=str(patched)))
     except ScriptError as exc:
-        result.update(reproducible=None, error=_error_line(exc))
+        result["reproducible"], result["error"] = None, _error_line(exc)
         return result
     entry = next(c for c in report.confirmations if c["intervention"] == name)
     if not result.get("reproducible") and entry.get("overrides"):

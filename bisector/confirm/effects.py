@@ -12,7 +12,9 @@ allows; else there is no clear effect, and the numbers say why.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +42,7 @@ class Curve:
     values: tuple[float, ...]
 
     @classmethod
-    def of(cls, rows: list[dict], start: int) -> Curve:
+    def of(cls, rows: Sequence[Mapping[str, Any]], start: int) -> Curve:
         """A curve from growth rows (``max_param_diff`` per ``step``), from step ``start``."""
         kept = [r for r in rows if r["step"] >= start and r.get("max_param_diff") is not None]
         kept.sort(key=lambda r: r["step"])
@@ -96,7 +98,9 @@ class Effect:
     rate_threshold: float
 
 
-def measure(changed: list[dict], plain: list[list[dict]], start: int) -> Effect:
+def measure(
+    changed: Sequence[Mapping[str, Any]], plain: Sequence[Sequence[Mapping[str, Any]]], start: int
+) -> Effect:
     """The effect of a change whose pair still differs: its growth rows against those of the
     plain pairs (one or two), each from step ``start`` (the first differing step) on."""
     curve = Curve.of(changed, start)

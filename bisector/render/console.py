@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import textwrap
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -99,7 +101,7 @@ def hanging(text: str, first: str, width: int) -> list[str]:
     ) or [first.rstrip()]
 
 
-def _spreaders(spreaders: list[dict], width: int) -> Group:
+def _spreaders(spreaders: Sequence[Mapping[str, Any]], width: int) -> Group:
     lines = []
     for s in spreaders:
         ranks = ", ".join(map(str, s["ranks"]))
@@ -128,7 +130,7 @@ def environment_table(differences: list[dict], width: int | None = None) -> Pane
     )
 
 
-def levels_table(levels: list[dict]) -> Table:
+def levels_table(levels: Sequence[Mapping[str, Any]]) -> Table:
     """How find bisected over steps: what each level ran, found and cost."""
     table = Table(title="Levels", title_justify="left", box=None, padding=(0, 1))
     for column in ("level", "steps recorded", "found", "time"):
@@ -217,7 +219,7 @@ def _verdict_panel(report: Report, width: int) -> Panel:
             how = " and the same seed" if r.get("seed") is not None else ""
             evidence.append(
                 f"replayed {r['op']} {r['runs']} times on identical inputs{how}: "
-                f"{counted(r['distinct_results'], 'distinct result')} ({verdict}); "
+                f"{counted(r['distinct_results'] or 0, 'distinct result')} ({verdict}); "
                 f"repro: {r['repro']}"
             )
         elif r.get("error"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bisector.checkpoint import CheckpointReport
@@ -189,7 +190,7 @@ def _pairs_figure(report: Report) -> str:
     return plot + caption
 
 
-def _replay_line(replay: dict[str, Any]) -> str:
+def _replay_line(replay: Mapping[str, Any]) -> str:
     """One replay as the console words it: how many distinct results on identical inputs."""
     if replay.get("distinct_results") is None:
         if not replay.get("error"):
@@ -205,7 +206,7 @@ def _replay_line(replay: dict[str, Any]) -> str:
     )
 
 
-def _confirmations(confirmations: list[dict[str, Any]]) -> str:
+def _confirmations(confirmations: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for c in confirmations:
         outcome = str(c["outcome"])
@@ -275,7 +276,7 @@ def _modules_section(report: Report) -> str:
     return section("Where the differences are: module tree", legend + tree, "modules")
 
 
-def _spreaders(spreaders: list[dict[str, Any]]) -> str:
+def _spreaders(spreaders: Sequence[Mapping[str, Any]]) -> str:
     if not spreaders:
         return ""
     rows = [
@@ -321,7 +322,7 @@ def _listed(values: set[int]) -> str:
     return ", ".join(str(v) for v in ordered[:6]) + (" …" if len(ordered) > 6 else "")
 
 
-def _levels(levels: list[dict[str, Any]]) -> str:
+def _levels(levels: Sequence[Mapping[str, Any]]) -> str:
     if not levels:
         return ""
     rows = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
@@ -116,7 +117,7 @@ def bullets(items: list[str]) -> str:
     return "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
 
 
-def growth_section(growth: list[dict[str, Any]], title: str) -> str:
+def growth_section(growth: Sequence[Mapping[str, Any]], title: str) -> str:
     """The plot of the largest difference per step ("" without growth rows)."""
     if not growth:
         return ""
@@ -128,7 +129,7 @@ def growth_section(growth: list[dict[str, Any]], title: str) -> str:
     return section(title, growth_plot(growth) + caption, "plot")
 
 
-def growth_table(growth: list[dict[str, Any]]) -> str:
+def growth_table(growth: Sequence[Mapping[str, Any]]) -> str:
     """The growth rows as a table ("" without rows)."""
     if not growth:
         return ""

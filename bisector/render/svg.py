@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
+from typing import Any
 
 # Pixel width of every plot: the HTML page's content width, so text keeps its size on screen.
 WIDTH = 1040
@@ -107,7 +109,7 @@ def curve_plot(curve: list[list], events: int, first_event: int | None, first_la
     return _svg(box.bottom + 40, parts, "The difference per differing event over the run")
 
 
-def growth_plot(rows: list[dict]) -> str:
+def growth_plot(rows: Sequence[Mapping[str, Any]]) -> str:
     """The largest gradient, parameter and optimizer-state difference per step, on a log scale.
 
     Args:
@@ -154,7 +156,9 @@ _DODGE = 9
 _LEGEND_ROW = 4  # legend entries per line
 
 
-def pairs_plot(pairs: list[tuple[str, list[dict]]], key: str = "max_param_diff") -> str:
+def pairs_plot(
+    pairs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], key: str = "max_param_diff"
+) -> str:
     """The difference of each pair of runs per step: the plain pairs (first, in greys) against
     the reruns with a change, on a log scale; a pair whose runs are identical sits in the zero
     lane. Dots of different pairs at one step are set a few pixels apart.

@@ -4,6 +4,9 @@ Renderers lay these sentences out; none words them on its own."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from bisector.report import Report, Source
 from bisector.words import counted
 
@@ -28,7 +31,7 @@ OUTCOMES = {
 }
 
 
-def fix_check_text(check: dict) -> str:
+def fix_check_text(check: Mapping[str, Any]) -> str:
     """What ``find --fix`` found, in one paragraph (shared with the HTML report)."""
     if not check.get("made"):
         return f"no patch: {check.get('why', '')}"
@@ -59,7 +62,7 @@ def fix_check_text(check: dict) -> str:
     return text
 
 
-def effect_numbers(c: dict) -> str:
+def effect_numbers(c: Mapping[str, Any]) -> str:
     """What an effect was decided from: the largest parameter difference per step with the
     change and in the plain pairs, each curve's rate, and how far the change moves level and
     rate against how far the plain pairs lie apart (shared with the HTML report)."""
@@ -103,14 +106,14 @@ def _against(spread: float | None, threshold: float, unit: str) -> str:
     return f" (the plain pairs {spread:g} apart: {beyond})"
 
 
-def held_against(overrides: list[dict]) -> str:
+def held_against(overrides: Sequence[Mapping[str, Any]]) -> str:
     """The script's own attempts to undo an intervention, which it held against."""
     shown = [f"{o['what']} at {o['line'] or '?'}" for o in overrides[:3]]
     more = f" and {len(overrides) - 3} more" if len(overrides) > 3 else ""
     return f"held against the script's own {', '.join(shown)}{more}"
 
 
-def replay_verdict(replay: dict) -> str:
+def replay_verdict(replay: Mapping[str, Any]) -> str:
     """What a replay's count of distinct results says about the op (shared with the HTML)."""
     if replay["distinct_results"] > 1:
         return "nondeterministic by itself"
