@@ -29,7 +29,7 @@ from bisector.render.html_digest import digest_sections
 from bisector.render.html_tree import module_tree
 from bisector.render.svg import curve_plot, pairs_plot
 
-# The console's wording and helpers, so that both outputs say the same thing.
+# The report's wording, shared with the console, so that both outputs say the same thing.
 from bisector.render.wording import (
     KIND_TEXT,
     OUTCOMES,
