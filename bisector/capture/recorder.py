@@ -32,6 +32,9 @@ from torch.optim.optimizer import (
 )
 
 from bisector.capture import settings
+from bisector.capture.attribution import BACKWARD as _BACKWARD
+from bisector.capture.attribution import OTHER as _OTHER
+from bisector.capture.attribution import Attribution
 from bisector.capture.closures import wrap_closure
 from bisector.capture.compiled import CompileBoundary
 from bisector.capture.cuda_graphs import CudaGraphs
@@ -39,7 +42,7 @@ from bisector.capture.draws import DrawSites
 from bisector.capture.escapes import Escapes
 from bisector.capture.events import EventBuffer
 from bisector.capture.fingerprint import hashable, plain_values
-from bisector.capture.lines import Locator, in_custom_backward
+from bisector.capture.lines import Locator
 from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import OpInfo, canonical_args, complete_collective
 from bisector.capture.processes import Processes
@@ -50,7 +53,6 @@ from bisector.schema import BACKWARD, COMPILED_PREFIX, MODEL, OPS, OPTIMIZER, le
 from bisector.torch_api import (
     TorchDispatchMode,
     arg_tree_leaves,
-    autograd_sequence_nr,
     current_autograd_node,
     current_dispatch_mode,
     disable_current_modes,
@@ -59,14 +61,10 @@ from bisector.trace import (
     FLAG_RANDOM,
     FLAG_WIDE,
     MAX_ROWS,
-    PHASES,
     TraceWriter,
 )
 
-_FORWARD, _BACKWARD, _OPTIMIZER, _OTHER = (PHASES.index(p) for p in PHASES)
 _UNTRACKED = (-1, 0)  # (producer event, slot) of an input we cannot follow
-# Autograd nodes remembered (for backward attribution) before the oldest are forgotten.
-_MAX_NODES = 1 << 20
 # Live values listed in a footer at most (two numbers each); past it, the list is cut short
 # and the analysis takes every value as live (no difference is dismissed as scratch).
 _MAX_LIVE = 1 << 22
@@ -233,6 +231,7 @@ class Recorder:
         self._modules = ModuleTracker(self._root_enter, guard=self._guard, locator=self._locator)
         self._draws = DrawSites(self._locator, lambda: self.step)
         self._buffer = EventBuffer(self.options.chunk_events)
+        self._attribution = Attribution(self._modules, self._buffer.string)
         self._op_infos: dict[Any, OpInfo] = {}
         self._location_ids: dict[tuple[Any, int], int] = {}
         self._values = ValueTable()
@@ -241,12 +240,8 @@ class Recorder:
         # The trace only links it (a leaf whose input is the collective); the events are
         # already written, so analysis (``_collective_results``) blames the collective.
         self._after_collective: tuple[int, int] | None = None
-        self._node_info: dict[int, tuple[int, int]] = {}  # autograd seq nr -> (module, location)
-        self._last_seq = -1
         self.step = 0
-        self._optimizer_depth = 0
         self._optimizer_steps = 0
-        self._forward_open = False
         self._main_root: weakref.ref | None = None
         self._main_root_calls = 0
         self._owns_parameters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -463,7 +458,7 @@ class Recorder:
             if self.recording:
                 self._processes.note(OPTIMIZER)
             return
-        self._optimizer_depth += 1
+        self._attribution.optimizer_depth += 1
         self._optimizers.add(type(optimizer).__name__)
         if optimizer not in self._seen_optimizers:  # its parameters are trained too
             self._seen_optimizers.add(optimizer)
@@ -480,12 +475,13 @@ class Recorder:
         def wrap(closure):
             @functools.wraps(closure)
             def outside_optimizer(*a, **k):
-                depth, recorder._optimizer_depth = recorder._optimizer_depth, 0
+                attribution = recorder._attribution
+                depth, attribution.optimizer_depth = attribution.optimizer_depth, 0
                 try:
                     return closure(*a, **k)
                 finally:
-                    recorder._optimizer_depth = depth
-                    recorder._forward_open = False
+                    attribution.optimizer_depth = depth
+                    attribution.forward_open = False
 
             return outside_optimizer
 
@@ -495,8 +491,9 @@ class Recorder:
     def _optimizer_post(self, optimizer, args, kwargs) -> None:
         if os.getpid() != self.pid:
             return
-        self._optimizer_depth = max(0, self._optimizer_depth - 1)
-        if self._optimizer_depth:
+        attribution = self._attribution
+        attribution.optimizer_depth = max(0, attribution.optimizer_depth - 1)
+        if attribution.optimizer_depth:
             return
         self._optimizer_steps += 1
         if self.options.snapshot_dir and self.recording:
@@ -506,8 +503,7 @@ class Recorder:
         self._stepped.clear()
         self._compiled_depth = 0  # a failed compiled backward must not hide ops for ever
         self.step += 1
-        self._forward_open = False
-        self._node_info.clear()
+        self._attribution.step_done()
         if self._progress is not None:
             self._progress.update(self._buffer.count, self.step)
         self._maybe_start()
@@ -578,7 +574,7 @@ class Recorder:
                 self.step += 1
                 self._maybe_start()
                 self._check_stop()
-        self._forward_open = True
+        self._attribution.forward_open = True
 
     def _no_optimizer(self) -> bool:
         if self._optimizer_present is None:
@@ -815,47 +811,8 @@ class Recorder:
 
     def _context(self, tensors: list[torch.Tensor], user, library) -> tuple[int, int, int]:
         """(phase, module id, location id) of the call being dispatched from the ``user`` frame
-        (and the ``library`` frame inside it)."""
-        node = current_autograd_node()
-        location_id = self._location(user, library)
-        if self._optimizer_depth:
-            return _OPTIMIZER, self._buffer.string(self._optimizer_module(tensors)), location_id
-        if node is not None:
-            self._forward_open = False
-            created = self._node_info.get(node._sequence_nr())
-            if created is None:
-                return _BACKWARD, self._buffer.string(self._accumulate_module(node)), location_id
-            module_id, forward_location = created
-            if user is None or not in_custom_backward(user):
-                location_id = forward_location
-            return _BACKWARD, module_id, location_id
-        module_id = self._buffer.string(self._modules.current)
-        # The autograd node an op creates has the sequence number just taken; remember where
-        # it was created so that its backward ops get this module and line.
-        seq = autograd_sequence_nr()
-        if seq != self._last_seq:
-            self._last_seq = seq
-            self._node_info[seq - 1] = (module_id, location_id)
-            if len(self._node_info) > _MAX_NODES:  # no optimizer step clears it: keep the newest
-                for key in list(self._node_info)[: _MAX_NODES // 2]:
-                    del self._node_info[key]
-        phase = _FORWARD if (self._modules.depth or self._forward_open) else _OTHER
-        return phase, module_id, location_id
-
-    def _optimizer_module(self, tensors: list[torch.Tensor]) -> str:
-        for t in tensors:
-            named = self._modules.parameter_name(t)
-            if named is not None:
-                return self._modules.owner_of(named[1])
-        return ""
-
-    def _accumulate_module(self, node) -> str:
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, torch.Tensor):
-            named = self._modules.parameter_name(variable)
-            if named is not None:
-                return self._modules.owner_of(named[1])
-        return ""
+        (and the ``library`` frame inside it): see ``Attribution.context``."""
+        return self._attribution.context(tensors, user, self._location(user, library))
 
     def _location(self, user, library) -> int:
         key = self._locator.cache_key(user, library)

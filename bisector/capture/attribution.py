@@ -1,0 +1,92 @@
+"""Which phase and module an op belongs to, and which line: the recorder's attribution.
+
+- ``optimizer`` inside ``optimizer.step()`` (but not inside a closure it runs: that forward and
+  backward keep their own phase), the module being the owner of the parameters it updates;
+- ``backward`` while autograd runs a node: the module and line of the forward op that created
+  the node (remembered by the sequence number autograd gave it), or, inside the user's own
+  ``autograd.Function.backward``, that line;
+- ``forward`` from a top-level module call until the backward starts (so the loss computed
+  after ``model(x)`` counts), the module being the innermost one running;
+- ``other`` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from bisector.capture.lines import in_custom_backward
+from bisector.capture.modules import ModuleTracker
+from bisector.torch_api import autograd_sequence_nr, current_autograd_node
+from bisector.trace import PHASES
+
+FORWARD, BACKWARD, OPTIMIZER, OTHER = (PHASES.index(p) for p in PHASES)
+# Autograd nodes remembered at most (where no optimizer step clears them).
+_MAX_NODES = 1 << 20
+
+
+class Attribution:
+    """The phase state of a recording: the recorder's hooks set ``optimizer_depth`` and
+    ``forward_open``; ``context`` attributes each op.
+
+    Args:
+        modules: the module stack and parameter names.
+        string: the trace's string table (text -> id).
+    """
+
+    def __init__(self, modules: ModuleTracker, string: Callable[[str], int]):
+        self._modules = modules
+        self._string = string
+        self._node_info: dict[int, tuple[int, int]] = {}  # autograd seq nr -> (module, location)
+        self._last_seq = -1
+        self.optimizer_depth = 0  # inside optimizer.step() (its closure excepted)
+        self.forward_open = False  # a top-level forward ran and its backward has not started
+
+    def context(self, tensors: list[torch.Tensor], user, location_id: int) -> tuple[int, int, int]:
+        """(phase, module id, location id) of an op reading ``tensors``, called from the
+        ``user`` frame at ``location_id``."""
+        node = current_autograd_node()
+        if self.optimizer_depth:
+            return OPTIMIZER, self._string(self._optimizer_module(tensors)), location_id
+        if node is not None:
+            self.forward_open = False
+            created = self._node_info.get(node._sequence_nr())
+            if created is None:
+                return BACKWARD, self._string(self._accumulate_module(node)), location_id
+            module_id, forward_location = created
+            if user is None or not in_custom_backward(user):
+                location_id = forward_location
+            return BACKWARD, module_id, location_id
+        module_id = self._string(self._modules.current)
+        # The autograd node an op creates has the sequence number just taken; remember where
+        # it was created so that its backward ops get this module and line.
+        seq = autograd_sequence_nr()
+        if seq != self._last_seq:
+            self._last_seq = seq
+            self._node_info[seq - 1] = (module_id, location_id)
+            if len(self._node_info) > _MAX_NODES:  # no optimizer step clears it: keep the newest
+                for key in list(self._node_info)[: _MAX_NODES // 2]:
+                    del self._node_info[key]
+        phase = FORWARD if (self._modules.depth or self.forward_open) else OTHER
+        return phase, module_id, location_id
+
+    def step_done(self) -> None:
+        """An optimizer step ended: the next forward starts afresh."""
+        self.forward_open = False
+        self._node_info.clear()
+
+    def _optimizer_module(self, tensors: list[torch.Tensor]) -> str:
+        for t in tensors:
+            named = self._modules.parameter_name(t)
+            if named is not None:
+                return self._modules.owner_of(named[1])
+        return ""
+
+    def _accumulate_module(self, node) -> str:
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            named = self._modules.parameter_name(variable)
+            if named is not None:
+                return self._modules.owner_of(named[1])
+        return ""
