@@ -25,17 +25,19 @@ if TYPE_CHECKING:
 def rank_template(output_file: Path, ranks: Iterable[int]) -> Path:
     """``a.trace`` -> ``a.rank{rank}.trace`` (the child puts its rank in), with the files of
     an earlier job of that name on this node's ranks removed."""
-    stem, suffix = output_file.stem, output_file.suffix
+    template = RunFiles.per_rank(output_file)
     for rank in ranks:
-        stale_files = [f"{stem}.rank{rank}{suffix}*"]  # the file, its .status, .progress, ...
-        if suffix == ".trace":
-            stale_files.append(f"{stem}.rank{rank}.steps")  # its snapshots
-        for stale in (f for pattern in stale_files for f in output_file.parent.glob(pattern)):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
+        mine = template.of_rank(rank)
+        # the file, its .status, .progress, ... and, for a trace, its snapshots
+        stale = list(mine.output.parent.glob(f"{mine.output.name}*"))
+        if output_file.suffix == ".trace":
+            stale.append(mine.steps)
+        for path in stale:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
             else:
-                stale.unlink(missing_ok=True)
-    return RunFiles.per_rank(output_file).output
+                path.unlink(missing_ok=True)
+    return template.output
 
 
 def rank_files(output_file: Path, suffix: str, ranks=None) -> list[tuple[int, Path]]:

@@ -868,7 +868,7 @@ class Recorder:
             kind = "parameter" if isinstance(t, torch.nn.Parameter) else "tensor"
             name = canonical_args([t])
         whole = t
-        if hashable(plain_values(t)) and not covers_storage(t):
+        if hashable(plain_values(t)) and not covers_storage(t, storage):
             # Another view may read other parts of this storage later: fingerprint all of it.
             whole = torch.empty(0, dtype=torch.uint8, device=t.device).set_(storage)
         index = self._buffer.count

@@ -56,7 +56,7 @@ class ValueTable:
             return None
         key = storage._cdata
         entry = self._states.get(key)
-        part = None if covers_storage(t) else (*byte_span(t), slot)
+        part = None if covers_storage(t, storage) else (*byte_span(t), slot)
         if entry is None:
             parts = None if part is None else [part]
             self._states[key] = [version_of(t), index, slot, StorageWeakRef(storage), bump, parts]
@@ -91,10 +91,12 @@ def version_of(t: torch.Tensor) -> int:
         return -1
 
 
-def covers_storage(t: torch.Tensor) -> bool:
-    """True if the tensor's elements are exactly its whole storage."""
+def covers_storage(t: torch.Tensor, storage=None) -> bool:
+    """True if the tensor's elements are exactly its whole storage (``storage``: the tensor's,
+    where the caller has it already)."""
     t = plain_values(t)
-    storage = storage_of(t)
+    if storage is None:
+        storage = storage_of(t)
     if storage is None:
         return True
     covered = t.numel() * t.element_size() == storage.nbytes()
