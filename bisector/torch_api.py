@@ -12,10 +12,10 @@ Checked on torch 2.11 (CUDA 13, on the H200s) and 2.13 (CPU, in CI).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import (
     TorchDispatchMode,
     _disable_current_modes,
@@ -29,10 +29,10 @@ C = torch._C
 
 __all__ = [
     "C",
-    "StorageWeakRef",
     "TorchDispatchMode",
     "arg_tree_leaves",
     "autograd_sequence_nr",
+    "current_raw_stream",
     "current_autograd_node",
     "current_dispatch_mode",
     "disable_current_modes",
@@ -40,7 +40,10 @@ __all__ = [
     "missing",
     "optimized_module_class",
     "supports_ignore_compile_internals",
+    "free_weak",
     "tree_leaves",
+    "weak_expired",
+    "weak_storage",
 ]
 
 # Every private name used, as (module, attribute): what ``missing`` checks.
@@ -56,7 +59,24 @@ _USED = (
     ("torch._C", "_set_float32_matmul_precision"),
     ("torch._dynamo.eval_frame", "OptimizedModule"),
     ("torch._dynamo.utils", "counters"),
+    ("torch", "UntypedStorage._weak_ref"),
+    ("torch", "UntypedStorage._free_weak_ref"),
+    ("torch", "UntypedStorage._expired"),
 )
+# Those of a CUDA build only (a CPU build has no CUDA streams).
+_USED_CUDA = (("torch._C", "_cuda_getCurrentRawStream"),)
+
+
+# Weak references to storages, as plain ints (what torch's ``StorageWeakRef`` holds): an int
+# is made in a tenth of the time of that object, and is never tracked by the garbage collector.
+# While a reference lives, the storage's address is not reused by another storage.
+def weak_storage(storage: Any) -> int:
+    """A weak reference to ``storage`` (free it with ``free_weak``)."""
+    return storage._weak_ref()
+
+
+weak_expired: Callable[[int], bool] = torch.UntypedStorage._expired  # type: ignore[attr-defined,assignment]
+free_weak: Callable[[int], None] = torch.UntypedStorage._free_weak_ref  # type: ignore[attr-defined]
 
 
 def disable_current_modes():
@@ -69,14 +89,19 @@ def current_dispatch_mode() -> Any:
     return _get_current_dispatch_mode()
 
 
-def current_autograd_node() -> Any:
-    """The autograd node whose backward is running in this thread, or None."""
-    return torch._C._current_autograd_node()
+# The autograd node whose backward is running in this thread, or None. (Bound directly: called
+# once per recorded op.)
+current_autograd_node: Callable[[], Any] = torch._C._current_autograd_node
 
 
-def autograd_sequence_nr() -> int:
-    """The sequence number the next autograd node will get (nodes made since can be told)."""
-    return torch._C._autograd._get_sequence_nr()
+def current_raw_stream(device_index: int) -> int:
+    """The raw handle (``cudaStream_t``) of a CUDA device's current stream: what
+    ``torch.cuda.current_stream(device).cuda_stream`` is, without making a Stream object."""
+    return torch._C._cuda_getCurrentRawStream(device_index)
+
+
+# The sequence number the next autograd node will get (nodes made since can be told apart).
+autograd_sequence_nr: Callable[[], int] = torch._C._autograd._get_sequence_nr
 
 
 def optimized_module_class() -> type[Any]:
@@ -102,12 +127,16 @@ def supports_ignore_compile_internals() -> bool:
 def missing() -> list[str]:
     """The private names bisector uses that this torch does not have."""
     gone = []
-    for module_name, attribute in _USED:
+    used = _USED + (_USED_CUDA if torch.version.cuda is not None else ())
+    for module_name, attribute in used:
         try:
             module = importlib.import_module(module_name)
         except ImportError:
             gone.append(f"{module_name}.{attribute}")
             continue
-        if not hasattr(module, attribute):
+        found: Any = module
+        for name in attribute.split("."):
+            found = getattr(found, name, None)
+        if found is None:
             gone.append(f"{module_name}.{attribute}")
     return gone

@@ -128,6 +128,17 @@ def test_batched_small_tensors_match_single_fingerprints():
         torch.randn(33) > 0,
         torch.randn(fp.SMALL).to(torch.bfloat16),
         torch.randn(12, dtype=torch.float64),
+        torch.randint(-128, 127, (40,), dtype=torch.int8),
+        torch.randint(0, 255, (41,), dtype=torch.uint8),
+        torch.randn(50).half(),
+        torch.tensor([2**62, -(2**63), 7], dtype=torch.int64),  # products wrap mod 2**64
+        torch.randn(5, requires_grad=True),
+        torch.randn(0, 3),
+        torch.randn(fp._BLOCK * 2 + 5),  # large, several blocks (numpy on the CPU)
+        torch.randn(fp.SMALL + 3).to(torch.bfloat16),
+        torch.randint(-(2**31), 2**31 - 1, (fp.SMALL + 9,), dtype=torch.int32),
+        torch.randn(300, 300).t(),  # large, non-contiguous
+        torch.randn(fp.SMALL + 1, dtype=torch.complex64),  # large, through torch
     ]
     collector = fp.Collector()
     for t in tensors:
@@ -135,7 +146,7 @@ def test_batched_small_tensors_match_single_fingerprints():
     fps, sums, maxes = collector.drain()
     for i, t in enumerate(tensors):
         assert int(fps[i]) & fp._MASK64 == fp.fingerprint(t), i
-        total, largest = fp.magnitude(t)
+        total, largest = fp.magnitude(t.detach())
         assert sums[i] == pytest.approx(float(total), rel=1e-12, abs=1e-12), i
         assert maxes[i] == pytest.approx(float(largest), rel=1e-6), i
 

@@ -213,9 +213,12 @@ def test_ctrl_c_between_two_appends_leaves_a_loadable_trace(tmp_path):
     with pytest.raises(KeyboardInterrupt), recorder:
         torch.ones(3).sum()
         # what a KeyboardInterrupt halfway through recording one event leaves in the buffers
-        recorder._buffer.columns["op"].append(0)
-        recorder._buffer.columns["out_kind"].append(1)
-        recorder._buffer.collector.add_blank()
+        # (an event's own row is appended last; its inputs, outputs and fingerprints before)
+        buffer = recorder._buffer
+        buffer._inputs += (1, 0)
+        buffer._outputs.append((1, 3, 0, 0))
+        buffer.collector.add_blank()
+        buffer.collector.add_blank()  # the next output's fingerprint, queued before its row
         raise KeyboardInterrupt
     trace = load(tmp_path / "t.trace")
     assert trace.footer["status"] == "interrupted"

@@ -1,12 +1,10 @@
 """The events recorded since the last chunk, as typed columns, and the trace's string table.
 
-The Recorder decides what to record; this buffer keeps it compactly (Python ``array`` columns, the
-fingerprints queued on their devices) and writes it to the trace one chunk at a time.
+The Recorder decides what to record; this buffer keeps it (rows of numbers, the fingerprints queued
+on their devices) and writes it to the trace one chunk at a time, as typed columns.
 """
 
 from __future__ import annotations
-
-from array import array
 
 import numpy as np
 import torch
@@ -17,27 +15,30 @@ from bisector.trace import OUT_HASHED, OUT_NODATA, OUT_PARTIAL, OUT_UNHASHABLE, 
 _EVENT_COLUMNS = ("op", "module", "location", "args", "phase", "step", "n_in", "n_out", "flags")
 _INPUT_COLUMNS = ("in_back", "in_slot")
 _OUTPUT_COLUMNS = ("out_kind", "out_numel", "out_prev_back", "out_prev_slot")
-_TYPECODES = {
-    "op": "I",
-    "module": "I",
-    "location": "I",
-    "args": "I",
-    "phase": "B",
-    "step": "I",
-    "n_in": "H",
-    "n_out": "H",
-    "flags": "B",
-    "in_back": "I",
-    "in_slot": "H",
-    "out_kind": "B",
-    "out_numel": "q",
-    "out_prev_back": "I",
-    "out_prev_slot": "H",
+_DTYPES = {
+    "op": np.uint32,
+    "module": np.uint32,
+    "location": np.uint32,
+    "args": np.uint32,
+    "phase": np.uint8,
+    "step": np.uint32,
+    "n_in": np.uint16,
+    "n_out": np.uint16,
+    "flags": np.uint8,
+    "in_back": np.uint32,
+    "in_slot": np.uint16,
+    "out_kind": np.uint8,
+    "out_numel": np.int64,
+    "out_prev_back": np.uint32,
+    "out_prev_slot": np.uint16,
 }
 
 
 class EventBuffer:
     """Buffers events and writes them to a trace in chunks.
+
+    Rows are kept as Python tuples (one append per event or output: the cheapest a recorded op
+    can pay) and become typed columns once per chunk.
 
     Args:
         chunk_events: events buffered before a chunk is written (and fingerprints read back).
@@ -45,7 +46,6 @@ class EventBuffer:
     Attributes:
         writer: the trace writer, set when recording starts.
         count: events recorded so far, written or not; the index of the next event.
-        columns: the buffered columns (see trace.py for their meaning).
         collector: fingerprints and stats of the buffered outputs, queued on their devices.
     """
 
@@ -56,11 +56,9 @@ class EventBuffer:
         self.collector = Collector()
         self._strings: dict[str, int] = {}
         self._new_strings: list[str] = []
-        self.columns: dict[str, array] = {}
-        self._reset()
-
-    def _reset(self) -> None:
-        self.columns = {name: array(code) for name, code in _TYPECODES.items()}
+        self._events: list[tuple] = []  # (op, module, location, args, phase, step, n_in, ...)
+        self._inputs: list[int] = []  # in_back, in_slot, in_back, in_slot, ...
+        self._outputs: list[tuple[int, int, int, int]] = []  # kind, numel, prev back, prev slot
 
     def string(self, text: str) -> int:
         """The id of a string in the trace's string table (added if new)."""
@@ -77,7 +75,6 @@ class EventBuffer:
             no_data: the tensor is uninitialised memory (not fingerprinted).
             previous: for a partial in-place write, (event, slot) of the value it overwrote.
         """
-        c = self.columns
         t = plain_values(t)
         if no_data:
             kind = OUT_NODATA
@@ -89,35 +86,25 @@ class EventBuffer:
             kind = OUT_HASHED
             self.collector.add(t)
         if previous is not None and previous[0] >= 0:
-            kind |= OUT_PARTIAL
-            c["out_prev_back"].append(index - previous[0])
-            c["out_prev_slot"].append(previous[1])
+            self._outputs.append((kind | OUT_PARTIAL, t.numel(), index - previous[0], previous[1]))
         else:
-            c["out_prev_back"].append(0)
-            c["out_prev_slot"].append(0)
-        c["out_kind"].append(kind)
-        c["out_numel"].append(t.numel())
+            self._outputs.append((kind, t.numel(), 0, 0))
 
     def add_event(
         self, op, module_id, location_id, args_id, phase, step, refs, n_out, flags=0
     ) -> None:
-        """Add one event whose outputs were just added; ``refs`` are (producer, slot) pairs."""
-        c = self.columns
+        """Add one event whose outputs were just added; ``refs`` are (producer, slot) pairs.
+        ``op``: the op's name, or its string id."""
         index = self.count
-        c["op"].append(self.string(op))
-        c["flags"].append(flags)
-        c["module"].append(module_id)
-        c["location"].append(location_id)
-        c["args"].append(args_id)
-        c["phase"].append(phase)
-        c["step"].append(step)
-        c["n_in"].append(len(refs))
-        c["n_out"].append(n_out)
+        inputs = self._inputs
         for producer, slot in refs:
-            c["in_back"].append(index - producer if producer >= 0 else 0)
-            c["in_slot"].append(slot)
-        self.count += 1
-        if len(c["op"]) >= self.chunk_events:
+            inputs += (index - producer if producer >= 0 else 0, slot)
+        op_id = op if type(op) is int else self.string(op)
+        self._events.append(
+            (op_id, module_id, location_id, args_id, phase, step, len(refs), n_out, flags)
+        )
+        self.count = index + 1
+        if len(self._events) >= self.chunk_events:
             self.flush()
 
     def flush(self) -> None:
@@ -127,32 +114,32 @@ class EventBuffer:
         self.writer.add_strings(self._new_strings)
         self._new_strings = []
         self._trim_to_complete_events()
-        if not len(self.columns["op"]):
+        if not self._events:
             return
         fps, sums, maxes = self.collector.drain()
-        columns = {
-            name: np.array(values, dtype=values.typecode) for name, values in self.columns.items()
-        }
+        columns = _columns(_EVENT_COLUMNS, self._events)
+        columns.update(_columns(_INPUT_COLUMNS, self._inputs))
+        columns.update(_columns(_OUTPUT_COLUMNS, self._outputs))
         columns.update(out_fp=fps, out_sum=sums, out_absmax=maxes)
         self.writer.add_chunk(columns)
-        self._reset()
+        self._events, self._inputs, self._outputs = [], [], []
 
     def _trim_to_complete_events(self) -> None:
-        """Drop a half-recorded event (Ctrl-C can land between two appends of one event)."""
-        c = self.columns
-        events = min(len(c[name]) for name in _EVENT_COLUMNS)
-        in_rows = min(len(c[name]) for name in _INPUT_COLUMNS)
-        out_rows = min(min(len(c[name]) for name in _OUTPUT_COLUMNS), len(self.collector))
-        ends_in = np.cumsum(np.array(c["n_in"][:events], dtype=np.int64))
-        ends_out = np.cumsum(np.array(c["n_out"][:events], dtype=np.int64))
-        complete = int(np.sum((ends_in <= in_rows) & (ends_out <= out_rows)))
-        keep_in = int(ends_in[complete - 1]) if complete else 0
-        keep_out = int(ends_out[complete - 1]) if complete else 0
-        for names, keep in (
-            (_EVENT_COLUMNS, complete),
-            (_INPUT_COLUMNS, keep_in),
-            (_OUTPUT_COLUMNS, keep_out),
-        ):
-            for name in names:
-                del c[name][keep:]
-        self.collector.truncate(keep_out)
+        """Drop what a half-recorded event left (Ctrl-C can land between the appends of one
+        event; its own row is appended last, at once): inputs and outputs past the complete
+        events, and an event whose outputs did not all reach the collector."""
+        events = self._events
+        del self._inputs[2 * sum(event[6] for event in events) :]
+        claimed = sum(event[7] for event in events)
+        kept = min(claimed, len(self.collector), len(self._outputs))
+        while claimed > kept:
+            claimed -= events.pop()[7]
+            self.count -= 1
+        del self._outputs[claimed:]
+        self.collector.truncate(claimed)
+
+
+def _columns(names: tuple[str, ...], rows: list) -> dict[str, np.ndarray]:
+    """Typed columns from rows of ``len(names)`` numbers (or a flat list of them)."""
+    table = np.array(rows, dtype=np.int64).reshape(-1, len(names))
+    return {name: table[:, i].astype(_DTYPES[name]) for i, name in enumerate(names)}

@@ -24,9 +24,12 @@ once per batch, never once per tensor.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
+
+from bisector.torch_api import current_raw_stream
 
 # Name of the fingerprint function, stored in every trace header: fingerprints are only
 # comparable between traces that name the same one. Change it whenever the function changes.
@@ -100,11 +103,15 @@ class _Made:
         self._event.record(stream)
         self._streams = {stream.cuda_stream}
 
-    def before(self, stream: torch.cuda.Stream) -> None:
-        """Make ``stream``'s next kernels wait until the tensor is made."""
-        if stream.cuda_stream not in self._streams:
+    def before(self, stream: torch.cuda.Stream | int, device: torch.device | None = None) -> None:
+        """Make ``stream``'s next kernels wait until the tensor is made. ``stream``: a Stream,
+        or the raw handle of ``device``'s current stream (cheaper to get: once per op)."""
+        raw = stream if isinstance(stream, int) else stream.cuda_stream
+        if raw not in self._streams:
+            if isinstance(stream, int):
+                stream = torch.cuda.current_stream(device)
             stream.wait_event(self._event)
-            self._streams.add(stream.cuda_stream)
+            self._streams.add(raw)
 
 
 class _Weights:
@@ -113,7 +120,9 @@ class _Weights:
     def __init__(self) -> None:
         self._by_device: dict[torch.device, tuple[torch.Tensor, _Made | None]] = {}
 
-    def get(self, device: torch.device) -> torch.Tensor:
+    def get(self, device: torch.device, stream: int | None = None) -> torch.Tensor:
+        """The weights on ``device``, ready for kernels on ``stream`` (the raw handle of its
+        current stream; None: look it up)."""
         known = self._by_device.get(device)
         if known is None:
             weights = to_device(torch.from_numpy(_weights(_BLOCK)), device)
@@ -121,7 +130,7 @@ class _Weights:
             known = self._by_device[device] = (weights, made)
         weights, made = known
         if made is not None:
-            made.before(torch.cuda.current_stream(device))
+            made.before(torch.cuda.current_stream(device) if stream is None else stream, device)
         return weights
 
 
@@ -154,11 +163,24 @@ def hashable(tensor: torch.Tensor) -> bool:
     kind = type(tensor)
     if kind is not torch.Tensor and kind is not torch.nn.Parameter:
         return False
-    if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_meta:
+    dtype = tensor.dtype
+    words = _HAS_WORDS.get(dtype)
+    if words is None:
+        words = _HAS_WORDS[dtype] = not _is_quantized(dtype) and (
+            dtype.itemsize in _WORD_DTYPE or dtype.is_complex
+        )
+    if not words or tensor.layout != _STRIDED or tensor.is_meta:
         return False
-    if tensor.numel() and not tensor.untyped_storage().nbytes():
-        return False  # its storage was freed (FSDP resizes unsharded parameters to 0): no bits
-    return tensor.element_size() in _WORD_DTYPE or tensor.is_complex()
+    # A freed storage (FSDP resizes unsharded parameters to 0) has no bits.
+    return not tensor.numel() or tensor.untyped_storage().nbytes() > 0
+
+
+_STRIDED = torch.strided
+_HAS_WORDS: dict[torch.dtype, bool] = {}  # dtype -> whether its elements are whole words
+
+
+def _is_quantized(dtype: torch.dtype) -> bool:
+    return str(dtype).startswith("torch.q")  # qint8, quint8, qint32, quint4x2, quint2x4
 
 
 def _values(tensor: torch.Tensor) -> torch.Tensor:
@@ -258,13 +280,14 @@ class Collector:
         self._direct: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._rows: dict[torch.device, _ResultRows] = {}
         self._full_rows: list[_ResultRows] = []
-        self._staged: dict[tuple[torch.device, torch.dtype], list[tuple[int, torch.Tensor]]] = {}
+        # (device index, -1 for the CPU; dtype) -> [(entry, copy: a tensor, or its bytes)]
+        self._staged: dict[tuple[int, torch.dtype], list[tuple[int, Any]]] = {}
         self._staged_bytes = 0
         self._batches: list[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         # CUDA streams that queued our work since the last batch: an op's output is copied and
         # fingerprinted on the op's stream (FSDP2 copies in and reduces on streams of its own,
         # autograd runs a backward op on its forward's stream), and read on the current one.
-        self._streams: dict[tuple[int, int], torch.cuda.Stream] = {}
+        self._streams: dict[tuple[int, int], torch.cuda.Stream] = {}  # (device, raw handle)
         self._side = False  # work was queued on a stream other than the reading one
 
     def __len__(self) -> int:
@@ -277,35 +300,58 @@ class Collector:
         """
         entry = self._count
         self._count += 1
-        stream = None
         if tensor.is_cuda:
-            stream = torch.cuda.current_stream(tensor.device)
-            self._streams.setdefault((stream.device_index, stream.cuda_stream), stream)
+            device = tensor.device
+            raw = current_raw_stream(device.index)
+            if (device.index, raw) not in self._streams:
+                self._streams[(device.index, raw)] = torch.cuda.current_stream(device)
+            fused = _fused()
+            if fused is not None:  # one launch, whatever the size: no copy
+                rows = self._rows.get(device)
+                if rows is None or rows.full:
+                    if rows is not None:
+                        self._full_rows.append(rows)
+                    rows = self._rows[device] = _ResultRows(device)
+                weights = _WEIGHTS.get(device, raw)
+                row = rows.take(entry, raw)
+                values = _values(tensor.detach() if tensor.requires_grad else tensor)
+                words = _words(values)
+                fused.fingerprint_into(words, values, weights, _BLOCK, rows.buffers, row, raw)
+                return
         if tensor.requires_grad:
             # Inside a dispatch handler autograd still sees a tensor that requires grad (a
             # parameter read as a leaf): our copies must not join its graph.
             tensor = tensor.detach()
         if tensor.numel() <= SMALL:
-            # No reshape here: a view op per output costs more than the copy itself.
-            copy = tensor.clone(memory_format=torch.contiguous_format)
-            self._staged.setdefault((copy.device, copy.dtype), []).append((entry, copy))
-            self._staged_bytes += copy.numel() * copy.element_size()
+            key = (tensor.get_device(), tensor.dtype)
+            copy: torch.Tensor | bytes | None
+            try:  # on the CPU, the cheapest copy (in logical order)
+                copy = _numpy(tensor).tobytes() if key[0] < 0 and key[1] in _NUMPY_WORDS else None
+            except RuntimeError:  # (a tensor with its negative bit set)
+                copy = None
+            if copy is None:  # no reshape here: a view op per output costs more than the copy
+                copy = tensor.clone()
+            staged = self._staged.get(key)
+            if staged is None:
+                staged = self._staged[key] = []
+            staged.append((entry, copy))
+            self._staged_bytes += len(copy) if isinstance(copy, bytes) else copy.nbytes
             if self._staged_bytes > _STAGED_BYTES:
                 self._settle()
             return
-        fused = _fused() if tensor.is_cuda else None
-        if fused is not None:
-            rows = self._rows.get(tensor.device)
-            if rows is None or rows.full:
-                if rows is not None:
-                    self._full_rows.append(rows)
-                rows = self._rows[tensor.device] = _ResultRows(tensor.device)
-            weights = _WEIGHTS.get(tensor.device)
-            assert stream is not None  # (a CUDA tensor)
-            row = rows.take(entry, stream)
-            values = _values(tensor)
-            fused.fingerprint_into(_words(values), values, weights, _BLOCK, rows.buffers, row)
-            return
+        if not tensor.is_cuda:
+            numbers = _host_large(tensor)
+            if numbers is not None:
+                fp, total_, largest_ = numbers
+                self._direct.append(
+                    (
+                        entry,
+                        torch.tensor(fp, dtype=torch.int64),
+                        torch.tensor(total_, dtype=torch.float64),
+                        torch.tensor(largest_, dtype=torch.float64),
+                    )
+                )
+                return
         total, largest = magnitude(tensor)
         words = word_view(tensor)
         assert words is not None  # (the caller checked ``hashable``)
@@ -385,14 +431,18 @@ class Collector:
         """Fingerprint every staged copy, one batch per (device, dtype), on the current stream."""
         staged, self._staged, self._staged_bytes = self._staged, {}, 0
         self._join_streams()
-        for (device, _), items in staged.items():
-            if items:
-                if device.type == "cuda":  # the batch is computed here: read after it
-                    stream = torch.cuda.current_stream(device)
-                    self._streams.setdefault((stream.device_index, stream.cuda_stream), stream)
+        for (device_index, dtype), items in staged.items():
+            if not items:
+                continue
+            entries = np.array([entry for entry, _ in items], dtype=np.int64)
+            if isinstance(items[0][1], bytes):
+                self._batches.append((entries, *_host_batch(dtype, [c for _, c in items])))
+                continue
+            if device_index >= 0:  # the batch is computed here: read after it
+                stream = torch.cuda.current_stream(device_index)
+                self._streams.setdefault((stream.device_index, stream.cuda_stream), stream)
                 self._mark_read(copy for _, copy in items)
-                entries = np.array([entry for entry, _ in items], dtype=np.int64)
-                self._batches.append((entries, *_batch([copy for _, copy in items])))
+            self._batches.append((entries, *_batch([copy for _, copy in items])))
 
 
 class PendingResults:
@@ -450,9 +500,10 @@ class _ResultRows:
     def full(self) -> bool:
         return len(self.entries) >= self.CAPACITY
 
-    def take(self, entry: int, stream: torch.cuda.Stream) -> int:
-        """The row for collector entry ``entry``, written by a kernel on ``stream``."""
-        self._made.before(stream)
+    def take(self, entry: int, stream: int) -> int:
+        """The row for collector entry ``entry``, written by a kernel on ``stream`` (the raw
+        handle of the device's current stream)."""
+        self._made.before(stream, self.buffers[0].device)
         self.entries.append(entry)
         return len(self.entries) - 1
 
@@ -471,6 +522,87 @@ def _fused():
                 module = None
         _FUSED.append(module)
     return _FUSED[0]
+
+
+# CPU dtypes whose small outputs are fingerprinted with numpy: (word dtype, value dtype).
+_NUMPY_WORDS = {
+    torch.float32: (np.int32, np.float32),
+    torch.float64: (np.int64, np.float64),
+    torch.float16: (np.int16, np.float16),
+    torch.int64: (np.int64, np.int64),
+    torch.int32: (np.int32, np.int32),
+    torch.int16: (np.int16, np.int16),
+    torch.int8: (np.uint8, np.int8),  # (1-byte words are zero-extended)
+    torch.uint8: (np.uint8, np.uint8),
+    torch.bool: (np.uint8, np.uint8),
+}
+_HOST_WEIGHTS: list[np.ndarray] = []
+# ``Tensor.numpy`` as torch defines it: while recording, the attribute is wrapped to note values
+# the script takes out of torch (capture/escapes.py), which our own reads are not.
+_numpy = torch.Tensor.numpy
+
+
+def _host_weights() -> np.ndarray:
+    """The weights of one block as uint64 (unsigned, so that numpy's products and sums wrap
+    mod 2**64 by definition, as the fingerprint's do)."""
+    if not _HOST_WEIGHTS:
+        _HOST_WEIGHTS.append(_weights(_BLOCK).astype(np.uint64))
+    return _HOST_WEIGHTS[0]
+
+
+def _host_batch(
+    dtype: torch.dtype, copies: list[bytes]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_batch`` for the bytes of small CPU tensors of one dtype, with numpy: one pass over
+    all of them, each segment summed by ``reduceat``."""
+    word, value = _NUMPY_WORDS[dtype]
+    size = np.dtype(word).itemsize
+    raw = b"".join(copies)
+    lengths = np.fromiter((len(c) for c in copies), dtype=np.int64, count=len(copies)) // size
+    starts = np.cumsum(lengths) - lengths
+    position = np.arange(len(raw) // size) - np.repeat(starts, lengths)
+    # (a signed word becomes its value mod 2**64: sign-extended, as the definition has it)
+    products = np.frombuffer(raw, dtype=word).astype(np.uint64) * _host_weights()[position]
+    values = np.frombuffer(raw, dtype=value).astype(np.float64)
+    fps = np.zeros(len(copies), dtype=np.uint64)
+    sums = np.zeros(len(copies), dtype=np.float64)
+    maxes = np.zeros(len(copies), dtype=np.float64)
+    filled = lengths > 0  # (reduceat takes an empty segment's next element)
+    if filled.any():
+        at = starts[filled]
+        fps[filled] = np.add.reduceat(products, at)
+        sums[filled] = np.add.reduceat(values, at)
+        maxes[filled] = np.maximum.reduceat(np.abs(values), at)
+    return torch.from_numpy(fps.view(np.int64)), torch.from_numpy(sums), torch.from_numpy(maxes)
+
+
+def _host_large(tensor: torch.Tensor) -> tuple[int, float, float] | None:
+    """(fingerprint, float64 sum, largest absolute value) of a CPU tensor, with numpy: an
+    unsigned 64-bit dot product per block is an order of magnitude faster than torch's int64
+    multiply on a CPU. None for a dtype numpy lacks (bfloat16 is read through its bits)."""
+    if tensor.dtype == torch.bfloat16:
+        words = _numpy(tensor.reshape(-1).view(torch.int16))
+        values = (words.astype(np.int32) << 16).view(np.float32)  # the same numbers, as fp32
+    elif tensor.dtype in _NUMPY_WORDS:
+        word, value = _NUMPY_WORDS[tensor.dtype]
+        try:
+            values = _numpy(tensor.reshape(-1)).view(value)
+        except RuntimeError:  # (a tensor with its negative bit set)
+            return None
+        words = values.view(word)
+    else:
+        return None
+    weights = _host_weights()
+    total = 0
+    for block, start in enumerate(range(0, words.size, _BLOCK)):
+        chunk = words[start : start + _BLOCK].astype(np.uint64)
+        total += int(np.dot(chunk, weights[: chunk.size])) * block_multiplier(block)
+    total &= _MASK64
+    signed = total - (1 << 64) if total >= 1 << 63 else total
+    if not values.size:
+        return signed, 0.0, 0.0
+    largest = max(float(values.max()), -float(values.min()))  # (nan if any is nan)
+    return signed, float(np.sum(values, dtype=np.float64)), largest
 
 
 def _batch(copies: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -498,7 +630,8 @@ def _batch(copies: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torc
     position = torch.arange(total, device=device) - torch.repeat_interleave(
         starts, lengths, output_size=total
     )
-    products = words.to(torch.int64) * _WEIGHTS.get(device)[position].to(torch.int64)
+    weights = _WEIGHTS.get(device).index_select(0, position)  # (indexing with [] is far slower)
+    products = words.to(torch.int64) * weights.to(torch.int64)
     fps = torch.zeros(count, dtype=torch.int64, device=device).index_add_(0, segment, products)
 
     values = elements.to(torch.float64)

@@ -142,12 +142,14 @@ class Locator:
         return join_location(_line(user), _line(library))
 
     def cache_key(self, user: FrameType | None, library: FrameType | None) -> tuple:
-        """A key equal for two calls exactly when ``describe`` is."""
+        """A key equal for two calls only if ``describe`` is: the frames' code objects and
+        instruction offsets (``f_lineno`` costs a line-table search: ``describe`` does it once
+        per key)."""
         return (
             None if user is None else user.f_code,
-            0 if user is None else user.f_lineno,
+            0 if user is None else user.f_lasti,
             None if library is None else library.f_code,
-            0 if library is None else library.f_lineno,
+            0 if library is None else library.f_lasti,
         )
 
 

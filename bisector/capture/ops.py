@@ -56,6 +56,8 @@ class OpInfo:
             mark no argument as written, so these come from their names.)
         partial_returns: results that the op writes only in part, the rest being memory left
             for a collective to fill (FSDP2's all-gather buffer): recorded as holding no data.
+        reads_every_tensor: a call reads every tensor among its arguments (no ``out_names``,
+            no ``write_only``).
     """
 
     name: str
@@ -73,6 +75,7 @@ class OpInfo:
     unsafe_alias: bool = False
     write_only: frozenset[int] = frozenset()
     partial_returns: frozenset[int] = frozenset()
+    reads_every_tensor: bool = True
 
     def draws_random(self, args: tuple, kwargs: dict) -> bool:
         """True if this call draws random numbers (a tagged op, and not with dropout_p=0)."""
@@ -148,6 +151,11 @@ class OpInfo:
         rng_returns = frozenset(
             i for i, ret in enumerate(schema.returns) if ret.name in _RNG_STATE_RETURNS
         )
+        write_only = frozenset(
+            i
+            for i, arg in enumerate(schema.arguments)
+            if is_collective(name) and arg.name in _OUTPUT_ARGUMENTS
+        )
         return OpInfo(
             name,
             written,
@@ -160,12 +168,9 @@ class OpInfo:
             dropout=dropout,
             rng_returns=rng_returns,
             collective=is_collective(name),
-            write_only=frozenset(
-                i
-                for i, arg in enumerate(schema.arguments)
-                if is_collective(name) and arg.name in _OUTPUT_ARGUMENTS
-            ),
+            write_only=write_only,
             partial_returns=_PARTLY_WRITTEN.get(name, frozenset()),
+            reads_every_tensor=not out_names and not write_only,
             unsafe_alias=name.startswith("aten.")
             and "unsafe" in name.split(".")[1]
             and bool(fresh),
@@ -213,6 +218,48 @@ def _flat(out: object) -> list:
     if not isinstance(out, (list, tuple)):
         return [out]
     return [item for part in out for item in _flat(part)]
+
+
+def leaves(args: tuple, kwargs: dict) -> list:
+    """The leaves of an aten call's arguments, in pytree's order (``args``, then ``kwargs``'
+    values). An aten schema nests at most one level of lists (``Tensor[]``, ``int[]``): that is
+    flattened here, several times faster than pytree, which takes anything deeper."""
+    flat: list = []
+    for value in (*args, *kwargs.values()) if kwargs else args:
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, (list, tuple, dict)):
+                    return arg_tree_leaves(*args, **kwargs)
+            flat.extend(value)
+        elif isinstance(value, dict):
+            return arg_tree_leaves(*args, **kwargs)
+        else:
+            flat.append(value)
+    return flat
+
+
+def args_key(flat: Sequence[object]) -> tuple | None:
+    """A key equal for two calls only if their ``canonical_args`` are (a cache key: cheaper
+    to make than the text), or None where there is none (a tensor subclass, an unhashable
+    argument)."""
+    key: list = []
+    try:
+        for value in flat:
+            kind = type(value)
+            if kind is torch.Tensor or kind is torch.nn.Parameter:
+                t: Any = value
+                key.append((t.dtype, t.shape, t.stride(), t.storage_offset()))
+            elif kind is int:
+                key.append(value)
+            elif kind is float:
+                key.append(repr(value))  # -0.0 and nan told apart as their text tells them
+            else:
+                key.append((kind, value))
+        made = tuple(key)
+        hash(made)
+    except (TypeError, RuntimeError):  # unhashable; no strides (sparse)
+        return None
+    return made
 
 
 def canonical_args(flat: Sequence[object]) -> str:

@@ -44,7 +44,7 @@ from bisector.capture.events import EventBuffer
 from bisector.capture.fingerprint import hashable, plain_values
 from bisector.capture.lines import Locator
 from bisector.capture.modules import ModuleTracker
-from bisector.capture.ops import OpInfo, canonical_args, complete_collective
+from bisector.capture.ops import OpInfo, args_key, canonical_args, complete_collective, leaves
 from bisector.capture.processes import Processes
 from bisector.capture.replicas import job_rank, replicated_values, write_step
 from bisector.capture.values import ValueTable, covers_storage, storage_of
@@ -52,7 +52,6 @@ from bisector.runfiles import RunFiles, captured_inputs, snapshot_name
 from bisector.schema import BACKWARD, COMPILED_PREFIX, MODEL, OPS, OPTIMIZER, leaf_op
 from bisector.torch_api import (
     TorchDispatchMode,
-    arg_tree_leaves,
     current_autograd_node,
     current_dispatch_mode,
     disable_current_modes,
@@ -68,6 +67,8 @@ _UNTRACKED = (-1, 0)  # (producer event, slot) of an input we cannot follow
 # Live values listed in a footer at most (two numbers each); past it, the list is cut short
 # and the analysis takes every value as live (no difference is dismissed as scratch).
 _MAX_LIVE = 1 << 22
+# Distinct argument keys remembered (see ``Recorder._args_id``); past it, the cache restarts.
+_MAX_ARGS_KEYS = 1 << 16
 
 
 def _wide(refs: list) -> tuple[list, int]:
@@ -233,7 +234,8 @@ class Recorder:
         self._buffer = EventBuffer(self.options.chunk_events)
         self._attribution = Attribution(self._modules, self._buffer.string)
         self._op_infos: dict[Any, OpInfo] = {}
-        self._location_ids: dict[tuple[Any, int], int] = {}
+        self._location_ids: dict[tuple, int] = {}
+        self._args_ids: dict[tuple, int] = {}  # args_key -> string id of canonical_args
         self._values = ValueTable()
         # (event, slot) of a collective just recorded, until the next op: a tensor first seen
         # then is its backend's (gloo's reduce-scatter returns through a buffer of its own).
@@ -398,6 +400,7 @@ class Recorder:
                     "module_info": self._modules.described,
                 }
             )
+            self._values.close()
 
     def _guard(self, function):
         """``function`` with ``_ours``'s treatment, for callbacks we hand to other objects."""
@@ -601,20 +604,20 @@ class Recorder:
 
     def _on_op(self, func, args: tuple, kwargs: dict):
         """Record one aten call (the dispatch handler guards it as ``_ours`` does)."""
-        info = self._info(func)
+        info = self._op_infos.get(func) or self._info(func)
         if info.ignored:
             return func(*args, **kwargs)
         user, library, transfer = self._locator.locate(2)
         if transfer:
             return func(*args, **kwargs)
-        flat = arg_tree_leaves(*args, **kwargs)
+        flat = leaves(args, kwargs)
         tensors = [a for a in flat if isinstance(a, torch.Tensor)]
         phase, module_id, location_id = self._context(tensors, user, library)
-        reads = info.reads(args, kwargs, flat)
+        reads = tensors if info.reads_every_tensor else info.reads(args, kwargs, flat)
         refs = [r for t in reads for r in self._refs(t, phase, module_id, location_id)]
-        args_id = self._buffer.string(canonical_args(flat))
+        args_id = self._args_id(flat)
 
-        written = info.writes(args, kwargs)
+        written = info.writes(args, kwargs) if info.written else []
         n_bumped = len(written)  # autograd bumps the version of these after our handler
         if info.write_only:
             # A collective that has output arguments may also use its inputs as scratch (gloo's
@@ -640,7 +643,7 @@ class Recorder:
 
         no_data = [info.no_data] * len(written)
         # With no dropout, attention's generator-state results are never initialised.
-        unset = info.rng_returns if info.without_dropout(args, kwargs) else ()
+        unset = info.rng_returns if info.rng_returns and info.without_dropout(args, kwargs) else ()
         results = info.results(out)
         if info.unsafe_alias and results:
             results = self._not_aliasing(results, args, kwargs, flat, info)
@@ -658,7 +661,7 @@ class Recorder:
         for slot, t in enumerate(written):
             self._buffer.add_output(t, no_data[slot], previous[slot], index)
             self._register(t, index, slot, bump=slot < n_bumped)
-        flags = FLAG_RANDOM if info.draws_random(args, kwargs) else 0
+        flags = FLAG_RANDOM if info.random and info.draws_random(args, kwargs) else 0
         if len(refs) > MAX_ROWS:  # (see _wide)
             refs, wide = _wide(refs)
             flags |= wide
@@ -784,11 +787,11 @@ class Recorder:
         out = _call_users(func, args, kwargs)
         if info.ignored:
             return out
-        read = info.reads(args, kwargs, arg_tree_leaves(*args, **kwargs))
+        read = info.reads(args, kwargs, leaves(args, kwargs))
         written = info.writes(args, kwargs) + [t for _, t in info.results(out)]
         views = []
         if info.is_view:  # a view of a written storage may outlive the tensor that wrote it
-            views = [t for t in arg_tree_leaves(out) if isinstance(t, torch.Tensor)]
+            views = [t for t in leaves((out,), {}) if isinstance(t, torch.Tensor)]
         capture = self._graphs.capturing
         assert capture is not None  # (called only while a graph is captured)
         capture.add(read, written, views)
@@ -808,6 +811,18 @@ class Recorder:
             path.with_suffix(".error").write_text(f"{type(exc).__name__}: {exc}")
         self._captured.add(index)
         return True
+
+    def _args_id(self, flat: list) -> int:
+        """The string id of ``canonical_args(flat)``, cached by ``args_key``."""
+        key = args_key(flat)
+        args_id = self._args_ids.get(key) if key is not None else None
+        if args_id is None:
+            args_id = self._buffer.string(canonical_args(flat))
+            if key is not None:
+                if len(self._args_ids) >= _MAX_ARGS_KEYS:
+                    self._args_ids.clear()
+                self._args_ids[key] = args_id
+        return args_id
 
     def _context(self, tensors: list[torch.Tensor], user, library) -> tuple[int, int, int]:
         """(phase, module id, location id) of the call being dispatched from the ``user`` frame

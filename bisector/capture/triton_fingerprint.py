@@ -24,7 +24,9 @@ _WARPS = 8
 _PROGRAMS_PER_SM = 4
 
 
-@triton.jit
+# The ints are not specialised (a kernel per distinct value would be compiled otherwise); the
+# launcher below keys its kernels by what Triton still specialises on.
+@triton.jit(do_not_specialize=["row", "n", "tiles"])
 def _fingerprint_into(
     words_ptr,
     values_ptr,
@@ -88,6 +90,7 @@ def fingerprint_into(
     block: int,
     results: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     row: int,
+    stream: int | None = None,
 ) -> None:
     """Add the fingerprint, float64 sum and abs-max of one flat CUDA tensor into row ``row`` of
     ``results`` (int64, float64 and float32 vectors, zeroed beforehand). One kernel launch.
@@ -97,29 +100,61 @@ def fingerprint_into(
         values: the same elements as numbers (one per word: complex tensors as real pairs).
         weights: the position weight table (``block`` entries) on the same device.
         block: fingerprint._BLOCK.
+        stream: the raw handle of the device's current stream (None: Triton looks it up).
     """
     n = words.numel()
     if n == 0:
         return
-    multipliers = _MULTIPLIERS.get(words.device, triton.cdiv(n, block))
+    device = words.device
+    multipliers = _MULTIPLIERS.get(device, -(-n // block))
     fps, sums, maxes = results
-    tiles = triton.cdiv(n, _TILE)
-    programs = min(tiles, _PROGRAMS_PER_SM * _multiprocessors(words.device))
-    _fingerprint_into[(programs,)](
-        words,
-        values,
-        weights,
-        multipliers,
-        fps,
-        sums,
-        maxes,
-        row,
-        n,
-        tiles,
-        BLOCK=block,
-        TILE=_TILE,
-        num_warps=_WARPS,
-    )
+    tiles = -(-n // _TILE)
+    programs = min(tiles, _PROGRAMS_PER_SM * _multiprocessors(device))
+    args = (words, values, weights, multipliers, fps, sums, maxes, row, n, tiles, block, _TILE)
+    _LAUNCHER.launch(programs, args, stream)
+
+
+class _Launcher:
+    """Launches the compiled kernel directly, skipping Triton's per-call work.
+
+    ``kernel[grid](...)`` binds and specialises every argument and hashes a cache key on each
+    call: about 20-40 us of host time, more than the kernel takes for tensors below a few MB,
+    paid once per recorded output. Triton specialises this kernel only on its pointers'
+    dtypes and 16-byte alignment (the ints are not specialised; an int past 2**31 is typed
+    int64), so the first call of each such key goes through Triton, which compiles and returns
+    the kernel, and later calls launch that kernel at once. If this Triton's kernels cannot be
+    launched that way, every call goes through Triton.
+    """
+
+    def __init__(self) -> None:
+        self._kernels: dict[tuple, object] = {}
+        self.direct = True
+
+    def launch(self, programs: int, args: tuple, stream: int | None) -> None:
+        words, values = args[0], args[1]
+        key = (
+            words.dtype,
+            values.dtype,
+            words.data_ptr() % 16 == 0,
+            args[8] >= 1 << 31,
+            words.device.index,
+        )
+        kernel = self._kernels.get(key) if self.direct else None
+        if kernel is not None:
+            try:
+                kernel[(programs, 1, 1)](*args, stream=stream)  # type: ignore[index]
+                return
+            except (TypeError, AttributeError):  # a Triton whose kernels take other arguments
+                self.direct = False
+        block, tile = args[10], args[11]
+        compiled = _fingerprint_into[(programs,)](
+            *args[:10], BLOCK=block, TILE=tile, num_warps=_WARPS
+        )
+        if self.direct and compiled is not None and hasattr(compiled, "__getitem__"):
+            self._kernels[key] = compiled
+
+
+_LAUNCHER = _Launcher()
 
 
 _SM_COUNT: dict[torch.device, int] = {}

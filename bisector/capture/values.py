@@ -5,23 +5,35 @@ trace); every tensor an op writes is registered. A storage is known by its addre
 lives (a weak reference keeps the address from being reused meanwhile), its value by the
 version counter of the tensor that last wrote it. Where one event writes several parts of a
 storage (a foreach copy into the views of one flat buffer), each part keeps its slot.
+
+Entries are tuples of ints (and the weak reference as an int), replaced rather than changed:
+such tuples are not tracked by Python's garbage collector, which otherwise promotes every entry
+to its oldest generation and, with a large heap (torch, transformers), runs a full collection
+every few thousand ops.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import torch
 
 from bisector.capture.fingerprint import plain_values
-from bisector.torch_api import StorageWeakRef
+from bisector.torch_api import free_weak, weak_expired, weak_storage
+
+# An entry's fields: (version, event, slot, weak reference, bump, parts or None)
+_VERSION, _EVENT, _SLOT, _WEAK, _BUMP, _PARTS = range(6)
 
 
 class ValueTable:
-    """Storage -> [version, event, slot, weak reference, bump, parts or None]."""
+    """Storage -> (version, event, slot, weak reference, bump, parts or None).
+
+    Call ``close`` once done: it lets go of the weak references.
+    """
 
     def __init__(self) -> None:
-        self._states: dict[int, list] = {}
+        self._states: dict[int, tuple] = {}
         self._pruned_at = 0
 
     def find(
@@ -33,18 +45,19 @@ class ValueTable:
         bumps ``p.data``'s, not ``p``'s) or a write we did not see; ``previous`` is the last
         value we know there (the caller reads it again as a leaf whose input that is, so a
         difference it carries is not taken for a new one), or None for a storage never seen."""
-        version = version_of(t)
         entry = self._states.get(storage._cdata)
         if entry is None:
             return None, None
-        if entry[0] == version or (entry[4] and entry[0] + 1 == version):
-            if entry[0] != version:
-                # The version bump of an in-place op happens after the op's handler returns.
-                entry[0], entry[4] = version, False
-            if entry[5] is None:
-                return [(entry[1], entry[2])], None
-            return [(entry[1], slot) for slot in parts_read(entry[5], byte_span(t))], None
-        return None, (entry[1], entry[2])
+        version = version_of(t)
+        if entry[_VERSION] != version:
+            if not (entry[_BUMP] and entry[_VERSION] + 1 == version):
+                return None, (entry[_EVENT], entry[_SLOT])
+            # The version bump of an in-place op happens after the op's handler returns.
+            entry = self._states[storage._cdata] = (version, *entry[1:4], False, entry[_PARTS])
+        if entry[_PARTS] is None:
+            return [(entry[_EVENT], entry[_SLOT])], None
+        event = entry[_EVENT]
+        return [(event, slot) for slot in parts_read(entry[_PARTS], byte_span(t))], None
 
     def register(self, t: torch.Tensor, index: int, slot: int, bump: bool = False) -> int | None:
         """Remember that event ``index`` (output ``slot``) produced the tensor's current value;
@@ -58,29 +71,46 @@ class ValueTable:
         entry = self._states.get(key)
         part = None if covers_storage(t, storage) else (*byte_span(t), slot)
         if entry is None:
-            parts = None if part is None else [part]
-            self._states[key] = [version_of(t), index, slot, StorageWeakRef(storage), bump, parts]
+            parts = None if part is None else (part,)
+            weak = weak_storage(storage)
+            self._states[key] = (version_of(t), index, slot, weak, bump, parts)
             if len(self._states) > 2 * self._pruned_at + 4096:
                 self._prune()
             return key
         if part is None:
             parts = None
-        elif entry[1] == index and entry[5] is not None:  # another part, same event
-            parts = [*entry[5], part]
+        elif entry[_EVENT] == index and entry[_PARTS] is not None:  # another part, same event
+            parts = (*entry[_PARTS], part)
         else:
-            parts = [part]
-        entry[0], entry[1], entry[2], entry[4], entry[5] = version_of(t), index, slot, bump, parts
+            parts = (part,)
+        self._states[key] = (version_of(t), index, slot, entry[_WEAK], bump, parts)
         return key
 
     def alive(self) -> Iterator[tuple[int, int]]:
         """(event, slot) of the last value of every storage still alive."""
-        for _, event, slot, ref, *_ in self._states.values():
-            if not ref.expired():
-                yield event, slot
+        for entry in self._states.values():
+            if not weak_expired(entry[_WEAK]):
+                yield entry[_EVENT], entry[_SLOT]
 
     def _prune(self) -> None:
-        self._states = {k: v for k, v in self._states.items() if not v[3].expired()}
-        self._pruned_at = len(self._states)
+        kept = {}
+        for key, entry in self._states.items():
+            if weak_expired(entry[_WEAK]):
+                free_weak(entry[_WEAK])
+            else:
+                kept[key] = entry
+        self._states = kept
+        self._pruned_at = len(kept)
+
+    def close(self) -> None:
+        """Let go of every weak reference; the table is empty after."""
+        states, self._states = self._states, {}
+        for entry in states.values():
+            free_weak(entry[_WEAK])
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # (at interpreter exit, torch may be gone)
+            self.close()
 
 
 def version_of(t: torch.Tensor) -> int:
@@ -99,8 +129,7 @@ def covers_storage(t: torch.Tensor, storage=None) -> bool:
         storage = storage_of(t)
     if storage is None:
         return True
-    covered = t.numel() * t.element_size() == storage.nbytes()
-    return t.storage_offset() == 0 and t.is_contiguous() and covered
+    return t.nbytes == storage.nbytes() and t.storage_offset() == 0 and t.is_contiguous()
 
 
 def byte_span(t: torch.Tensor) -> tuple[int, int]:

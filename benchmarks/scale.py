@@ -1,0 +1,282 @@
+"""Recording cost at the scale of real models, measured side by side in one process.
+
+For each model, training steps alternate between these modes (median of the repeats):
+
+- ``plain``: the step as the script runs it;
+- ``empty mode``: under a TorchDispatchMode that only calls each op (the floor of any
+  op-level recorder in Python);
+- ``bisector``: op-level recording (``Recorder``), trace written;
+- ``DebugMode``: torch's DebugMode with tensor hashes (where this torch has it).
+
+Printed per mode: ms per step, the ratio to plain, host microseconds added per op
+((mode - plain) / ops per step) and the peak memory allocated on the GPU during its steps (with
+its increase over plain). Then the fingerprint's throughput by tensor size against a copy of the
+same bytes (GPU only), and trace bytes per event.
+
+Models: ``seed`` (the Qwen2 decoder layer of examples/qwen2_sdpa_adam.py: 16 x 2048 tokens, fp32,
+Adam; GPU only) and ``llama`` (a Llama from a transformers config: 12 layers, hidden 1024,
+8 x 1024 tokens, bf16 autocast, AdamW; on a CPU: 2 layers, hidden 256, 2 x 128 tokens).
+
+    python benchmarks/scale.py [--models seed,llama] [--steps 3] [--repeats 3] [--json out.json]
+        [--profile out.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import importlib.util
+import io
+import json
+import pstats
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from bisector.capture.recorder import Recorder
+from bisector.trace import load
+
+REPO = Path(__file__).resolve().parent.parent
+CUDA = torch.cuda.is_available()
+
+
+class EmptyMode(TorchDispatchMode):
+    """A dispatch mode that only calls each op."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def _sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def seed_model():
+    spec = importlib.util.spec_from_file_location("qwen2", REPO / "examples" / "qwen2_sdpa_adam.py")
+    assert spec is not None and spec.loader is not None
+    qwen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qwen)
+    model, inputs, targets, cos, sin = qwen.setup("sdpa")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        loss = F.mse_loss(model(inputs, cos, sin), targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def llama_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    big = CUDA
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=1024 if big else 256,
+        intermediate_size=2816 if big else 704,
+        num_hidden_layers=12 if big else 2,
+        num_attention_heads=16 if big else 4,
+        num_key_value_heads=16 if big else 4,
+        max_position_embeddings=2048,
+    )
+    torch.manual_seed(0)
+    device = "cuda" if big else "cpu"
+    model = LlamaForCausalLM(config).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch, seq = (8, 1024) if big else (2, 128)
+    tokens = torch.randint(0, config.vocab_size, (batch, seq), device=device)
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16):
+            loss = model(input_ids=tokens, labels=tokens).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+MODELS = {"seed": seed_model, "llama": llama_model}
+
+
+def measure(name: str, steps: int, repeats: int, profile: Path | None) -> dict:
+    step = MODELS[name]()
+    folder = Path(tempfile.mkdtemp())
+    traces: list[tuple[Path, int]] = []
+
+    def run(context) -> None:
+        with context:
+            for _ in range(steps):
+                step()
+            _sync()
+
+    def recorder():
+        path = folder / f"{len(traces)}.trace"
+        recorder = Recorder(path)
+
+        @contextlib.contextmanager
+        def recording():
+            with recorder:
+                yield
+            traces.append((path, recorder.events))
+
+        return recording()
+
+    modes = {"plain": contextlib.nullcontext, "empty mode": EmptyMode, "bisector": recorder}
+    try:
+        from torch.utils._debug_mode import DebugMode
+
+        @contextlib.contextmanager
+        def debug_mode():
+            with DebugMode(), DebugMode.log_tensor_hashes(hash_fn="norm"):
+                yield
+
+        modes["DebugMode"] = debug_mode
+    except ImportError:
+        pass
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    peaks: dict[str, int] = {}
+    for make in modes.values():  # warm up: kernels, Triton, caches
+        run(make())
+    for _ in range(repeats):  # alternate, so every mode sees the same machine state
+        for mode, make in modes.items():
+            if CUDA:
+                torch.cuda.reset_peak_memory_stats()
+            _sync()
+            start = time.perf_counter()
+            run(make())
+            times[mode].append((time.perf_counter() - start) / steps)
+            if CUDA:
+                peaks[mode] = max(peaks.get(mode, 0), torch.cuda.max_memory_allocated())
+    path, events = traces[-1]
+    ops = events / steps
+    plain = statistics.median(times["plain"])
+    rows = []
+    for mode in modes:
+        ms = statistics.median(times[mode])
+        row = {
+            "mode": mode,
+            "ms": ms * 1e3,
+            "ratio": ms / plain,
+            "us_per_op": (ms - plain) / ops * 1e6,
+        }
+        if mode in peaks:
+            row["peak_mib"] = peaks[mode] / 2**20
+            row["peak_increase"] = peaks[mode] / peaks["plain"] - 1
+        rows.append(row)
+    trace = load(path)
+    header = len(json.dumps(trace.header, default=str))
+    result = {
+        "model": name,
+        "ops_per_step": ops,
+        "bytes_per_event": (path.stat().st_size - header) / events,
+        "rows": rows,
+    }
+    if profile is not None:
+        profiler = cProfile.Profile()
+        with recorder():
+            profiler.enable()
+            step()
+            _sync()
+            profiler.disable()
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(40)
+        with profile.open("a") as out:
+            out.write(f"==== {name}: one recorded step, {ops:.0f} ops\n{text.getvalue()}\n")
+    return result
+
+
+def throughput(sizes_mb: list[float]) -> list[dict]:
+    """Seconds per fingerprint of a float32 tensor, back to back as a recorded script queues
+    them (host work included), against a device copy of the same tensor."""
+    from bisector.capture import fingerprint as fp
+
+    rows = []
+    for mb in sizes_mb:
+        x = torch.randn(int(mb * (1 << 20)) // 4, device="cuda")
+        out = torch.empty_like(x)
+        collector = fp.Collector()
+
+        def add(collector=collector, x=x):
+            collector.add(x)
+
+        def copy(out=out, x=x):
+            out.copy_(x)
+
+        row: dict = {"size_mb": mb}
+        for label, fn in (("copy", copy), ("fingerprint", add)):
+            reps = int(max(5, min(400, 4000 // mb)))
+            best = []
+            for _ in range(3):
+                fn()
+                _sync()
+                start = time.perf_counter()
+                for _ in range(reps):
+                    fn()
+                _sync()
+                best.append((time.perf_counter() - start) / reps)
+                collector.drain()
+            row[f"{label}_us"] = statistics.median(best) * 1e6
+        seconds = row["fingerprint_us"] / 1e6
+        row["fingerprint_gbps"] = x.numel() * 4 / seconds / 1e9
+        row["copy_bandwidth_gbps"] = 2 * x.numel() * 4 / (row["copy_us"] / 1e6) / 1e9
+        row["of_copy"] = row["fingerprint_gbps"] / row["copy_bandwidth_gbps"]
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="seed,llama" if CUDA else "llama")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", default="1,4,16,64,256", help="fingerprint sizes in MB (GPU)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    parser.add_argument("--profile", type=Path, default=None, help="cProfile one recorded step")
+    args = parser.parse_args()
+    device = torch.cuda.get_device_name() if CUDA else "CPU"
+    info = {
+        "device": device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    print(f"{device}, torch {info['torch']}, {info['threads']} threads, {info['date']}")
+    results = []
+    for name in args.models.split(","):
+        result = measure(name, args.steps, args.repeats, args.profile)
+        results.append(result)
+        print(
+            f"{name}: {result['ops_per_step']:.0f} ops/step, "
+            f"{result['bytes_per_event']:.1f} trace bytes/event"
+        )
+        for r in result["rows"]:
+            line = f"  {r['mode']:<11} {r['ms']:9.2f} ms {r['ratio']:6.2f}x"
+            line += f" {r['us_per_op']:7.1f} us/op"
+            if "peak_mib" in r:
+                line += f"  peak {r['peak_mib']:8.0f} MiB ({r['peak_increase']:+.1%})"
+            print(line)
+    rows = throughput([float(s) for s in args.sizes.split(",")]) if CUDA else []
+    if rows:
+        print("fingerprint (back to back, host work included) vs copy (read + write):")
+    for r in rows:
+        print(
+            f"  {r['size_mb']:6.0f} MB  fingerprint {r['fingerprint_us']:8.1f} us "
+            f"{r['fingerprint_gbps']:7.0f} GB/s  copy {r['copy_us']:8.1f} us "
+            f"{r['copy_bandwidth_gbps']:7.0f} GB/s  {r['of_copy']:.0%} of copy"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({**info, "models": results, "throughput": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
