@@ -314,9 +314,15 @@ class Collector:
                     rows = self._rows[device] = _ResultRows(device)
                 weights = _WEIGHTS.get(device, raw)
                 row = rows.take(entry, raw)
-                values = _values(tensor.detach() if tensor.requires_grad else tensor)
-                words = _words(values)
-                fused.fingerprint_into(words, values, weights, _BLOCK, rows.buffers, row, raw)
+                if tensor.requires_grad:
+                    tensor = tensor.detach()
+                if not fused.launch_in_place(tensor, weights, _BLOCK, rows.buffers, row, raw):
+                    values = _values(tensor)
+                    words = _words(values)
+                    assert words is not None  # (a hashable tensor)
+                    fused.fingerprint_into(words, values, weights, _BLOCK, rows.buffers, row, raw)
+                    if values.data_ptr() == tensor.data_ptr() and values.numel() == tensor.numel():
+                        fused.note_in_place(tensor.dtype, words.dtype, values.dtype)
                 return
         if tensor.requires_grad:
             # Inside a dispatch handler autograd still sees a tensor that requires grad (a

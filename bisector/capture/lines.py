@@ -124,8 +124,12 @@ class Locator:
         """``locate`` from a given frame outwards."""
         library: FrameType | None = None
         transfer = False
+        kinds = self._kinds
         while frame is not None:
-            kind = self._kind(frame.f_code)
+            code = frame.f_code
+            kind = kinds.get(code)
+            if kind is None:
+                kind = self._kind(code)
             if kind == _USER:
                 return frame, library, transfer
             if kind & _LIBRARY:

@@ -12,6 +12,8 @@ torch otherwise.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -83,6 +85,29 @@ class _Multipliers:
 _MULTIPLIERS = _Multipliers()
 
 
+def launch_in_place(
+    tensor: torch.Tensor,
+    weights: torch.Tensor,
+    block: int,
+    results: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    row: int,
+    stream: int | None = None,
+) -> bool:
+    """``fingerprint_into`` for a contiguous CUDA tensor of a dtype seen before (see
+    ``note_in_place``), read where it lies, by its address: no view op (each costs as much
+    host time as the launch). False when it cannot (the caller calls ``fingerprint_into``)."""
+    pair = _LAUNCHER.pairs.get(tensor.dtype)
+    if pair is None or not tensor.is_contiguous():
+        return False
+    n = tensor.numel()
+    return n == 0 or _LAUNCHER.launch_at(tensor, pair, n, weights, block, results, row, stream)
+
+
+def note_in_place(dtype: torch.dtype, words: torch.dtype, values: torch.dtype) -> None:
+    """Tensors of ``dtype`` are read in place as ``words`` and ``values`` (their own bits)."""
+    _LAUNCHER.pairs[dtype] = (words, values)
+
+
 def fingerprint_into(
     words: torch.Tensor,
     values: torch.Tensor,
@@ -110,48 +135,103 @@ def fingerprint_into(
     fps, sums, maxes = results
     tiles = -(-n // _TILE)
     programs = min(tiles, _PROGRAMS_PER_SM * _multiprocessors(device))
-    args = (words, values, weights, multipliers, fps, sums, maxes, row, n, tiles, block, _TILE)
-    _LAUNCHER.launch(programs, args, stream)
+    key = (words.dtype, values.dtype, words.data_ptr() % 16 == 0, n >= 1 << 31, device.index)
+    compiled = _fingerprint_into[(programs,)](
+        words,
+        values,
+        weights,
+        multipliers,
+        fps,
+        sums,
+        maxes,
+        row,
+        n,
+        tiles,
+        BLOCK=block,
+        TILE=_TILE,
+        num_warps=_WARPS,
+    )
+    if compiled is not None and hasattr(compiled, "function"):
+        _LAUNCHER.kernels.setdefault(key, compiled)
 
 
 class _Launcher:
-    """Launches the compiled kernel directly, skipping Triton's per-call work.
+    """Launches compiled fingerprint kernels directly, skipping Triton's per-call work.
 
     ``kernel[grid](...)`` binds and specialises every argument and hashes a cache key on each
     call: about 20-40 us of host time, more than the kernel takes for tensors below a few MB,
     paid once per recorded output. Triton specialises this kernel only on its pointers'
     dtypes and 16-byte alignment (the ints are not specialised; an int past 2**31 is typed
     int64), so the first call of each such key goes through Triton, which compiles and returns
-    the kernel, and later calls launch that kernel at once. If this Triton's kernels cannot be
-    launched that way, every call goes through Triton.
+    the kernel, and later calls launch that kernel at once, with the tensors' addresses as
+    ints. If this Triton's kernels cannot be launched that way, every call goes through Triton.
+
+    Attributes:
+        kernels: (word dtype, value dtype, aligned, int64 size, device) -> compiled kernel.
+        pairs: a tensor dtype -> (word dtype, value dtype) of its elements read in place.
+        direct: False once a direct launch failed (every call goes through Triton then).
     """
 
     def __init__(self) -> None:
-        self._kernels: dict[tuple, object] = {}
+        self.kernels: dict[tuple, Any] = {}
+        self.pairs: dict[torch.dtype, tuple[torch.dtype, torch.dtype]] = {}
         self.direct = True
 
-    def launch(self, programs: int, args: tuple, stream: int | None) -> None:
-        words, values = args[0], args[1]
-        key = (
-            words.dtype,
-            values.dtype,
-            words.data_ptr() % 16 == 0,
-            args[8] >= 1 << 31,
-            words.device.index,
+    def launch_at(
+        self,
+        tensor: torch.Tensor,
+        pair: tuple[torch.dtype, torch.dtype],
+        n: int,
+        weights: torch.Tensor,
+        block: int,
+        results: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        row: int,
+        stream: int | None,
+    ) -> bool:
+        """Launch the kernel for a contiguous tensor by its address; False where no compiled
+        kernel fits it yet (or direct launches do not work): the caller goes through Triton."""
+        address = tensor.data_ptr()
+        device = tensor.device
+        kernel = self.kernels.get((*pair, address % 16 == 0, n >= 1 << 31, device.index))
+        if kernel is None or not self.direct:
+            return False
+        tiles = -(-n // _TILE)
+        programs = min(tiles, _PROGRAMS_PER_SM * _multiprocessors(device))
+        multipliers = _MULTIPLIERS.get(device, -(-n // block))
+        fps, sums, maxes = results
+        args = (
+            address,
+            address,
+            weights.data_ptr(),
+            multipliers.data_ptr(),
+            fps.data_ptr(),
+            sums.data_ptr(),
+            maxes.data_ptr(),
+            row,
+            n,
+            tiles,
+            block,
+            _TILE,
         )
-        kernel = self._kernels.get(key) if self.direct else None
-        if kernel is not None:
-            try:
-                kernel[(programs, 1, 1)](*args, stream=stream)  # type: ignore[index]
-                return
-            except (TypeError, AttributeError):  # a Triton whose kernels take other arguments
-                self.direct = False
-        block, tile = args[10], args[11]
-        compiled = _fingerprint_into[(programs,)](
-            *args[:10], BLOCK=block, TILE=tile, num_warps=_WARPS
-        )
-        if self.direct and compiled is not None and hasattr(compiled, "__getitem__"):
-            self._kernels[key] = compiled
+        if stream is None:
+            stream = torch.cuda.current_stream(device).cuda_stream
+        try:
+            kernel.run(
+                programs,
+                1,
+                1,
+                stream,
+                kernel.function,
+                kernel.packed_metadata,
+                None,
+                None,
+                None,
+                *args,
+            )
+        except (TypeError, AttributeError):  # a Triton whose launchers take other arguments
+            self.direct = False
+            return False
+        return True
 
 
 _LAUNCHER = _Launcher()
