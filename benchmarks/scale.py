@@ -214,7 +214,7 @@ def throughput(sizes_mb: list[float]) -> list[dict]:
 
         row: dict = {"size_mb": mb}
         for label, fn in (("copy", copy), ("fingerprint", add)):
-            reps = int(max(5, min(400, 4000 // mb)))
+            reps = int(max(5, min(400, 4000 // max(mb, 1))))
             best = []
             for _ in range(3):
                 fn()
@@ -239,7 +239,9 @@ def main() -> None:
     parser.add_argument("--models", default="seed,llama" if CUDA else "llama")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sizes", default="1,4,16,64,256", help="fingerprint sizes in MB (GPU)")
+    parser.add_argument(
+        "--sizes", default="0.004,1,4,16,64,256", help="fingerprint sizes in MB (GPU)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     parser.add_argument("--profile", type=Path, default=None, help="cProfile one recorded step")
     args = parser.parse_args()
@@ -270,7 +272,7 @@ def main() -> None:
         print("fingerprint (back to back, host work included) vs copy (read + write):")
     for r in rows:
         print(
-            f"  {r['size_mb']:6.0f} MB  fingerprint {r['fingerprint_us']:8.1f} us "
+            f"  {r['size_mb']:8.3f} MB  fingerprint {r['fingerprint_us']:8.1f} us "
             f"{r['fingerprint_gbps']:7.0f} GB/s  copy {r['copy_us']:8.1f} us "
             f"{r['copy_bandwidth_gbps']:7.0f} GB/s  {r['of_copy']:.0%} of copy"
         )
