@@ -6,12 +6,15 @@ For each model, training steps alternate between these modes (median of the repe
 - ``empty mode``: under a TorchDispatchMode that only calls each op (the floor of any
   op-level recorder in Python);
 - ``bisector``: op-level recording (``Recorder``), trace written;
+- ``modules``: the ladder's module rung (each module call and backward one event, no op);
+- ``ops of 1 block``: op-level recording of one block's ops only, as the rung after it does;
 - ``DebugMode``: torch's DebugMode with tensor hashes (where this torch has it).
 
-Printed per mode: ms per step, the ratio to plain, host microseconds added per op
-((mode - plain) / ops per step) and the peak memory allocated on the GPU during its steps (with
-its increase over plain). Then the fingerprint's throughput by tensor size against a copy of the
-same bytes (GPU only), and trace bytes per event.
+Printed per mode: ms per step once the mode is on (a first step in it is not timed), the ratio
+to plain, host microseconds added per op ((mode - plain) / ops per step), the time to leave the
+mode (bisector: the last chunk and the trace's footer) and the peak memory allocated on the GPU
+during its steps (with its increase over plain). Then the fingerprint's throughput by tensor size
+against a copy of the same bytes (GPU only), and trace bytes per event.
 
 Models: ``seed`` (the Qwen2 decoder layer of examples/qwen2_sdpa_adam.py: 16 x 2048 tokens, fp32,
 Adam; GPU only) and ``llama`` (a Llama from a transformers config: 12 layers, hidden 1024,
@@ -39,7 +42,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bisector.capture.recorder import Recorder
+from bisector.capture.recorder import Recorder, RecordOptions
 from bisector.trace import load
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,6 +109,8 @@ def llama_model():
 
 
 MODELS = {"seed": seed_model, "llama": llama_model}
+# One block of each model, for op-level recording of its ops only.
+BLOCKS = {"seed": "self_attn", "llama": "model.layers.0"}
 
 
 def measure(name: str, steps: int, repeats: int, profile: Path | None) -> dict:
@@ -113,11 +118,19 @@ def measure(name: str, steps: int, repeats: int, profile: Path | None) -> dict:
     folder = Path(tempfile.mkdtemp())
     traces: list[tuple[Path, int]] = []
 
-    def run(context) -> None:
+    def run(context) -> tuple[float, float]:
+        """Seconds per step once the mode is on (one step in it first, untimed), and seconds
+        to leave it (for bisector: the last chunk and the footer written)."""
         with context:
+            step()
+            _sync()
+            start = time.perf_counter()
             for _ in range(steps):
                 step()
             _sync()
+            per_step = (time.perf_counter() - start) / steps
+            leaving = time.perf_counter()
+        return per_step, time.perf_counter() - leaving
 
     def recorder():
         path = folder / f"{len(traces)}.trace"
@@ -131,7 +144,16 @@ def measure(name: str, steps: int, repeats: int, profile: Path | None) -> dict:
 
         return recording()
 
-    modes = {"plain": contextlib.nullcontext, "empty mode": EmptyMode, "bisector": recorder}
+    def scoped(**options):
+        return lambda: Recorder(folder / "scoped.trace", RecordOptions(**options))
+
+    modes = {
+        "plain": contextlib.nullcontext,
+        "empty mode": EmptyMode,
+        "bisector": recorder,
+        "modules": scoped(modules_only=True),
+        "ops of 1 block": scoped(inside=BLOCKS[name]),
+    }
     try:
         from torch.utils._debug_mode import DebugMode
 
@@ -144,6 +166,7 @@ def measure(name: str, steps: int, repeats: int, profile: Path | None) -> dict:
     except ImportError:
         pass
     times: dict[str, list[float]] = {mode: [] for mode in modes}
+    leaving: dict[str, list[float]] = {mode: [] for mode in modes}
     peaks: dict[str, int] = {}
     for make in modes.values():  # warm up: kernels, Triton, caches
         run(make())
@@ -151,14 +174,13 @@ def measure(name: str, steps: int, repeats: int, profile: Path | None) -> dict:
         for mode, make in modes.items():
             if CUDA:
                 torch.cuda.reset_peak_memory_stats()
-            _sync()
-            start = time.perf_counter()
-            run(make())
-            times[mode].append((time.perf_counter() - start) / steps)
+            per_step, left = run(make())
+            times[mode].append(per_step)
+            leaving[mode].append(left)
             if CUDA:
                 peaks[mode] = max(peaks.get(mode, 0), torch.cuda.max_memory_allocated())
     path, events = traces[-1]
-    ops = events / steps
+    ops = events / (steps + 1)  # (the untimed first step is recorded too)
     plain = statistics.median(times["plain"])
     rows = []
     for mode in modes:
@@ -168,6 +190,7 @@ def measure(name: str, steps: int, repeats: int, profile: Path | None) -> dict:
             "ms": ms * 1e3,
             "ratio": ms / plain,
             "us_per_op": (ms - plain) / ops * 1e6,
+            "finish_ms": statistics.median(leaving[mode]) * 1e3,
         }
         if mode in peaks:
             row["peak_mib"] = peaks[mode] / 2**20
@@ -262,8 +285,8 @@ def main() -> None:
             f"{result['bytes_per_event']:.1f} trace bytes/event"
         )
         for r in result["rows"]:
-            line = f"  {r['mode']:<11} {r['ms']:9.2f} ms {r['ratio']:6.2f}x"
-            line += f" {r['us_per_op']:7.1f} us/op"
+            line = f"  {r['mode']:<14} {r['ms']:9.2f} ms {r['ratio']:6.2f}x"
+            line += f" {r['us_per_op']:7.1f} us/op  finish {r['finish_ms']:6.1f} ms"
             if "peak_mib" in r:
                 line += f"  peak {r['peak_mib']:8.0f} MiB ({r['peak_increase']:+.1%})"
             print(line)

@@ -92,6 +92,8 @@ def main() -> None:
                 capture_dir=spec.capture_dir,
                 snapshot_dir=str(files.steps) if spec.snapshots else None,
                 start_step=spec.start_step,
+                modules_only=spec.modules_only,
+                inside=spec.inside,
                 progress_file=str(files.progress),
                 stop_when_captured=launched is None,
             )

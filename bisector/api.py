@@ -11,14 +11,16 @@ from typing import cast
 import torch
 
 from bisector import analysis, digests, workdirs
+from bisector.analysis.modules import first_module_source
 from bisector.capture.digester import Watch
 from bisector.capture.recorder import Recorder, RecordOptions
 from bisector.confirm import ConfirmOptions, check_kernel_claims, confirm
-from bisector.errors import MismatchError, TraceError
+from bisector.errors import MismatchError, ScriptError, TraceError
 from bisector.pairs import Pair, diff_jobs, digest_pair, job_files, record_pair
 from bisector.report import GrowthRow, Level, ObserverCheck, Report
 from bisector.runfiles import RunFiles
-from bisector.runner import RunOptions, check_script
+from bisector.runner import RunOptions, check_script, run_recorded
+from bisector.schema import is_leaf
 from bisector.trace import load
 from bisector.words import counted
 
@@ -134,7 +136,8 @@ def _find_ops(script, args, run: RunOptions, options: FindOptions, workdir: Path
     if options.check_observer:
         report.observer = _check_observer(script, args, run, workdir, pair)
     if options.confirm is not None:
-        confirm_run = replace(options.confirm.run, start_step=run.start_step)
+        # (the same ops recorded as in the pair: a replay finds its op by its index)
+        confirm_run = replace(options.confirm.run, start_step=run.start_step, inside=run.inside)
         confirm_options = replace(options.confirm, run=confirm_run)
         report = confirm(script, args, pair, workdir, confirm_options)
     else:  # a kernel claim is checked in any case: a few replays of the op
@@ -262,25 +265,65 @@ def _find_by_ladder(script, args, steps: int | None, options: FindOptions, workd
     step = compared.first_step
     assert step is not None  # (the digests differ)
     levels: list[Level] = [level]
-    for start in (step, 0) if step else (0,):
+    inside = None
+    if run.launch is None:  # (a torchrun job goes from digests to ops)
         started = time.perf_counter()
-        report = _find_ops(
-            script, args, replace(run, steps=step + 1, start_step=start), options, workdir
+        source, found = _module_rung(script, args, replace(run, steps=step + 1), step, workdir)
+        levels.append(
+            {
+                "level": "modules",
+                "steps": f"{step} (module inputs and outputs)",
+                "found": found,
+                "seconds": round(time.perf_counter() - started, 2),
+            }
         )
+        inside = source.module if source is not None else None
+    # Ops of the module found, else every op of the step; then of every step up to it.
+    tries = [(step, inside)] if inside else []
+    tries += [(start, None) for start in ((step, 0) if step else (0,))]
+    for start, scope in tries:
+        started = time.perf_counter()
+        recorded_run = replace(run, steps=step + 1, start_step=start, inside=scope)
+        report = _find_ops(script, args, recorded_run, options, workdir)
         recorded = f"{start}-{step}" if start < step else str(step)
         levels.append(
             {
                 "level": "ops",
-                "steps": f"{recorded} (every op)",
+                "steps": f"{recorded} ({f'ops of {scope}' if scope else 'every op'})",
                 "found": _op_finding(report),
                 "seconds": round(time.perf_counter() - started, 2),
             }
         )
-        if not report.reproducible:
+        if _found_in_scope(report) if scope else not report.reproducible:
             break
     report.levels = levels
     report.notes = compared.notes + report.notes
     return report
+
+
+def _module_rung(script, args, run: RunOptions, step: int, workdir: Path):
+    """Record the module calls of ``step`` in two runs (``a.modules.trace``, ``b.modules
+    .trace``): (the first module whose inputs are equal and outputs differ or None, what the
+    rung found, in words)."""
+    rung = replace(run, start_step=step, modules_only=True, snapshots=False)
+    try:
+        _, a = run_recorded(script, args, workdir / "a.modules.trace", rung, name="A")
+        _, b = run_recorded(script, args, workdir / "b.modules.trace", rung, name="B")
+    except ScriptError as exc:  # (module hooks can break a script: in-place on a hooked output)
+        lines = [line for line in (exc.output or str(exc)).splitlines() if line.strip()]
+        why = lines[-1].strip().split(". ")[0][:160] if lines else "the script failed"
+        return None, f"the module hooks broke the script ({why}): every op is recorded"
+    source = first_module_source(a, b)
+    if source is None:
+        return None, "no module call has equal inputs and differing outputs: every op is recorded"
+    return source, source.describe()
+
+
+def _found_in_scope(report: Report) -> bool:
+    """The ops of one module show where the difference starts: an op, not a value read from
+    outside the module (a leaf) that differs already."""
+    first = report.first_divergence
+    return first is not None and not is_leaf(first.op)
 
 
 def _digest_finding(compared: digests.DigestReport) -> str:

@@ -211,8 +211,10 @@ def find(
     ladder: bool | None = typer.Option(
         None,
         "--ladder/--no-ladder",
-        help="First find the first differing step with cheap per-step digests, then record "
-        f"every op of that step only (default: when --steps is over {LADDER_FROM}).",
+        help="First find the first differing step with cheap per-step digests, then the first "
+        "module of that step whose inputs are equal and outputs differ, then record the ops of "
+        f"that module (else every op of the step) only (default: when --steps is over "
+        f"{LADDER_FROM}).",
     ),
     check_observer: bool = typer.Option(
         False,

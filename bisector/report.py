@@ -68,7 +68,7 @@ class Replayed(TypedDict, total=False):
 class Level(TypedDict, total=False):
     """One rung of the ladder: what it recorded, what it found, how long it took."""
 
-    level: str  # digests, ops
+    level: str  # digests, modules, ops
     steps: str
     found: str
     seconds: float

@@ -119,6 +119,8 @@ class ChildSpec:
         snapshots: save the training state after each recorded step (``RunFiles.steps``).
         interventions: names of the interventions to apply (see confirm/).
         source: a file whose code runs in the script's place (a patched copy).
+        modules_only: record module calls only (see RecordOptions).
+        inside: record only the ops of this module (see RecordOptions).
     """
 
     script: str
@@ -136,6 +138,8 @@ class ChildSpec:
     snapshots: bool = False
     interventions: list[str] = field(default_factory=list)
     source: str | None = None
+    modules_only: bool = False
+    inside: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

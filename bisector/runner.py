@@ -102,6 +102,8 @@ class RunOptions:
         env: environment variables set for this run only (e.g. the GPU a pair runs on).
         source: a file whose code the run executes in the script's place (same path, folder
             and argv): a patched copy of the script (``find --fix``).
+        modules_only: record module calls only, one event each (the ladder's module rung).
+        inside: record only the ops of this module (its path) and of its backward.
     """
 
     steps: int | None = 2
@@ -119,6 +121,8 @@ class RunOptions:
     user_paths: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     source: str | None = None
+    modules_only: bool = False
+    inside: str | None = None
 
 
 # Set in a child started through torchrun: the PYTHONPATH the script must see.
@@ -335,6 +339,8 @@ def _recording(trace: Path, options: RunOptions) -> dict[str, Any]:
         "trace": str(trace),
         "snapshots": options.snapshots,
         "start_step": options.start_step,
+        "modules_only": options.modules_only,
+        "inside": options.inside,
     }
     if options.capture and options.capture_dir:
         spec.update(capture=list(options.capture), capture_dir=options.capture_dir)
@@ -529,6 +535,10 @@ def _label(options: RunOptions, output_file: Path) -> str:
         label += f" with {', '.join(options.interventions)}"
     if output_file.suffix == ".digests":
         label += " (step digests)"
+    elif options.modules_only:
+        label += f" (module calls of step {options.start_step})"
+    elif options.inside:
+        label += f" (ops of {options.inside}, step {options.start_step})"
     elif options.start_step:
         label += f" (ops of step {options.start_step})"
     return label

@@ -15,6 +15,10 @@ LEAF_PREFIX = "leaf."
 COMPILED_PREFIX = "compiled."
 # A CUDA graph replay, recorded as one event that reads what its capture read.
 REPLAY_OP = "cuda_graph.replay"
+# The module rung (capture/module_calls.py): a module call, and its backward, as one event each.
+MODULE_PREFIX = "module."
+MODULE_FORWARD = "module.forward"
+MODULE_BACKWARD = "module.backward"
 
 # Results of these ops are uninitialised memory: fingerprinting them would report noise.
 UNINITIALISED_OPS = frozenset(

@@ -164,11 +164,15 @@ def test_fused_kernel_matches_the_definition():
         torch.randn(1 << 18, device="cuda") > 0,
         torch.randn(1 << 17, dtype=torch.complex64, device="cuda"),
         torch.randn(512, 1024, device="cuda").t(),  # non-contiguous
+        torch.randn(1 << 20, device="cuda")[1:],  # not 16-byte aligned: a kernel of its own
+        torch.randn(7, device="cuda"),  # small: every CUDA output takes the kernel
+        torch.randn(0, device="cuda"),
     ]
     collector = fp.Collector()
-    for t in tensors:
+    for t in tensors + tensors:  # the second time, each is launched directly (or by address)
         collector.add(t)
     fps, sums, maxes = collector.drain()
+    assert (fps[: len(tensors)] == fps[len(tensors) :]).all()
     for i, t in enumerate(tensors):
         assert int(fps[i]) & fp._MASK64 == fp.fingerprint(t), i  # pure-torch path
         assert int(fps[i]) & fp._MASK64 == fp.fingerprint(t.cpu()), i  # same on the CPU

@@ -28,17 +28,59 @@ def test_ladder_finds_a_source_of_step_7_recording_ops_of_that_step_only(tmp_pat
         7,
     )
     assert first["location"].endswith(f"late_source.py:{source_line(SCRIPTS / 'late_source.py')}")
-    digest_level, op_level = report["levels"]
+    digest_level, module_level, op_level = report["levels"]
     assert digest_level["level"] == "digests" and digest_level["first_step"] == 7
     assert digest_level["steps"].startswith("0-9")
     # the first differing values of step 7 come from its forward/backward, not from the data
     kinds = [v["kind"] for v in digest_level["first_values"]]
     assert "batch" not in kinds and kinds[0] in ("loss", "grad"), kinds
-    assert op_level["level"] == "ops" and op_level["steps"].startswith("7 ")
+    # the module rung: the module whose inputs are equal and output differs
+    assert module_level["level"] == "modules"
+    assert module_level["found"].startswith("pool (forward, step 7): inputs equal")
+    assert op_level["level"] == "ops" and op_level["steps"] == "7 (ops of pool)"
     trace = load(tmp_path / "runs" / "a.trace")
     steps = set(trace.columns["step"].tolist())
     assert steps == {7}, "only step 7 is recorded op by op"
+    modules = {trace.string("module", i) for i in range(len(trace))}
+    assert modules == {"pool"}, "only the ops of the module found are recorded"
+    modules = load(tmp_path / "runs" / "a.modules.trace")
+    ops = {modules.string("op", i) for i in range(len(modules))}
+    assert ops <= {"module.forward", "module.backward", "leaf.tensor", "leaf.parameter"}, ops
     assert "Levels" in result.stdout and "digests" in result.stdout
+
+
+def test_the_module_rung_finds_a_source_in_a_backward(tmp_path):
+    """The cause makes a parameter's gradient (an embedding's backward has no other output):
+    the module rung names the module by that gradient, the op rung records its ops only."""
+    result, report = find_json(tmp_path, "backward_atomic.py", "--ladder", "--steps", "3")
+    assert result.returncode == 1, result.stdout
+    first = report["first_divergence"]
+    assert (first["op"], first["module"], first["phase"]) == (
+        "aten.index_put_.default",
+        "embed",
+        "backward",
+    )
+    levels = report["levels"]
+    assert [level["level"] for level in levels] == ["digests", "modules", "ops"]
+    assert levels[1]["found"].startswith("embed (backward, step 0): inputs equal")
+    assert levels[2]["steps"] == "0 (ops of embed)"
+
+
+def test_a_script_the_module_hooks_break_is_recorded_op_by_op(tmp_path):
+    """A ReLU(inplace=True) writes into an output that the module rung's backward hooks wrap:
+    autograd refuses it, and the ladder records every op of the step instead, as before."""
+    result, report = find_json(tmp_path, "inplace_pool.py", "--steps", "6")
+    assert result.returncode == 1, result.stdout
+    first = report["first_divergence"]
+    assert (first["op"], first["module"], first["phase"], first["step"]) == (
+        "aten.index_put_.default",
+        "pool",
+        "forward",
+        0,
+    )
+    levels = report["levels"]
+    assert levels[1]["found"].startswith("the module hooks broke the script (RuntimeError")
+    assert levels[2]["steps"] == "0 (every op)"
 
 
 def test_ladder_on_a_deterministic_script_stops_at_the_digests(tmp_path):

@@ -459,3 +459,15 @@ def test_reads_of_the_parts_one_op_wrote_follow_each_part(tmp_path):
     (add,) = [i for i, e in enumerate(events) if e["op"] == "aten.add.Tensor"]
     assert _inputs(trace, add)[:2] == [(copy, 0), (copy, 1)]
     assert (first.sum() + second.sum() + both.sum() + corner.sum()).item() > 0
+
+
+def test_recording_leaves_storages_resizable(tmp_path):
+    """Reading a value must not change what the script can do with it: FSDP2 frees its
+    unsharded parameters by resizing their storage to nothing (``Tensor.numpy`` would have
+    marked the storage as not resizable for good)."""
+    with bisector.record(tmp_path / "t.trace"):
+        small = torch.ones(8) * 2  # staged, read later
+        large = torch.ones(1 << 17) * 2  # read at once
+    for t in (small, large):
+        t.untyped_storage().resize_(0)
+        assert t.untyped_storage().nbytes() == 0

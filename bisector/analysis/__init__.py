@@ -122,7 +122,9 @@ def compare_traces(
         notes.append(proof.dead_note(dead))
     skipped = None
     ends_uncompared = breaks and breaks[-1].resume_a is None and breaks[-1].a < len(a)
-    if not ends_uncompared:  # else spread says too little about what lies after the break
+    # (Spread says too little after a break, or where the ops of one module only were
+    # recorded: what it makes is read outside it, unrecorded.)
+    if not ends_uncompared and not a.header.get("inside"):
         sources, skipped = lead_with_headline(sources)
     if skipped is not None:
         notes.append(skipped)

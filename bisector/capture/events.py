@@ -55,6 +55,7 @@ class EventBuffer:
         self.count = 0
         self.collector = Collector()
         self._strings: dict[str, int] = {}
+        self._texts: list[str] = []  # id -> string
         self._new_strings: list[str] = []
         self._events: list[tuple] = []  # (op, module, location, args, phase, step, n_in, ...)
         self._inputs: list[int] = []  # in_back, in_slot, in_back, in_slot, ...
@@ -66,7 +67,12 @@ class EventBuffer:
         if string_id is None:
             string_id = self._strings[text] = len(self._strings)
             self._new_strings.append(text)
+            self._texts.append(text)
         return string_id
+
+    def text(self, string_id: int) -> str:
+        """The string of an id of ``string``."""
+        return self._texts[string_id]
 
     def add_output(self, t: torch.Tensor, no_data: bool, previous, index: int) -> None:
         """Add a tensor written by event ``index``.

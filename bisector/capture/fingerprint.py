@@ -23,6 +23,7 @@ once per batch, never once per tensor.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Any
 
@@ -331,11 +332,10 @@ class Collector:
         if tensor.numel() <= SMALL:
             key = (tensor.get_device(), tensor.dtype)
             copy: torch.Tensor | bytes | None
-            try:  # on the CPU, the cheapest copy (in logical order)
-                copy = _numpy(tensor).tobytes() if key[0] < 0 and key[1] in _NUMPY_WORDS else None
-            except RuntimeError:  # (a tensor with its negative bit set)
-                copy = None
-            if copy is None:  # no reshape here: a view op per output costs more than the copy
+            if key[0] < 0 and key[1] in _NUMPY_WORDS:  # on the CPU, the cheapest copy there is
+                plain = tensor if _plain_layout(tensor) else tensor.resolve_neg().contiguous()
+                copy = _bytes_of(plain)
+            else:  # no reshape here: a view op per output costs more than the copy itself
                 copy = tensor.clone()
             staged = self._staged.get(key)
             if staged is None:
@@ -543,9 +543,31 @@ _NUMPY_WORDS = {
     torch.bool: (np.uint8, np.uint8),
 }
 _HOST_WEIGHTS: list[np.ndarray] = []
-# ``Tensor.numpy`` as torch defines it: while recording, the attribute is wrapped to note values
-# the script takes out of torch (capture/escapes.py), which our own reads are not.
-_numpy = torch.Tensor.numpy
+
+
+# The script's CPU tensors are read through their addresses, never through ``Tensor.numpy``:
+# that marks the tensor's storage as not resizable for good (FSDP2 then fails to free its
+# unsharded parameters), and while recording it is wrapped to note values the script takes out.
+def _plain_layout(tensor: torch.Tensor) -> bool:
+    """Its elements lie in its memory as they are, in logical order (contiguous, no negative
+    bit to apply)."""
+    return tensor.is_contiguous() and not tensor.is_neg()
+
+
+def _bytes_of(tensor: torch.Tensor) -> bytes:
+    """A copy of the bytes of a contiguous CPU tensor (see ``_plain_layout``)."""
+    size = tensor.nbytes
+    return ctypes.string_at(tensor.data_ptr(), size) if size else b""
+
+
+def _array_of(tensor: torch.Tensor, dtype) -> np.ndarray:
+    """A numpy array over the memory of a contiguous CPU tensor (see ``_plain_layout``),
+    valid while the tensor lives; torch is not told, so its storage stays as it was."""
+    size = tensor.nbytes
+    if not size:
+        return np.zeros(0, dtype=dtype)
+    memory = (ctypes.c_char * size).from_address(tensor.data_ptr())
+    return np.frombuffer(memoryview(memory), dtype=dtype)
 
 
 def _host_weights() -> np.ndarray:
@@ -586,18 +608,17 @@ def _host_large(tensor: torch.Tensor) -> tuple[int, float, float] | None:
     """(fingerprint, float64 sum, largest absolute value) of a CPU tensor, with numpy: an
     unsigned 64-bit dot product per block is an order of magnitude faster than torch's int64
     multiply on a CPU. None for a dtype numpy lacks (bfloat16 is read through its bits)."""
-    if tensor.dtype == torch.bfloat16:
-        words = _numpy(tensor.reshape(-1).view(torch.int16))
-        values = (words.astype(np.int32) << 16).view(np.float32)  # the same numbers, as fp32
-    elif tensor.dtype in _NUMPY_WORDS:
-        word, value = _NUMPY_WORDS[tensor.dtype]
-        try:
-            values = _numpy(tensor.reshape(-1)).view(value)
-        except RuntimeError:  # (a tensor with its negative bit set)
-            return None
-        words = values.view(word)
-    else:
+    if tensor.dtype != torch.bfloat16 and tensor.dtype not in _NUMPY_WORDS:
         return None
+    if not _plain_layout(tensor):
+        tensor = tensor.resolve_neg().contiguous()  # (a copy of our own)
+    if tensor.dtype == torch.bfloat16:
+        words = _array_of(tensor, np.int16)
+        values = (words.astype(np.int32) << 16).view(np.float32)  # the same numbers, as fp32
+    else:
+        word, value = _NUMPY_WORDS[tensor.dtype]
+        values = _array_of(tensor, value)
+        words = values.view(word)
     weights = _host_weights()
     total = 0
     for block, start in enumerate(range(0, words.size, _BLOCK)):

@@ -43,6 +43,7 @@ from bisector.capture.escapes import Escapes
 from bisector.capture.events import EventBuffer
 from bisector.capture.fingerprint import hashable, plain_values
 from bisector.capture.lines import Locator
+from bisector.capture.module_calls import ModuleCalls
 from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import OpInfo, args_key, canonical_args, complete_collective, leaves
 from bisector.capture.processes import Processes
@@ -162,6 +163,10 @@ class RecordOptions:
             the working folder: an event's line is the innermost line there (capture/lines.py).
         stop_when_captured: with ``exit_on_stop``, end the run once every input asked for is
             saved (not in a job of several ranks: the others would wait for this one).
+        modules_only: record each module call (and its backward) as one event, and no op
+            (the module rung: see capture/module_calls.py).
+        inside: record only the ops run inside this module (its path) and its backward; the
+            values they read from outside become leaves.
     """
 
     steps: int | None = None
@@ -175,6 +180,8 @@ class RecordOptions:
     progress_file: str | None = None
     user_paths: tuple[str, ...] = ()
     stop_when_captured: bool = True
+    modules_only: bool = False
+    inside: str | None = None
 
 
 class _OpMode(TorchDispatchMode):
@@ -265,6 +272,8 @@ class Recorder:
         self.boundary = Boundary(self)
         self._graphs = CudaGraphs(self.boundary)
         self._compiled = CompileBoundary(self.boundary)
+        self._module_calls = ModuleCalls(self.boundary, self._guard)
+        self._inside: dict[int, bool] = {}  # module id -> inside ``options.inside``
         self._thread = threading.local()  # _compiled_depth, per thread (autograd's run apart)
         self.compiled_calls = 0
 
@@ -273,6 +282,8 @@ class Recorder:
     def __enter__(self) -> Recorder:
         header = settings.header(list(self.options.argv) if self.options.argv is not None else None)
         header["start_step"] = self.options.start_step
+        header["inside"] = self.options.inside
+        header["modules_only"] = self.options.modules_only
         self._writer = TraceWriter(self.path, header)
         self._buffer.writer = self._writer
         self._started = time.perf_counter()
@@ -306,8 +317,11 @@ class Recorder:
     def _maybe_start(self) -> None:
         """Start recording ops once the start step is reached."""
         if self.status == "waiting" and self.step >= self.options.start_step:
-            self._mode = _OpMode(self)
-            self._mode.__enter__()
+            if self.options.modules_only:
+                self._module_calls.install()
+            else:
+                self._mode = _OpMode(self)
+                self._mode.__enter__()
             self.recording = True
             self.status = "recording"
 
@@ -360,6 +374,7 @@ class Recorder:
         self._draws.remove()
         self._compiled.remove()
         self._graphs.remove()
+        self._module_calls.remove()
 
     @property
     def graph_replays(self) -> int:
@@ -433,7 +448,10 @@ class Recorder:
         """(event, slot) of every value whose storage is still alive now, flattened: what the
         script still holds (parameters, optimizer state, outputs). A differing value outside
         this set, that nothing read into a differing result, was scratch (see analysis).
-        None when there are too many to list (then every value counts as live)."""
+        None when there are too many to list, or when only the ops of one module were recorded
+        (what it makes is read outside it, unrecorded): every value counts as live then."""
+        if self.options.inside is not None:
+            return None
         live: list[int] = [x for pair in self._kept[:_MAX_LIVE] for x in pair]
         for event, slot in self._values.alive():
             if len(live) >= _MAX_LIVE:
@@ -578,6 +596,8 @@ class Recorder:
                 self._maybe_start()
                 self._check_stop()
         self._attribution.forward_open = True
+        if self.options.modules_only and self.recording:
+            self._module_calls.watch_parameters()
 
     def _no_optimizer(self) -> bool:
         if self._optimizer_present is None:
@@ -613,6 +633,8 @@ class Recorder:
         flat = leaves(args, kwargs)
         tensors = [a for a in flat if isinstance(a, torch.Tensor)]
         phase, module_id, location_id = self._context(tensors, user, library)
+        if self.options.inside is not None and not self._is_inside(module_id):
+            return func(*args, **kwargs)  # (what it writes is read later as a leaf)
         reads = tensors if info.reads_every_tensor else info.reads(args, kwargs, flat)
         refs = [r for t in reads for r in self._refs(t, phase, module_id, location_id)]
         args_id = self._args_id(flat)
@@ -812,6 +834,14 @@ class Recorder:
         self._captured.add(index)
         return True
 
+    def _is_inside(self, module_id: int) -> bool:
+        """Whether the module of this id is ``options.inside`` or lies in it."""
+        inside = self._inside.get(module_id)
+        if inside is None:
+            path, wanted = self._buffer.text(module_id), str(self.options.inside)
+            inside = self._inside[module_id] = path == wanted or path.startswith(wanted + ".")
+        return inside
+
     def _args_id(self, flat: list) -> int:
         """The string id of ``canonical_args(flat)``, cached by ``args_key``."""
         key = args_key(flat)
@@ -936,6 +966,30 @@ class Boundary:
 
     def show_module_hooks(self, hidden: bool) -> None:
         self._recorder._show_module_hooks(hidden)
+
+    def parameters(self) -> list[tuple[torch.Tensor, str]]:
+        """Every parameter of the models seen so far, with the path of the module that owns
+        it."""
+        modules = self._recorder._modules
+        found: list[tuple[torch.Tensor, str]] = []
+        for root in modules.roots():
+            for parameter in root.parameters():
+                named = modules.parameter_name(parameter)
+                if named is not None:
+                    found.append((parameter, modules.owner_of(named[1])))
+        return found
+
+    def module_id(self, path: str) -> int:
+        """The id of a module's path in the trace's strings."""
+        return self._recorder._buffer.string(path)
+
+    def backward_context(self, module: torch.nn.Module) -> tuple[int, int, int]:
+        """The (phase, module, location) a module's backward is recorded with: its own path,
+        the line of the user's code that runs the backward."""
+        recorder = self._recorder
+        user, library, _ = recorder._locator.locate(3)
+        name = recorder._modules.name_of(module) or type(module).__name__
+        return _BACKWARD, recorder._buffer.string(name), recorder._location(user, library)
 
     def inputs(
         self, tensors: list[torch.Tensor], backward_of: tuple[int, int, int] | None = None

@@ -137,7 +137,7 @@ def confirm(
             _measure_effect(entry, [report.growth, report.growth_again], first_step)
     report.cause, report.fix = _verdict(report, place)
     if options.fix:
-        checking = replace(options.run, steps=options.fix_steps, start_step=0)
+        checking = replace(options.run, steps=options.fix_steps, start_step=0, inside=None)
         report.fix_check = prove_fix(script, args, report, workdir, checking, place)
     return report
 
@@ -410,7 +410,11 @@ def _pair(
     against both plain pairs (``_measure_effect``)."""
     name = intervention.name if intervention is not None else None
     folder = workdir / (name or "again")
-    run = replace(options.run, steps=steps, echo=False, interventions=(name,) if name else ())
+    # Every op of the steps, also where the pair that found the source recorded one module's
+    # only: "the change makes the runs identical" must rest on the whole step.
+    run = replace(
+        options.run, steps=steps, echo=False, interventions=(name,) if name else (), inside=None
+    )
     if name:  # what the change needs set before the child's Python starts
         run = replace(run, env=run.env + tuple(child_env([name]).items()))
     run = replace(run, snapshots=True)
