@@ -94,12 +94,18 @@ def test_seed_case_is_found_at_the_attention_backward(tmp_path):
 
 
 def test_seed_case_through_the_ladder(tmp_path):
-    """Issue 5 on a GPU: 50 steps, digests first, then the ops of the first differing step."""
+    """Issues 5 and 19 on a GPU: 50 steps, digests first, then the module calls of the first
+    differing step (the attention module's backward), then that module's ops only."""
     example = REPO / "examples" / "qwen2_sdpa_adam.py"
     report = bisector.find(
         example, ("--steps", "50"), steps=50, options=FindOptions(workdir=str(tmp_path))
     )
-    digest_level, op_level = report.levels
+    digest_level, module_level, op_level = report.levels
+    assert module_level["found"].startswith("layers.0.self_attn (backward, step 0): inputs equal")
+    assert op_level["steps"] == "0 (ops of layers.0.self_attn)"
+    trace = bisector.trace.load(tmp_path / "a.trace")
+    modules = {trace.string("module", i) for i in range(len(trace))}
+    assert all(m.startswith("layers.0.self_attn") for m in modules), modules
     assert digest_level["level"] == "digests" and digest_level["first_step"] == 0
     assert digest_level["steps"].startswith("0-49")
     kinds = [v["kind"] for v in digest_level["first_values"] if v["kind"] != "rng"]
