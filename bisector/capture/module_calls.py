@@ -70,7 +70,9 @@ class ModuleCalls:
             nn_module.register_module_full_backward_hook(self._guard(self._after_backward)),
         ]
         self.watch_parameters()
+        # (torch's notes on how these hooks behave, which are not the script's business)
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        warnings.filterwarnings("ignore", message="For backward hooks to be called")
 
     def watch_parameters(self) -> None:
         """Hook the parameters of the models seen so far (again when a new model is called):
