@@ -110,7 +110,7 @@ def llama_model():
 
 MODELS = {"seed": seed_model, "llama": llama_model}
 # One block of each model, for op-level recording of its ops only.
-BLOCKS = {"seed": "self_attn", "llama": "model.layers.0"}
+BLOCKS = {"seed": "layers.0.self_attn", "llama": "model.layers.0"}
 
 
 def measure(name: str, steps: int, repeats: int, profile: Path | None) -> dict:
