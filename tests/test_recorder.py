@@ -471,3 +471,15 @@ def test_recording_leaves_storages_resizable(tmp_path):
     for t in (small, large):
         t.untyped_storage().resize_(0)
         assert t.untyped_storage().nbytes() == 0
+
+
+def test_an_error_of_the_users_op_outside_the_module_recorded_is_theirs(tmp_path):
+    """With the ops of one module recorded, an op elsewhere that raises is the script's error,
+    not a bug of bisector's."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    options = RecordOptions(inside="0")
+    with pytest.raises(RuntimeError, match="size"), Recorder(tmp_path / "t.trace", options):
+        model(torch.ones(2, 4))
+        torch.ones(3) + torch.ones(4)  # not in module "0": unrecorded, and it raises
+    trace = load(tmp_path / "t.trace")
+    assert {trace.string("module", i) for i in range(len(trace))} == {"0"}

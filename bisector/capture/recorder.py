@@ -626,15 +626,15 @@ class Recorder:
         """Record one aten call (the dispatch handler guards it as ``_ours`` does)."""
         info = self._op_infos.get(func) or self._info(func)
         if info.ignored:
-            return func(*args, **kwargs)
+            return _call_users(func, args, kwargs)
         user, library, transfer = self._locator.locate(2)
         if transfer:
-            return func(*args, **kwargs)
+            return _call_users(func, args, kwargs)
         flat = leaves(args, kwargs)
         tensors = [a for a in flat if isinstance(a, torch.Tensor)]
         phase, module_id, location_id = self._context(tensors, user, library)
         if self.options.inside is not None and not self._is_inside(module_id):
-            return func(*args, **kwargs)  # (what it writes is read later as a leaf)
+            return _call_users(func, args, kwargs)  # (read later as leaves, what it writes)
         reads = tensors if info.reads_every_tensor else info.reads(args, kwargs, flat)
         refs = [r for t in reads for r in self._refs(t, phase, module_id, location_id)]
         args_id = self._args_id(flat)
