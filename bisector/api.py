@@ -15,7 +15,7 @@ from bisector.analysis.modules import first_module_source
 from bisector.capture.digester import Watch
 from bisector.capture.recorder import Recorder, RecordOptions
 from bisector.confirm import ConfirmOptions, check_kernel_claims, confirm
-from bisector.errors import MismatchError, ScriptError, TraceError
+from bisector.errors import InternalError, MismatchError, ScriptError, TraceError
 from bisector.pairs import Pair, diff_jobs, digest_pair, job_files, record_pair
 from bisector.report import GrowthRow, Level, ObserverCheck, Report
 from bisector.runfiles import RunFiles
@@ -313,6 +313,9 @@ def _module_rung(script, args, run: RunOptions, step: int, workdir: Path):
         lines = [line for line in (exc.output or str(exc)).splitlines() if line.strip()]
         why = lines[-1].strip().split(". ")[0][:160] if lines else "the script failed"
         return None, f"the module hooks broke the script ({why}): every op is recorded"
+    except InternalError as exc:  # a bug of ours at this level (Dynamo tracing our hooks, say)
+        why = str(exc).splitlines()[0][:160]
+        return None, f"bisector failed at this level ({why}): every op is recorded"
     source = first_module_source(a, b)
     if source is None:
         return None, "no module call has equal inputs and differing outputs: every op is recorded"
