@@ -104,14 +104,11 @@ class _Made:
         self._event.record(stream)
         self._streams = {stream.cuda_stream}
 
-    def before(self, stream: torch.cuda.Stream | int, device: torch.device | None = None) -> None:
-        """Make ``stream``'s next kernels wait until the tensor is made. ``stream``: a Stream,
-        or the raw handle of ``device``'s current stream (cheaper to get: once per op)."""
-        raw = stream if isinstance(stream, int) else stream.cuda_stream
+    def before(self, raw: int, device: torch.device) -> None:
+        """Make the next kernels of ``device``'s current stream (its raw handle: ``raw``) wait
+        until the tensor is made."""
         if raw not in self._streams:
-            if isinstance(stream, int):
-                stream = torch.cuda.current_stream(device)
-            stream.wait_event(self._event)
+            torch.cuda.current_stream(device).wait_event(self._event)
             self._streams.add(raw)
 
 
@@ -131,7 +128,7 @@ class _Weights:
             known = self._by_device[device] = (weights, made)
         weights, made = known
         if made is not None:
-            made.before(torch.cuda.current_stream(device) if stream is None else stream, device)
+            made.before(current_raw_stream(device.index) if stream is None else stream, device)
         return weights
 
 
@@ -301,6 +298,10 @@ class Collector:
         """
         entry = self._count
         self._count += 1
+        if tensor.requires_grad:
+            # Inside a dispatch handler autograd still sees a tensor that requires grad (a
+            # parameter read as a leaf): our reads and copies must not join its graph.
+            tensor = tensor.detach()
         if tensor.is_cuda:
             device = tensor.device
             raw = current_raw_stream(device.index)
@@ -315,20 +316,14 @@ class Collector:
                     rows = self._rows[device] = _ResultRows(device)
                 weights = _WEIGHTS.get(device, raw)
                 row = rows.take(entry, raw)
-                if tensor.requires_grad:
-                    tensor = tensor.detach()
                 if not fused.launch_in_place(tensor, weights, _BLOCK, rows.buffers, row, raw):
                     values = _values(tensor)
                     words = _words(values)
                     assert words is not None  # (a hashable tensor)
-                    fused.fingerprint_into(words, values, weights, _BLOCK, rows.buffers, row, raw)
+                    fused.fingerprint_into(words, values, weights, _BLOCK, rows.buffers, row)
                     if values.data_ptr() == tensor.data_ptr() and values.numel() == tensor.numel():
                         fused.note_in_place(tensor.dtype, words.dtype, values.dtype)
                 return
-        if tensor.requires_grad:
-            # Inside a dispatch handler autograd still sees a tensor that requires grad (a
-            # parameter read as a leaf): our copies must not join its graph.
-            tensor = tensor.detach()
         if tensor.numel() <= SMALL:
             key = (tensor.get_device(), tensor.dtype)
             copy: torch.Tensor | bytes | None

@@ -117,7 +117,6 @@ def fingerprint_into(
     block: int,
     results: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     row: int,
-    stream: int | None = None,
 ) -> None:
     """Add the fingerprint, float64 sum and abs-max of one flat CUDA tensor into row ``row`` of
     ``results`` (int64, float64 and float32 vectors, zeroed beforehand). One kernel launch.
@@ -127,7 +126,6 @@ def fingerprint_into(
         values: the same elements as numbers (one per word: complex tensors as real pairs).
         weights: the position weight table (``block`` entries) on the same device.
         block: fingerprint._BLOCK.
-        stream: the raw handle of the device's current stream (None: Triton looks it up).
     """
     n = words.numel()
     if n == 0:
@@ -135,9 +133,7 @@ def fingerprint_into(
     device = words.device
     multipliers = _MULTIPLIERS.get(device, -(-n // block))
     fps, sums, maxes = results
-    tiles = -(-n // _TILE)
-    programs = min(tiles, _PROGRAMS_PER_SM * _multiprocessors(device))
-    key = (words.dtype, values.dtype, words.data_ptr() % 16 == 0, n >= 1 << 31, device.index)
+    tiles, programs = _grid(n, device)
     compiled = _fingerprint_into[(programs,)](
         words,
         values,
@@ -154,7 +150,19 @@ def fingerprint_into(
         num_warps=_WARPS,
     )
     if compiled is not None and hasattr(compiled, "function"):
+        key = _kernel_key(words.dtype, values.dtype, words.data_ptr(), n, device)
         _LAUNCHER.kernels.setdefault(key, compiled)
+
+
+def _kernel_key(words: torch.dtype, values: torch.dtype, address: int, n: int, device) -> tuple:
+    """What Triton specialises this kernel on (see ``_Launcher``)."""
+    return (words, values, address % 16 == 0, n >= 1 << 31, device.index)
+
+
+def _grid(n: int, device: torch.device) -> tuple[int, int]:
+    """(tiles, programs) for ``n`` words: each program loops over tiles."""
+    tiles = -(-n // _TILE)
+    return tiles, min(tiles, _PROGRAMS_PER_SM * _multiprocessors(device))
 
 
 class _Launcher:
@@ -194,11 +202,10 @@ class _Launcher:
         kernel fits it yet (or direct launches do not work): the caller goes through Triton."""
         address = tensor.data_ptr()
         device = tensor.device
-        kernel = self.kernels.get((*pair, address % 16 == 0, n >= 1 << 31, device.index))
+        kernel = self.kernels.get(_kernel_key(*pair, address, n, device))
         if kernel is None or not self.direct:
             return False
-        tiles = -(-n // _TILE)
-        programs = min(tiles, _PROGRAMS_PER_SM * _multiprocessors(device))
+        tiles, programs = _grid(n, device)
         multipliers = _MULTIPLIERS.get(device, -(-n // block))
         fps, sums, maxes = results
         args = (
