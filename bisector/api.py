@@ -6,7 +6,6 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import cast
 
 import torch
 
@@ -17,7 +16,7 @@ from bisector.capture.recorder import Recorder, RecordOptions
 from bisector.confirm import ConfirmOptions, check_kernel_claims, confirm
 from bisector.errors import InternalError, MismatchError, ScriptError, TraceError
 from bisector.pairs import Pair, diff_jobs, digest_pair, job_files, record_pair
-from bisector.report import GrowthRow, Level, ObserverCheck, Report
+from bisector.report import Level, ObserverCheck, Report
 from bisector.runfiles import RunFiles
 from bisector.runner import RunOptions, check_script, run_recorded
 from bisector.schema import is_leaf
@@ -260,7 +259,7 @@ def _find_by_ladder(script, args, steps: int | None, options: FindOptions, workd
         report.verdict = "reproducible"
         report.evidence = {"level": "digests", "optimizer_steps": compared.steps_compared}
         report.environment, report.notes = compared.environment, compared.notes
-        report.growth, report.levels = cast(list[GrowthRow], compared.growth), [level]
+        report.growth, report.levels = compared.growth, [level]
         return report
     step = compared.first_step
     assert step is not None  # (the digests differ)

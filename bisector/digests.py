@@ -24,13 +24,14 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from bisector.environment import differences
 from bisector.errors import MismatchError, TraceError
 from bisector.records import Inflater, RecordWriter, parse_fields, parse_json, read, records
+from bisector.report import DigestValue, EnvironmentRow, GrowthRow
 
 MAGIC = b"BSDIGST\x00"
 FORMAT_VERSION = 1
@@ -215,11 +216,11 @@ class DigestReport:
 
     reproducible: bool
     first_step: int | None
-    first: list[dict[str, Any]]
-    growth: list[dict[str, Any]]
+    first: list[DigestValue]
+    growth: list[GrowthRow]
     steps_compared: int
     paths: list[str]
-    environment: list[dict[str, Any]] = field(default_factory=list)
+    environment: list[EnvironmentRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     first_rank: int | None = None
     first_ranks: list[int] = field(default_factory=list)
@@ -287,9 +288,7 @@ def compare(a: Digests, b: Digests) -> DigestReport:
 _KIND_ORDER = ("structure", "batch", "loss", "grad", "param", "state", "buffer")
 
 
-def merge_growth(
-    per_rank: Sequence[Sequence[Mapping[str, Any]]], count: str
-) -> list[dict[str, Any]]:
+def merge_growth(per_rank: Sequence[Sequence[Mapping[str, Any]]], count: str) -> list[GrowthRow]:
     """Growth rows of a job's ranks as one row per step: the ``count`` of differing values
     summed, each largest difference the largest over the ranks (None where no rank measured
     it), ``exact`` only where every rank's value was exact."""
@@ -303,7 +302,7 @@ def merge_growth(
             for key in ("max_grad_diff", "max_param_diff", "max_state_diff"):
                 if row[key] is not None:
                     merged[key] = max(merged[key] or 0.0, row[key])
-    return [rows[step] for step in sorted(rows)]
+    return [cast(GrowthRow, rows[step]) for step in sorted(rows)]
 
 
 def merge_ranks(reports: dict[int, DigestReport]) -> DigestReport:
@@ -374,7 +373,7 @@ def _first_unshared(left: dict, right: dict) -> str:
     return "the same values in another order"
 
 
-def _difference(key, left, right) -> dict[str, Any] | None:
+def _difference(key, left, right) -> DigestValue | None:
     if left[0] == right[0]:
         return None
     kind, name = key
@@ -386,7 +385,7 @@ def _difference(key, left, right) -> dict[str, Any] | None:
     return {"kind": kind, "name": name, "max_abs_diff": bound}
 
 
-def _growth_row(step: int, differing: list[dict[str, Any]]) -> dict[str, Any]:
+def _growth_row(step: int, differing: list[DigestValue]) -> GrowthRow:
     def largest(kind: str) -> float:
         values = [d["max_abs_diff"] or 0.0 for d in differing if d["kind"] == kind]
         return max(values, default=0.0)

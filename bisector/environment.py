@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bisector.report import EnvironmentRow
+
 # Header entries compared, in the order shown: (section, key, label).
 _VERSIONS = ("torch", "cuda", "cudnn", "gpus", "python", "numpy", "cpu", "platform")
 
@@ -17,7 +19,7 @@ def differences(
     header_b: dict[str, Any],
     footer_a: dict[str, Any] | None = None,
     footer_b: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[EnvironmentRow]:
     """The entries that differ between two trace or digest headers.
 
     Settings are taken at the end of the run where the footer has them (a script sets its flags
@@ -27,7 +29,7 @@ def differences(
         ``[{"what": "torch", "a": "2.11.0", "b": "2.13.0"}, ...]``: versions and devices
         first, then determinism settings (incl. thread counts), then environment variables.
     """
-    found: list[dict[str, Any]] = []
+    found: list[EnvironmentRow] = []
     versions_a, versions_b = header_a.get("versions", {}), header_b.get("versions", {})
     for key in _VERSIONS:
         if key in versions_a or key in versions_b:

@@ -22,6 +22,85 @@ KINDS = ("kernel", "rng", "input", "argument", "structure", "uninitialized", "un
 # ----- the parts of a report, as typed records (plain dicts in memory and in JSON) -----------
 
 
+class EnvironmentRow(TypedDict):
+    """One setting that differs between the two processes (see environment.py): a version, a
+    device, a determinism setting or an environment variable (``what`` starts with ``$``)."""
+
+    what: str
+    a: Any
+    b: Any
+
+
+class ModuleRow(TypedDict):
+    """One module path of run A: events recorded inside it and how many of them differ."""
+
+    module: str
+    events: int
+    differing: int
+
+
+class Evidence(TypedDict, total=False):
+    """What the verdict rests on (see analysis/evidence.py)."""
+
+    events: int  # events compared
+    optimizer_steps: int
+    model_calls: int | None  # calls of top-level modules that own parameters (None: unknown)
+    parameter_writes: int | None
+    unseen_processes: list[dict[str, Any]]  # processes that trained unrecorded
+    reasons: list[str]  # why the verdict is inconclusive (empty otherwise)
+    level: str  # "digests" when only step digests were compared
+    ranks: dict[int, Evidence]  # in a job of several ranks: each rank's own
+
+
+class StructureBreak(TypedDict, total=False):
+    """Where the two op streams stop matching (analysis/align.py), and where they resume."""
+
+    event: int
+    event_b: int | None
+    resumed_at: int | None
+    resumed_at_b: int | None
+    reason: str
+    breaks: list[StructureBreak]  # every break (at most 100), the first one included
+    rank: int  # in a job of several ranks: the rank whose streams break first
+
+
+class Check(TypedDict, total=False):
+    """How a kernel source's claim was checked: replayed on its captured inputs."""
+
+    how: str  # "replay"
+    runs: int
+    distinct_results: int
+    result: str  # "confirmed", "contradicted" or "not checked"
+    why: str  # for "not checked"
+
+
+class ReplicaSplit(TypedDict):
+    """The first value that the ranks of one run held differently (analysis/replicas.py)."""
+
+    step: int
+    kind: str  # "parameter" or "buffer"
+    name: str
+    groups: list[list[int]]  # ranks grouped by the value they held, the largest group first
+    values: int  # how many values differed at that step
+
+
+class DigestValue(TypedDict, total=False):
+    """One value of a step digest that differs (see digests.py): where it was taken and a
+    lower bound of its largest difference."""
+
+    kind: str  # rng, batch, loss, grad, param, state, buffer
+    name: str
+    max_abs_diff: float | None
+    rank: int  # in a torchrun job
+
+
+class Override(TypedDict):
+    """The script's own attempt to undo an intervention (it did not take effect)."""
+
+    what: str
+    line: str
+
+
 class GrowthRow(TypedDict, total=False):
     """One step of a pair's difference: differing events (or values, for digests) and the
     largest gradient, parameter and optimizer-state differences (exact from snapshots, else
@@ -46,7 +125,7 @@ class Confirmation(TypedDict, total=False):
     first_divergence: str | None
     summary: str
     growth: list[GrowthRow]
-    overrides: list[dict[str, Any]]
+    overrides: list[Override]
     not_applied: str
     effect: dict[str, Any]  # confirm.effects.Effect, as a dict
     explanation: str
@@ -73,7 +152,7 @@ class Level(TypedDict, total=False):
     found: str
     seconds: float
     first_step: int | None
-    first_values: list[dict[str, Any]]
+    first_values: list[DigestValue]
 
 
 class Spreader(TypedDict, total=False):
@@ -90,6 +169,15 @@ class Spreader(TypedDict, total=False):
     origin: str
 
 
+class SnapshotMatch(TypedDict):
+    """Two saved training states compared value by value (capture/snapshots.py)."""
+
+    equal: bool
+    tensors: int
+    differing: int
+    max_abs_diff: float
+
+
 class ObserverCheck(TypedDict, total=False):
     """``--check-observer``: a plain run's training state against the recorded run's."""
 
@@ -100,7 +188,7 @@ class ObserverCheck(TypedDict, total=False):
     tensors: int
     differing: int
     max_abs_diff: float
-    ranks: dict[int, dict[str, Any]]
+    ranks: dict[int, SnapshotMatch]
     verdict: str
 
 
@@ -118,7 +206,7 @@ class FixCheck(TypedDict, total=False):
     steps: int
     events: int
     first_step: int | None
-    first_values: list[dict[str, Any]]
+    first_values: list[DigestValue]
     step_seconds: dict[str, float]
     cost: float | None
     notes: list[str]
@@ -176,7 +264,7 @@ class Source:
     detail: str = ""
     spread: int | None = None
     args: list[str] = field(default_factory=list)
-    checked: dict[str, Any] | None = None
+    checked: Check | None = None
     written: list[str] = field(default_factory=list)
     built: str = ""
 
@@ -274,7 +362,7 @@ class Report:
     compared_events: int = 0
     differing_events: int = 0
     first_differing_event: int | None = None
-    structure: dict[str, Any] | None = None
+    structure: StructureBreak | None = None
     notes: list[str] = field(default_factory=list)
     sources_total: int = 0
     cause: str | None = None
@@ -284,16 +372,16 @@ class Report:
     growth: list[GrowthRow] = field(default_factory=list)
     growth_again: list[GrowthRow] = field(default_factory=list)
     fix_check: FixCheck | None = None
-    environment: list[dict[str, Any]] = field(default_factory=list)
+    environment: list[EnvironmentRow] = field(default_factory=list)
     levels: list[Level] = field(default_factory=list)
     spreaders: list[Spreader] = field(default_factory=list)
     curve: list[list] = field(default_factory=list)
-    modules: list[dict[str, Any]] = field(default_factory=list)
+    modules: list[ModuleRow] = field(default_factory=list)
     observer: ObserverCheck | None = None
     verdict: str = ""
-    evidence: dict[str, Any] = field(default_factory=dict)
+    evidence: Evidence = field(default_factory=lambda: Evidence())
     dead: list[Source] = field(default_factory=list)
-    replicas: dict[str, Any] | None = None
+    replicas: ReplicaSplit | None = None
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from bisector.analysis.graph import (
 )
 from bisector.environment import differences
 from bisector.errors import MismatchError
-from bisector.report import Report, RunInfo, Source
+from bisector.report import ModuleRow, Report, RunInfo, Source
 from bisector.schema import COMPILED_PREFIX, REPLAY_OP, UNINITIALISED_OPS, is_collective, is_leaf
 from bisector.trace import (
     FLAG_RANDOM,
@@ -106,7 +106,8 @@ def compare_traces(
     sources.sort(key=lambda source: source.event)
     structure = None
     if breaks:
-        structure = {**breaks[0].to_dict(), "breaks": [x.to_dict() for x in breaks[:100]]}
+        structure = breaks[0].to_dict()
+        structure["breaks"] = [x.to_dict() for x in breaks[:100]]
     differing = np.flatnonzero(eq.out_differs)
     notes = _notes(a, b)
     notes += _hash_seed_note(a, b, sources, notes)
@@ -235,7 +236,7 @@ def _curve(a: Trace, b: Trace, eq: Equality) -> list[list]:
     return [[int(e), int(steps[e]), float(per_event[e])] for e in events]
 
 
-def _modules(a: Trace, eq: Equality) -> list[dict]:
+def _modules(a: Trace, eq: Equality) -> list[ModuleRow]:
     """Per module path: events recorded in it and how many of them differ."""
     ids = a.columns["module"].astype(np.int64)
     events = np.bincount(ids, minlength=len(a.strings))

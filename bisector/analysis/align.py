@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bisector.report import StructureBreak
 from bisector.trace import Trace
 
 # Events in a row that must match for the streams to count as matching again after a break.
@@ -50,7 +51,7 @@ class Break:
     resume_b: int | None
     reason: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> StructureBreak:
         return {
             "event": self.a,
             "event_b": self.b,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from bisector.analysis.align import Alignment
-from bisector.report import Source
+from bisector.report import Evidence, Source
 from bisector.schema import describe, unseen_training
 from bisector.trace import OUT_PARTIAL, Trace
 
@@ -109,7 +109,7 @@ def blame_unseen(sources: list[Source], unseen: list[dict]) -> None:
             )
 
 
-def judge(a: Trace, b: Trace, differs: bool, unseen: list[dict]) -> tuple[str, dict, list[str]]:
+def judge(a: Trace, b: Trace, differs: bool, unseen: list[dict]) -> tuple[str, Evidence, list[str]]:
     """The verdict of a comparison: (verdict, evidence, notes).
 
     Args:
@@ -120,7 +120,7 @@ def judge(a: Trace, b: Trace, differs: bool, unseen: list[dict]) -> tuple[str, d
     """
     footers = (a.footer, b.footer)
     steps = min(int(f.get("steps") or 0) for f in footers)
-    evidence: dict = {
+    evidence: Evidence = {
         "events": min(len(a), len(b)),
         "optimizer_steps": steps,
         "model_calls": _least(footers, "model_calls"),

@@ -93,7 +93,8 @@ def compare_ranks(pairs: list[tuple[int, Trace, Trace]], runs: list[RunInfo]) ->
     for rank, (report, _, _) in sorted(compared.items()):
         merged.notes += [f"rank {rank}: {note}" for note in report.notes]
         if merged.structure is None and report.structure is not None:
-            merged.structure = {**report.structure, "rank": rank}
+            merged.structure = report.structure.copy()
+            merged.structure["rank"] = rank
         if report.first_differing_event is not None and merged.first_differing_event is None:
             merged.first_differing_event = report.first_differing_event
     return merged

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bisector.report import ReplicaSplit
 
-def drift(paths: dict[int, Path]) -> dict | None:
+
+def drift(paths: dict[int, Path]) -> ReplicaSplit | None:
     """The first step and value whose replicas differ across ranks, from each rank's file.
 
     Returns None when every value was equal on every rank at every step both recorded, else
@@ -30,7 +32,7 @@ def drift(paths: dict[int, Path]) -> dict | None:
             except ValueError:
                 continue  # a line cut short by a rank that was killed
             steps.setdefault(int(entry["step"]), {})[rank] = entry["values"]
-    found: dict[str, dict] = {}
+    found: dict[str, ReplicaSplit] = {}
     for step in sorted(steps):
         by_rank = steps[step]
         if len(by_rank) < 2:
@@ -59,7 +61,7 @@ def drift(paths: dict[int, Path]) -> dict | None:
     return found.get("parameter") or found.get("buffer")
 
 
-def describe(found: dict) -> str:
+def describe(found: ReplicaSplit) -> str:
     """One line for the report's notes."""
     majority, *others = found["groups"]
     odd = ", ".join(str(r) for group in others for r in group)

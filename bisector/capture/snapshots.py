@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from bisector.capture.fingerprint import plain_values
+from bisector.report import SnapshotMatch
 
 # A step whose state is larger than this is not snapshotted.
 MAX_BYTES = 2 << 30
@@ -68,7 +69,7 @@ def max_differences(a: Path, b: Path) -> dict[str, float] | None:
     return result
 
 
-def compare_in_order(a: Path, b: Path) -> dict:
+def compare_in_order(a: Path, b: Path) -> SnapshotMatch:
     """Compare two snapshots value by value in the order they were taken (their names may
     differ: a plain run does not know module names). Bitwise, with the largest difference."""
     left = list(torch.load(a, weights_only=True).values())

@@ -378,11 +378,11 @@ def check_claims(report: Report) -> None:
             source.checked = {"how": "replay", "result": "not checked", "why": why}
             continue
         runs, distinct = replayed["runs"], replayed["distinct_results"] or 0
-        checked = {"how": "replay", "runs": runs, "distinct_results": distinct}
+        source.checked = {"how": "replay", "runs": runs, "distinct_results": distinct}
         if distinct > 1:
-            source.checked = {**checked, "result": "confirmed"}
+            source.checked["result"] = "confirmed"
             continue
-        source.checked = {**checked, "result": "contradicted"}
+        source.checked["result"] = "contradicted"
         source.kind = "unconfirmed"
         source.detail = (
             f"its recorded inputs and arguments are equal and its outputs differ, yet {runs} "

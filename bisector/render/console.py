@@ -24,7 +24,7 @@ from bisector.render.wording import (
     held_against,
     replay_verdict,
 )
-from bisector.report import Report, RunInfo, Source
+from bisector.report import EnvironmentRow, Report, RunInfo, Source
 from bisector.words import counted, plural, source_line
 
 # Other sources shown one group per line; the rest are counted.
@@ -113,7 +113,7 @@ def _spreaders(spreaders: Sequence[Mapping[str, Any]], width: int) -> Group:
     return bullets("Spread across ranks by collectives", lines, width=width)
 
 
-def environment_table(differences: list[dict], width: int | None = None) -> Panel:
+def environment_table(differences: list[EnvironmentRow], width: int | None = None) -> Panel:
     """What differs between the two processes: itself a possible cause."""
     table = Table(box=None, padding=(0, 1), show_edge=False)
     for column in ("", "run A", "run B"):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from bisector.digests import DigestReport
 from bisector.render.console import environment_table, trimmed
+from bisector.report import GrowthRow
 from bisector.words import counted
 
 # Differing values listed for the first step, and growth rows shown at each end.
@@ -93,7 +92,7 @@ def _growth(report: DigestReport) -> Table:
     )
     for column in ("step", "values differing", "grads", "params", "optimizer state"):
         table.add_column(column, justify="right")
-    rows: list[dict[str, Any] | None] = [
+    rows: list[GrowthRow | None] = [
         r for r in report.growth if r["step"] >= (report.first_step or 0)
     ]
     if len(rows) > 2 * _GROWTH_ENDS:

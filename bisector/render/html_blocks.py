@@ -9,6 +9,7 @@ from html import escape
 from typing import Any
 
 from bisector.render.svg import growth_plot
+from bisector.report import EnvironmentRow
 
 # Rows a table shows before the rest are counted (every one is in the JSON report).
 MAX_ROWS = 200
@@ -144,7 +145,7 @@ def growth_table(growth: Sequence[Mapping[str, Any]]) -> str:
     return section("Growth per step", table(headers, rows, (0, 1, 2, 3, 4), compact=True))
 
 
-def environment_section(differences: list[dict[str, Any]]) -> str:
+def environment_section(differences: list[EnvironmentRow]) -> str:
     """What differs between the two processes ("" when nothing does)."""
     if not differences:
         return ""

@@ -24,7 +24,9 @@ def digest_sections(report: DigestReport) -> list[str]:
     """The sections of the page, in order ("" for a section with nothing to show)."""
     # Steps before the first differing one are all equal: nothing to plot there.
     rows = (
-        [] if report.reproducible else [r for r in report.growth if r["step"] >= report.first_step]
+        []
+        if report.reproducible or report.first_step is None
+        else [r for r in report.growth if r["step"] >= report.first_step]
     )
     return [
         _digest_headline(report),

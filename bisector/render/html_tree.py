@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from html import escape
-from typing import Any
+
+from bisector.report import ModuleRow
 
 # Trees up to this many nodes show every node open; larger ones open only where events differ.
 _ALL_OPEN = 80
@@ -33,7 +34,7 @@ class _Node:
         return 1 + sum(child.size() for child in self.children.values())
 
 
-def module_tree(modules: list[dict[str, Any]], first_module: str | None) -> str:
+def module_tree(modules: list[ModuleRow], first_module: str | None) -> str:
     """The module tree as nested ``<ul>``/``<details>``, the path to the first source marked.
 
     Args:
@@ -50,7 +51,7 @@ def module_tree(modules: list[dict[str, Any]], first_module: str | None) -> str:
     return f'<ul class="tree">{_item(root, on_path, first_module, everything_open)}</ul>'
 
 
-def _build(modules: list[dict[str, Any]]) -> _Node:
+def _build(modules: list[ModuleRow]) -> _Node:
     root = _Node("(all events)", path=None)
     outside = None
     for entry in modules:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bisector.report import Report, Source
+from bisector.report import Check, Report, Source
 from bisector.words import counted
 
 KIND_TEXT = {
@@ -122,7 +122,7 @@ def replay_verdict(replay: Mapping[str, Any]) -> str:
     return "deterministic by itself"
 
 
-def describe_check(checked: dict) -> str:
+def describe_check(checked: Check) -> str:
     """How a kernel claim was checked, in words (shared with the HTML)."""
     if checked.get("result") == "not checked":
         return f"not checked: {checked.get('why')}"
