@@ -212,7 +212,9 @@ def measure(name: str, steps: int, repeats: int, profile: Path | None) -> dict:
             _sync()
             profiler.disable()
         text = io.StringIO()
-        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(40)
+        stats = pstats.Stats(profiler, stream=text)
+        stats.sort_stats("tottime").print_stats(40)
+        stats.sort_stats("cumulative").print_stats(60)
         with profile.open("a") as out:
             out.write(f"==== {name}: one recorded step, {ops:.0f} ops\n{text.getvalue()}\n")
     return result
