@@ -5,6 +5,8 @@ For each model, training steps alternate between these modes (median of the repe
 - ``plain``: the step as the script runs it;
 - ``empty mode``: under a TorchDispatchMode that only calls each op (the floor of any
   op-level recorder in Python);
+- ``floor``: the least work per op of any recorder of bisector's kind (``FloorMode``: the
+  caller's frame, the inputs' makers, one on-device fingerprint per output);
 - ``bisector``: op-level recording (``Recorder``), trace written;
 - ``modules``: the ladder's module rung (each module call and backward one event, no op);
 - ``ops of 1 block``: op-level recording of one block's ops only, as the rung after it does;
@@ -54,6 +56,71 @@ class EmptyMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         return func(*args, **(kwargs or {}))
+
+
+class FloorMode(TorchDispatchMode):
+    """The least work any recorder of bisector's kind does per op, and nothing else: find the
+    caller's first frame outside torch (a cached kind per code object), flatten the arguments,
+    look up which recorded op made each input tensor (a dict keyed by storage and version),
+    call the op, queue one on-device fingerprint per tensor output that is not a view
+    (bisector's own kernel and launcher), remember it as that output's maker, append a tuple.
+    No phase, module, argument text, in-place writes or trace file: what it costs is a floor
+    for ``bisector`` on the same host, not a recorder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import os
+
+        from bisector.capture.fingerprint import Collector, hashable
+
+        self._torch = os.path.dirname(torch.__file__)
+        self._kinds: dict = {}
+        self._makers: dict = {}
+        self._views: dict = {}
+        self._events: list = []
+        self._collector = Collector()
+        self._hashable = hashable
+
+    def _caller(self):
+        import sys
+
+        frame = sys._getframe(2)
+        kinds = self._kinds
+        while frame is not None:
+            code = frame.f_code
+            inside = kinds.get(code)
+            if inside is None:
+                inside = kinds[code] = code.co_filename.startswith(self._torch)
+            if not inside:
+                return code, frame.f_lasti
+            frame = frame.f_back
+        return None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        where = self._caller()
+        flat = [a for a in args if isinstance(a, torch.Tensor)]
+        for a in args:
+            if isinstance(a, (list, tuple)):
+                flat += [t for t in a if isinstance(t, torch.Tensor)]
+        makers = self._makers
+        reads = [makers.get((t.untyped_storage().data_ptr(), t._version)) for t in flat]
+        out = func(*args, **kwargs)
+        index = len(self._events)
+        results = out if isinstance(out, (list, tuple)) else (out,)
+        views = self._views.get(func)
+        if views is None:  # a view's output is its input's value: nothing new to fingerprint
+            views = self._views[func] = any(r.alias_info for r in func._schema.returns)
+        for slot, t in enumerate(() if views else results):
+            if isinstance(t, torch.Tensor) and self._hashable(t):
+                self._collector.add(t)
+                makers[(t.untyped_storage().data_ptr(), t._version)] = (index, slot)
+        self._events.append((func, where, reads, len(results)))
+        return out
+
+    def __exit__(self, *exc):
+        self._collector.drain()
+        return super().__exit__(*exc)
 
 
 def _sync() -> None:
@@ -150,6 +217,7 @@ def measure(name: str, steps: int, repeats: int, profile: Path | None) -> dict:
     modes = {
         "plain": contextlib.nullcontext,
         "empty mode": EmptyMode,
+        "floor": FloorMode,
         "bisector": recorder,
         "modules": scoped(modules_only=True),
         "ops of 1 block": scoped(inside=BLOCKS[name]),
