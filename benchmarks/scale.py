@@ -39,6 +39,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch.nn import functional as F
@@ -180,7 +181,28 @@ MODELS = {"seed": seed_model, "llama": llama_model}
 BLOCKS = {"seed": "layers.0.self_attn", "llama": "model.layers.0"}
 
 
-def measure(name: str, steps: int, repeats: int, profile: Path | None) -> dict:
+# ``--ablate``: bisector with one part of its per-op work replaced by a constant, to see what
+# that part costs (the recorder's own methods, patched for the mode's steps only).
+ABLATIONS = {
+    "- user line": (
+        "bisector.capture.lines.Locator.locate",
+        lambda self, skip=2: (None, None, False),
+    ),
+    "- phase, module": (
+        "bisector.capture.attribution.Attribution.context",
+        lambda self, tensors, user, location_id: (0, 0, location_id),
+    ),
+    "- argument text": ("bisector.capture.recorder.Recorder._args_id", lambda self, flat: 0),
+    "- fingerprint": (
+        "bisector.capture.fingerprint.Collector.add",
+        lambda self, tensor: self.add_blank(),
+    ),
+}
+
+
+def measure(
+    name: str, steps: int, repeats: int, profile: Path | None, ablate: bool = False
+) -> dict:
     step = MODELS[name]()
     folder = Path(tempfile.mkdtemp())
     traces: list[tuple[Path, int]] = []
@@ -199,7 +221,7 @@ def measure(name: str, steps: int, repeats: int, profile: Path | None) -> dict:
             leaving = time.perf_counter()
         return per_step, time.perf_counter() - leaving
 
-    def recorder():
+    def recorder(kept: bool = True):
         path = folder / f"{len(traces)}.trace"
         recorder = Recorder(path)
 
@@ -207,7 +229,8 @@ def measure(name: str, steps: int, repeats: int, profile: Path | None) -> dict:
         def recording():
             with recorder:
                 yield
-            traces.append((path, recorder.events))
+            if kept:  # (the traces of ablations are not bisector's own)
+                traces.append((path, recorder.events))
 
         return recording()
 
@@ -222,6 +245,15 @@ def measure(name: str, steps: int, repeats: int, profile: Path | None) -> dict:
         "modules": scoped(modules_only=True),
         "ops of 1 block": scoped(inside=BLOCKS[name]),
     }
+    if ablate:
+        for mode, (target, replacement) in ABLATIONS.items():
+
+            @contextlib.contextmanager
+            def without(target=target, replacement=replacement):
+                with mock.patch(target, replacement), recorder(kept=False):
+                    yield
+
+            modes[f"bisector {mode}"] = without
     try:
         from torch.utils._debug_mode import DebugMode
 
@@ -337,6 +369,9 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     parser.add_argument("--profile", type=Path, default=None, help="cProfile one recorded step")
+    parser.add_argument(
+        "--ablate", action="store_true", help="also bisector without each part of its per-op work"
+    )
     args = parser.parse_args()
     device = torch.cuda.get_device_name() if CUDA else "CPU"
     info = {
@@ -348,14 +383,14 @@ def main() -> None:
     print(f"{device}, torch {info['torch']}, {info['threads']} threads, {info['date']}")
     results = []
     for name in args.models.split(","):
-        result = measure(name, args.steps, args.repeats, args.profile)
+        result = measure(name, args.steps, args.repeats, args.profile, args.ablate)
         results.append(result)
         print(
             f"{name}: {result['ops_per_step']:.0f} ops/step, "
             f"{result['bytes_per_event']:.1f} trace bytes/event"
         )
         for r in result["rows"]:
-            line = f"  {r['mode']:<14} {r['ms']:9.2f} ms {r['ratio']:6.2f}x"
+            line = f"  {r['mode']:<26} {r['ms']:9.2f} ms {r['ratio']:6.2f}x"
             line += f" {r['us_per_op']:7.1f} us/op  finish {r['finish_ms']:6.1f} ms"
             if "peak_mib" in r:
                 line += f"  peak {r['peak_mib']:8.0f} MiB ({r['peak_increase']:+.1%})"
