@@ -91,13 +91,16 @@ class Locator:
         self._temp = os.path.realpath(tempfile.gettempdir())
         installed = [sysconfig.get_paths()[k] for k in ("purelib", "platlib")] + _site_packages()
         self._installed = tuple(_folder(p) for p in installed if p)
-        self._kinds: dict[CodeType, int] = {}
+        # id(code) -> (kind, code). Keyed by id: hashing a code object hashes its bytecode and
+        # constants, microseconds for a large ``forward``, and a walk does it per frame. The
+        # entry holds the code object, so no other object can take its id while it is listed.
+        self._kinds: dict[int, tuple[int, CodeType]] = {}
 
     def _kind(self, code: CodeType) -> int:
-        kind = self._kinds.get(code)
-        if kind is None:
-            kind = self._kinds[code] = self._classify(code.co_filename)
-        return kind
+        entry = self._kinds.get(id(code))
+        if entry is None:
+            entry = self._kinds[id(code)] = (self._classify(code.co_filename), code)
+        return entry[0]
 
     def _classify(self, filename: str) -> int:
         if filename.startswith("<frozen") or filename.startswith(self._ours):
@@ -127,9 +130,8 @@ class Locator:
         kinds = self._kinds
         while frame is not None:
             code = frame.f_code
-            kind = kinds.get(code)
-            if kind is None:
-                kind = self._kind(code)
+            entry = kinds.get(id(code))
+            kind = entry[0] if entry is not None else self._kind(code)
             if kind == _USER:
                 return frame, library, transfer
             if kind & _LIBRARY:
@@ -145,14 +147,17 @@ class Locator:
             user, library = library, None  # no user frame: the library's line leads
         return join_location(_line(user), _line(library))
 
-    def cache_key(self, user: FrameType | None, library: FrameType | None) -> tuple:
-        """A key equal for two calls only if ``describe`` is: the frames' code objects and
-        instruction offsets (``f_lineno`` costs a line-table search: ``describe`` does it once
-        per key)."""
+    def cache_key(
+        self, user: FrameType | None, library: FrameType | None
+    ) -> tuple[int, int, int, int]:
+        """A key equal for two calls only if ``describe`` is: the ids of the frames' code
+        objects and their instruction offsets (``f_lineno`` costs a line-table search:
+        ``describe`` does it once per key). The frames are ones ``walk`` returned: their code
+        objects are listed in the kind cache, which keeps their ids their own."""
         return (
-            None if user is None else user.f_code,
+            0 if user is None else id(user.f_code),
             0 if user is None else user.f_lasti,
-            None if library is None else library.f_code,
+            0 if library is None else id(library.f_code),
             0 if library is None else library.f_lasti,
         )
 
