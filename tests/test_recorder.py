@@ -483,3 +483,62 @@ def test_an_error_of_the_users_op_outside_the_module_recorded_is_theirs(tmp_path
         torch.ones(3) + torch.ones(4)  # not in module "0": unrecorded, and it raises
     trace = load(tmp_path / "t.trace")
     assert {trace.string("module", i) for i in range(len(trace))} == {"0"}
+
+
+def test_walks_shortened_at_module_calls_find_what_full_walks_find(tmp_path, monkeypatch):
+    """An op's walk stops at the innermost module call and takes the rest from the walk done
+    when that call began (capture/lines.py): on a library model (transformers) inside a model of
+    this file, with a helper between them, every op gets the frames a full walk gets."""
+    transformers = pytest.importorskip("transformers")
+    from bisector.capture.lines import Locator
+
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+
+    def helper(model, tokens):
+        return model(input_ids=tokens).logits
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.llama = transformers.LlamaForCausalLM(config)
+            self.head = nn.Linear(64, 1)
+
+        def forward(self, tokens):
+            return self.head(helper(self.llama, tokens).relu()).sum()
+
+    torch.manual_seed(0)
+    model = Outer()
+    tokens = torch.randint(0, 64, (2, 8))
+    walk = Locator.walk
+    compared = []
+
+    def both(self, frame):
+        shortened = walk(self, frame)
+        marks, self._marks = self._marks, []
+        try:
+            full = walk(self, frame)
+        finally:
+            self._marks = marks
+        if marks and marks[-1] is not None:
+            above, stop = frame, marks[-1][0]
+            while above is not None and above is not stop:
+                above = above.f_back
+            compared.append((shortened, full, above is stop))
+        return shortened
+
+    monkeypatch.setattr(Locator, "walk", both)
+    with Recorder(tmp_path / "t.trace"):
+        model(tokens).backward()
+    assert len(compared) > 100
+    for shortened, full, _ in compared:
+        assert shortened[0] is full[0] and shortened[1] is full[1]
+        assert shortened[2] == full[2]
+    # The shortcut was there to take: most walks passed the innermost module call's frame.
+    assert sum(passed for _, _, passed in compared) > len(compared) / 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import weakref
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from torch.nn.modules import module as nn_module
 from bisector.capture.lines import Locator
 
 MAX_DESCRIBED = 4096  # modules described per run (class, arguments, where built)
+_BISECTOR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
 
 
 class ModuleTracker:
@@ -71,7 +73,7 @@ class ModuleTracker:
     def install(self) -> None:
         """Install the global forward hooks (removed by ``remove``)."""
         self._handles = [
-            nn_module.register_module_forward_pre_hook(self._guard(self._pre)),
+            nn_module.register_module_forward_pre_hook(self._guard(self._pre_hook)),
             nn_module.register_module_forward_hook(self._guard(self._post), always_call=True),
         ]
         if self._locator is not None and self._init is None:
@@ -84,6 +86,8 @@ class ModuleTracker:
             handle.remove()
         self._handles = []
         self._stack.clear()
+        if self._locator is not None:
+            self._locator.forget_calls()
         if self._init is not None:
             torch.nn.Module.__init__ = self._init  # type: ignore[method-assign]
             self._init = None
@@ -154,7 +158,17 @@ class ModuleTracker:
         """Module path that owns a qualified parameter name ("fc.weight" -> "fc")."""
         return name.rpartition(".")[0]
 
-    def _pre(self, module: torch.nn.Module, args: tuple) -> None:
+    def _pre_hook(self, module: torch.nn.Module, args: tuple) -> None:
+        """The forward pre-hook: ``_pre``, with the frame that runs the module's forward (the
+        first one above the hook outside bisector) for the locator's walks."""
+        frame = None
+        if self._locator is not None:
+            frame = sys._getframe(1)
+            while frame is not None and frame.f_code.co_filename.startswith(_BISECTOR):
+                frame = frame.f_back
+        self._pre(module, args, frame)
+
+    def _pre(self, module: torch.nn.Module, args: tuple, frame: FrameType | None = None) -> None:
         name = self._names.get(module)
         root = not self._stack
         if name is None:
@@ -164,12 +178,16 @@ class ModuleTracker:
             else:
                 name = f"{self._stack[-1]}.<{type(module).__name__}>"
         self._stack.append(name)
+        if self._locator is not None:
+            self._locator.enter_call(frame)
         if root:
             self._on_root_enter(module)
 
     def _post(self, module: torch.nn.Module | None, args: tuple, output: object) -> None:
         if self._stack:
             self._stack.pop()
+            if self._locator is not None:
+                self._locator.leave_call()
 
     def register(self, model: torch.nn.Module) -> None:
         """Name a model and its submodules now, as its first call would (see Recorder's
