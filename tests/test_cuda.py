@@ -153,7 +153,8 @@ def test_recording_does_not_change_gpu_numerics(tmp_path):
     )
     assert recorded.returncode == 0, recorded.stderr
     checksum = [line for line in plain.stdout.splitlines() if "checksum" in line]
-    assert checksum and checksum[0] in recorded.stdout
+    shown = [line for line in recorded.stdout.splitlines() if "checksum" in line]
+    assert checksum and checksum[0] in recorded.stdout, (checksum, shown, recorded.stdout[-2000:])
 
 
 def test_fused_kernel_matches_the_definition():
