@@ -34,8 +34,10 @@ import cProfile
 import importlib.util
 import io
 import json
+import os
 import pstats
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +47,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bisector.capture.fingerprint import Collector, hashable
 from bisector.capture.recorder import Recorder, RecordOptions
 from bisector.trace import load
 
@@ -70,10 +73,6 @@ class FloorMode(TorchDispatchMode):
 
     def __init__(self) -> None:
         super().__init__()
-        import os
-
-        from bisector.capture.fingerprint import Collector, hashable
-
         self._torch = os.path.dirname(torch.__file__)
         self._kinds: dict = {}
         self._makers: dict = {}
@@ -83,16 +82,14 @@ class FloorMode(TorchDispatchMode):
         self._hashable = hashable
 
     def _caller(self):
-        import sys
-
         frame = sys._getframe(2)
         kinds = self._kinds
         while frame is not None:
             code = frame.f_code
-            inside = kinds.get(code)
-            if inside is None:
-                inside = kinds[code] = code.co_filename.startswith(self._torch)
-            if not inside:
+            entry = kinds.get(id(code))  # by id, holding the code: hashing code is slow
+            if entry is None:
+                entry = kinds[id(code)] = (code.co_filename.startswith(self._torch), code)
+            if not entry[0]:
                 return code, frame.f_lasti
             frame = frame.f_back
         return None
