@@ -334,8 +334,11 @@ def throughput(sizes_mb: list[float]) -> list[dict]:
         def copy(out=out, x=x):
             out.copy_(x)
 
+        def total(x=x):  # torch's own reduction of the same tensor, for scale
+            x.sum()
+
         row: dict = {"size_mb": mb}
-        for label, fn in (("copy", copy), ("fingerprint", add)):
+        for label, fn in (("copy", copy), ("sum", total), ("fingerprint", add)):
             reps = int(max(5, min(400, 4000 // max(mb, 1))))
             best = []
             for _ in range(3):
@@ -352,6 +355,7 @@ def throughput(sizes_mb: list[float]) -> list[dict]:
         row["fingerprint_gbps"] = x.numel() * 4 / seconds / 1e9
         row["copy_bandwidth_gbps"] = 2 * x.numel() * 4 / (row["copy_us"] / 1e6) / 1e9
         row["of_copy"] = row["fingerprint_gbps"] / row["copy_bandwidth_gbps"]
+        row["sum_of_copy"] = row["copy_us"] / (2 * row["sum_us"])
         rows.append(row)
     return rows
 
@@ -400,6 +404,7 @@ def main() -> None:
             f"  {r['size_mb']:8.3f} MB  fingerprint {r['fingerprint_us']:8.1f} us "
             f"{r['fingerprint_gbps']:7.0f} GB/s  copy {r['copy_us']:8.1f} us "
             f"{r['copy_bandwidth_gbps']:7.0f} GB/s  {r['of_copy']:.0%} of copy"
+            f"  (torch's sum {r['sum_us']:8.1f} us: {r['sum_of_copy']:.0%} of copy)"
         )
     if args.json:
         args.json.write_text(json.dumps({**info, "models": results, "throughput": rows}, indent=2))
