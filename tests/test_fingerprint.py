@@ -200,6 +200,7 @@ for t in [torch.randn(fp.SMALL + 1), torch.randn(fp._BLOCK * 2 + 17),
            torch.zeros(1, dtype=torch.float32))
     n = words.numel()
     mult = torch.tensor([fp.block_multiplier(b) for b in range(8)], dtype=torch.int64)
+    total, largest = fp.magnitude(t)
     # spans of one tile, of several (a partial tile last), and of a whole block
     for span in (1, 4, fp._BLOCK // tfp._TILE):
         for r in res:
@@ -207,7 +208,6 @@ for t in [torch.randn(fp.SMALL + 1), torch.randn(fp._BLOCK * 2 + 17),
         programs = triton.cdiv(triton.cdiv(n, tfp._TILE), span)
         tfp._fingerprint_into[(programs,)](words, values, fp._WEIGHTS.get(t.device), mult,
             *res, 0, n, span, BLOCK=fp._BLOCK, TILE=tfp._TILE)
-        total, largest = fp.magnitude(t)
         assert int(res[0]) & fp._MASK64 == fp.fingerprint(t), (t.dtype, span)
         assert abs(float(res[1]) - float(total)) <= 1e-9 * max(1.0, abs(float(total))), t.dtype
         assert float(res[2]) == float(largest), t.dtype
