@@ -277,10 +277,16 @@ def _find_by_ladder(script, args, steps: int | None, options: FindOptions, workd
             }
         )
         inside = source.module if source is not None else None
-    # Ops of the module found, else every op of the step; then of every step up to it.
+    # Ops of the module found, else every op of the step; then of every step up to it. A
+    # source that shows in some runs only (a race, a thread count) may not show in this pair
+    # where it showed in the digests' pair, or show a step earlier: a value read from before
+    # the recorded steps (a leaf) that differs sends the ladder back to step 0, and a pair that
+    # agrees from step 0 is recorded once more before the ladder gives up.
     tries = [(step, inside)] if inside else []
     tries += [(start, None) for start in ((step, 0) if step else (0,))]
-    for start, scope in tries:
+    tries.append(tries[-1])
+    for number, (start, scope) in enumerate(tries):
+        again = number and tries[number - 1] == (start, scope)
         started = time.perf_counter()
         recorded_run = replace(run, steps=step + 1, start_step=start, inside=scope)
         report = _find_ops(script, args, recorded_run, options, workdir)
@@ -288,16 +294,32 @@ def _find_by_ladder(script, args, steps: int | None, options: FindOptions, workd
         levels.append(
             {
                 "level": "ops",
-                "steps": f"{recorded} ({f'ops of {scope}' if scope else 'every op'})",
+                "steps": f"{recorded} ({f'ops of {scope}' if scope else 'every op'})"
+                + (", again" if again else ""),
                 "found": _op_finding(report),
                 "seconds": round(time.perf_counter() - started, 2),
             }
         )
-        if _found_in_scope(report) if scope else not report.reproducible:
+        if _found_in_scope(report) if scope or start else not report.reproducible:
             break
+    else:
+        if report.reproducible:  # the digests differ: these runs' agreement proves nothing
+            _did_not_recur(report, compared)
     report.levels = levels
     report.notes = compared.notes + report.notes
     return report
+
+
+def _did_not_recur(report: Report, compared: digests.DigestReport) -> None:
+    """The digests' pair differed but two recorded pairs agree from step 0: the verdict is
+    inconclusive, never reproducible."""
+    report.reproducible = False
+    report.verdict = "inconclusive"
+    report.evidence["reasons"] = [
+        f"the two runs of the digests differed ({_digest_finding(compared)}) but two recorded "
+        "pairs were bitwise identical: the source shows in some runs only (a race, a thread "
+        "count, load); run find again, or compare more steps with --steps"
+    ]
 
 
 def _module_rung(script, args, run: RunOptions, step: int, workdir: Path):
