@@ -96,7 +96,7 @@ def _intermittent(tmp_path, perturb: str):
     )  # fmt: skip
 
 
-def test_a_source_the_ladders_pair_meets_a_step_early_is_found_from_step_0(tmp_path):
+def test_an_intermittent_source_met_a_step_early_is_found_from_step_0(tmp_path):
     """The digests' pair (runs 0, 1) differs from step 1, the module rung's (2, 3) not at all,
     the op-level pairs (4-7) from step 0: a parameter that differs as the recording of step 1
     starts is no finding, and the ladder records from step 0."""
@@ -118,7 +118,7 @@ def test_a_source_the_ladders_pair_meets_a_step_early_is_found_from_step_0(tmp_p
     assert report["levels"][2]["found"].startswith("leaf.parameter"), result.stdout
 
 
-def test_a_source_that_does_not_recur_is_inconclusive_never_reproducible(tmp_path):
+def test_an_intermittent_source_that_does_not_recur_is_inconclusive(tmp_path):
     """Only the digests' run B differs (at step 0): two op-level pairs agree, and the report
     says the runs are not shown reproducible, with why (exit code 3)."""
     result, report = _intermittent(tmp_path, "1=0")
@@ -132,7 +132,7 @@ def test_a_source_that_does_not_recur_is_inconclusive_never_reproducible(tmp_pat
     assert "Inconclusive" in result.stdout
 
 
-def test_the_intermittent_scripts_twin_is_reproducible(tmp_path):
+def test_the_intermittent_twin_is_reproducible(tmp_path):
     result, report = _intermittent(tmp_path, "")
     assert result.returncode == 0, result.stdout
     assert report["reproducible"] and len(report["levels"]) == 1
