@@ -66,6 +66,31 @@ def test_the_module_rung_finds_a_source_in_a_backward(tmp_path):
     assert levels[2]["steps"] == "0 (ops of embed)"
 
 
+def test_the_module_rung_sees_the_gradient_of_a_parameter_the_root_holds(tmp_path):
+    """``self.items[ids]`` in the model's own forward, ``items`` its own parameter, the model
+    named by its class: the gradient of ``items`` belongs to the root's backward, where the race
+    of its ``index_put`` is; the op rung then records the root's ops, not the whole step."""
+    script = "root_parameter.py"
+    result, report = find_json(tmp_path, script, "--ladder", "--", "--steps", "3")
+    assert result.returncode == 1, result.stdout
+    first = report["first_divergence"]
+    assert (first["op"], first["module"], first["phase"]) == (
+        "aten.index_put.default",
+        "Recommender",
+        "backward",
+    ), result.stdout
+    assert first["location"].endswith(f"{script}:{source_line(SCRIPTS / script)}")
+    step = report["levels"][0]["first_step"]
+    assert report["levels"][1]["found"].startswith(f"Recommender (backward, step {step})")
+    assert report["levels"][2]["steps"] == f"{step} (ops of Recommender)", result.stdout
+
+
+def test_the_root_parameter_twin_is_reproducible(tmp_path):
+    result, report = find_json(tmp_path, "root_parameter.py", "--ladder", "--", "--rows", "1000")
+    assert result.returncode == 0, result.stdout
+    assert report["reproducible"] and len(report["levels"]) == 1
+
+
 def test_a_script_the_module_hooks_break_is_recorded_op_by_op(tmp_path):
     """A ReLU(inplace=True) writes into an output that the module rung's backward hooks wrap:
     autograd refuses it, and the ladder records every op of the step instead, as before."""
