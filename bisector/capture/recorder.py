@@ -33,6 +33,7 @@ from torch.optim.optimizer import (
 
 from bisector.capture import settings
 from bisector.capture.attribution import BACKWARD as _BACKWARD
+from bisector.capture.attribution import OPTIMIZER as _OPTIMIZER_PHASE
 from bisector.capture.attribution import OTHER as _OTHER
 from bisector.capture.attribution import Attribution
 from bisector.capture.closures import wrap_closure
@@ -165,8 +166,9 @@ class RecordOptions:
             saved (not in a job of several ranks: the others would wait for this one).
         modules_only: record each module call (and its backward) as one event, and no op
             (the module rung: see capture/module_calls.py).
-        inside: record only the ops run inside this module (its path) and its backward; the
-            values they read from outside become leaves.
+        inside: record only the ops run inside this module (its path) and its backward, not
+            the optimizer step (whose ops on its parameters would read state made by ops left
+            out as differing leaves); the values they read from outside become leaves.
     """
 
     steps: int | None = None
@@ -633,8 +635,10 @@ class Recorder:
         flat = leaves(args, kwargs)
         tensors = [a for a in flat if isinstance(a, torch.Tensor)]
         phase, module_id, location_id = self._context(tensors, user, library)
-        if self.options.inside is not None and not self._is_inside(module_id):
-            return _call_users(func, args, kwargs)  # (read later as leaves, what it writes)
+        if self.options.inside is not None and (
+            phase == _OPTIMIZER_PHASE or not self._is_inside(module_id)
+        ):  # (what it writes is read later as leaves; the optimizer step is no module's)
+            return _call_users(func, args, kwargs)
         reads = tensors if info.reads_every_tensor else info.reads(args, kwargs, flat)
         refs = [r for t in reads for r in self._refs(t, phase, module_id, location_id)]
         args_id = self._args_id(flat)
