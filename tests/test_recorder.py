@@ -485,6 +485,35 @@ def test_an_error_of_the_users_op_outside_the_module_recorded_is_theirs(tmp_path
     assert {trace.string("module", i) for i in range(len(trace))} == {"0"}
 
 
+def test_the_ops_of_one_module_are_its_forward_and_backward_not_the_optimizer_step(tmp_path):
+    """Scoped to a module that holds parameters (and to the root, whose own parameter has no
+    prefix to tell its owner): its forward and backward are recorded, the optimizer step that
+    updates its parameters is not (part of it would read state made by ops left out)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(4))
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) * self.scale
+
+    for inside in ("fc", "Net"):
+        torch.manual_seed(0)
+        net = Net()
+        opt = torch.optim.Adam(net.parameters(), lr=0.1)
+        path = tmp_path / f"{inside}.trace"
+        with Recorder(path, RecordOptions(inside=inside)):
+            for _ in range(2):
+                net(torch.ones(2, 4)).sum().backward()
+                opt.step()
+        trace = load(path)
+        phases = {trace.event_summary(i)["phase"] for i in range(len(trace))}
+        modules = {trace.string("module", i) for i in range(len(trace))}
+        assert phases == {"forward", "backward"} and modules == {inside}, (inside, phases)
+
+
 def test_walks_shortened_at_module_calls_find_what_full_walks_find(tmp_path, monkeypatch):
     """An op's walk stops at the innermost module call and takes the rest from the walk done
     when that call began (capture/lines.py): on a library model (transformers) inside a model of
