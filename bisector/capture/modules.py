@@ -53,8 +53,8 @@ class ModuleTracker:
         self._guard = guard  # wraps the hooks: an exception in them is the tracker's owner's bug
         self._names: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
         self._param_names: dict[int, tuple[weakref.ref, str, str]] = {}
-        # Qualified parameter or buffer name -> the path of the module that holds it (a root's
-        # own parameters: the root's name, which no prefix of theirs gives).
+        # The owner of a root's own parameter or buffer where no prefix names the root (no
+        # variable of the script does): name -> the root's name (its class name).
         self._owners: dict[str, str] = {}
         self._stack: list[str] = []
         self._handles: list = []
@@ -159,9 +159,8 @@ class ModuleTracker:
 
     def owner_of(self, name: str) -> str:
         """Module path that owns a qualified parameter name ("fc.weight" -> "fc"; a root's own
-        ``pos_embed`` -> the root's name)."""
-        owner = self._owners.get(name)
-        return owner if owner is not None else name.rpartition(".")[0]
+        ``pos_embed``, no variable naming the root -> the root's class name)."""
+        return self._owners.get(name) or name.rpartition(".")[0]
 
     def _pre_hook(self, module: torch.nn.Module, args: tuple) -> None:
         """The forward pre-hook: ``_pre``, with the frame that runs the module's forward (the
@@ -212,12 +211,13 @@ class ModuleTracker:
         for path, sub in root.named_modules(remove_duplicate=True):
             name = f"{prefix}{path}" if path else variable or type(root).__name__
             self._names.setdefault(sub, name)
-            held = [*sub.named_parameters(recurse=False), *sub.named_buffers(recurse=False)]
-            for own, _ in held:
-                self._owners.setdefault(f"{prefix}{path}.{own}" if path else f"{prefix}{own}", name)
             if len(self.described) < MAX_DESCRIBED and name not in self.described:
                 built = self._built.get(sub, "")
                 self.described[name] = [type(sub).__name__, _arguments(sub), built]
+        if not variable:  # (else "model.items" names its owner, as "fc.weight" does)
+            own = [*root.named_parameters(recurse=False), *root.named_buffers(recurse=False)]
+            for path, _ in own:
+                self._owners.setdefault(path, self._names[root])
         for kind, items in (
             ("parameter", root.named_parameters()),
             ("buffer", root.named_buffers()),
