@@ -6,13 +6,10 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from bisector import analysis, digests, workdirs
 from bisector.analysis.modules import first_module_source
-from bisector.capture.digester import Watch
-from bisector.capture.recorder import Recorder, RecordOptions
 from bisector.confirm import ConfirmOptions, check_kernel_claims, confirm
 from bisector.errors import InternalError, MismatchError, ScriptError, TraceError
 from bisector.pairs import Pair, diff_jobs, digest_pair, job_files, record_pair
@@ -22,6 +19,13 @@ from bisector.runner import RunOptions, check_script, run_recorded
 from bisector.schema import is_leaf
 from bisector.trace import load
 from bisector.words import counted
+
+if TYPE_CHECKING:  # the recorder's modules load torch: imported where used, so that `find` and
+    # `diff` of traces never wait for torch in this (the parent) process
+    import torch
+
+    from bisector.capture.digester import Watch
+    from bisector.capture.recorder import Recorder
 
 
 @dataclass(frozen=True)
@@ -467,6 +471,8 @@ def watch(
         >>> with bisector.watch(model, optimizer, "run-a.digests"):
         ...     train()
     """
+    from bisector.capture.digester import Watch
+
     return Watch(model, optimizer, path, every).start()
 
 
@@ -481,4 +487,6 @@ def record(path: str | os.PathLike, steps: int | None = None) -> Recorder:
         >>> with bisector.record("run.trace", steps=2):
         ...     train()
     """
+    from bisector.capture.recorder import Recorder, RecordOptions
+
     return Recorder(path, RecordOptions(steps=steps))

@@ -95,9 +95,19 @@ def snapshot_name(step: int) -> str:
     return f"step-{int(step)}.pt"
 
 
+# Folders the user names as their own code (os.pathsep-separated), besides the script's folder:
+# set by the parent, read by the child's line locator.
+USER_PATHS_ENV = "BISECTOR_USER_PATHS"
+
+
 def captured_inputs(folder: Path, event: int) -> Path:
     """Where a capture run saves the inputs of event ``event`` for its replay."""
     return folder / f"event-{int(event)}.pt"
+
+
+def captured_op(inputs: Path) -> Path:
+    """The file beside captured inputs that names their op (one line: ``aten.mm.default``)."""
+    return inputs.with_suffix(".op")
 
 
 @dataclass

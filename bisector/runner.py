@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from bisector import jobs
-from bisector.capture.lines import USER_PATHS_ENV
 from bisector.digests import Digests
 from bisector.digests import load as load_digests
 from bisector.errors import InternalError, Interrupted, ScriptError, TraceError
@@ -30,6 +29,7 @@ from bisector.runfiles import (
     EXIT_SCRIPT_RAISED,
     EXIT_SETUP_FAILED,
     RANK,
+    USER_PATHS_ENV,
     ChildSpec,
     RunFiles,
 )

@@ -7,6 +7,13 @@ import os
 import sys
 from pathlib import Path
 
+# The suite runs a test per core (pytest-xdist), and most of a test is child processes running
+# torch with as many threads as cores: OpenMP threads that spin while they wait take the cores
+# the other tests' processes need. Passive waiting changes no result (the work and how it is
+# split among threads stay the same) and made the frameworks' tests about 8% faster here.
+# Set before torch is imported; the children inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 import torch
 import torch.nn.modules.module as nn_module

@@ -417,3 +417,25 @@ def test_a_source_inside_compiled_code_is_named_at_its_boundary(tmp_path):
     (pair,) = report["confirmations"]
     assert pair["intervention"] == "no-compile" and not pair["reproducible"]
     assert "aten.index_put" in pair["first_divergence"]
+
+
+def test_the_parent_of_find_never_imports_torch(tmp_path):
+    """Each run imports torch; the process that runs them, reads their traces, compares them
+    and replays the source (in a process of its own) does not: on a busy machine its 1.5 s of
+    importing would compete with the runs for the cores."""
+    code = (
+        "import sys\n"
+        "from bisector.api import FindOptions, find\n"
+        "report = find(sys.argv[1], options=FindOptions(workdir=sys.argv[2]))\n"
+        "print(report.verdict, report.sources[0].checked['result'], 'torch' in sys.modules)\n"
+    )
+    script = SCRIPTS / "forward_atomic.py"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(script), str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=subprocess_env(),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["diverged", "confirmed", "False"]

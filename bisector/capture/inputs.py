@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from bisector.runfiles import captured_op
+
 # Python types torch.load(weights_only=True) reads back as they are.
 _PLAIN = (bool, int, float, str, type(None))
 
@@ -36,6 +38,8 @@ def encode(value: Any) -> Any:
 
 
 def save_inputs(path: Path, op: str, args: tuple, kwargs: dict) -> None:
-    """Save the inputs of one op call (tensors copied to the CPU, devices remembered)."""
+    """Save the inputs of one op call (tensors copied to the CPU, devices remembered), and the
+    op's name beside them (``captured_op``: the parent reads it without loading torch)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"op": op, "args": encode(tuple(args)), "kwargs": encode(dict(kwargs))}, path)
+    captured_op(path).write_text(op)

@@ -32,10 +32,8 @@ from types import CodeType, FrameType
 
 import torch
 
+from bisector.runfiles import USER_PATHS_ENV
 from bisector.trace import join_location
-
-# Folders the user names as their own code (os.pathsep-separated), besides the script's folder.
-USER_PATHS_ENV = "BISECTOR_USER_PATHS"
 
 _USER, _INTERNAL, _TRANSFER, _LIBRARY, _GENERATED = 0, 1, 2, 4, 8
 

@@ -19,7 +19,6 @@ from typing import cast
 import numpy as np
 
 from bisector import analysis
-from bisector.capture import snapshots
 from bisector.confirm import effects
 from bisector.confirm.interventions import (
     Intervention,
@@ -528,12 +527,23 @@ def growth(a: Trace, b: Trace, report: Report) -> list[GrowthRow]:
             "max_state_diff": None,
             "exact": False,
         }
-        exact = snapshots.max_differences(_snapshot(a, step), _snapshot(b, step))
+        exact = _snapshot_differences(_snapshot(a, step), _snapshot(b, step))
         if exact is not None:
             row["max_grad_diff"], row["max_param_diff"] = exact["grad"], exact["param"]
             row["max_state_diff"], row["exact"] = exact["state"], True
         result.append(row)
     return result
+
+
+def _snapshot_differences(a: Path, b: Path) -> dict[str, float] | None:
+    """The snapshots' largest differences (``snapshots.max_differences``), None where either
+    was not taken. Their module loads torch: only where snapshots exist, so that a find that
+    takes none never waits for torch in this process."""
+    if not (a.exists() and b.exists()):
+        return None
+    from bisector.capture import snapshots
+
+    return snapshots.max_differences(a, b)
 
 
 def _snapshot(trace: Trace, step: int) -> Path:

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from bisector.runfiles import captured_op
 
 
 @dataclass
@@ -145,8 +145,7 @@ if __name__ == "__main__":
 
 def write_repro(inputs: Path) -> Path:
     """Write the standalone repro script next to saved inputs; returns its path."""
-    saved = torch.load(inputs, weights_only=True)
-    op = str(saved["op"])
+    op = captured_op(inputs).read_text().strip()
     script = inputs.with_suffix(".py")
     script.write_text(_REPRO.format(op=op, script=script.name, inputs=inputs.name))
     return script
@@ -165,9 +164,9 @@ def replay(
         reason = unsaved.read_text().strip()
         return Replay("?", event, 0, None, "", f"its inputs could not be saved ({reason})")
     try:
-        op = str(torch.load(inputs, weights_only=True)["op"])
+        op = captured_op(inputs).read_text().strip()
         script = write_repro(inputs)
-    except (OSError, RuntimeError, KeyError) as exc:
+    except OSError as exc:
         return Replay("?", event, 0, None, "", f"cannot read the saved inputs: {exc}")
     result_file = inputs.with_suffix(".json")
     command = [sys.executable, str(script), "--runs", str(runs), "--json", str(result_file)]
