@@ -42,6 +42,14 @@ CASES = [
     Case(
         "lightning_manual.py", "kernel", "aten.index_put.default", "items", "backward", "lightning"
     ),
+    Case(
+        "lightning_step.py",
+        "kernel",
+        "aten.index_put.default",
+        "TableRegressor",
+        "backward",
+        "lightning",
+    ),
     Case("hf_trainer.py", "rng", "aten.rand.generator", "", "other", "transformers"),
     Case(
         "accelerate_loop.py",

@@ -571,3 +571,70 @@ def test_walks_shortened_at_module_calls_find_what_full_walks_find(tmp_path, mon
         assert shortened[2] == full[2]
     # The shortcut was there to take: most walks passed the innermost module call's frame.
     assert sum(passed for _, _, passed in compared) > len(compared) / 2
+
+
+class _StepModule(nn.Module):
+    """As a LightningModule: a parameter of its own and a head, used by ``training_step``,
+    which the loop calls directly (never the module itself)."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(10, 8))
+        self.head = nn.Sequential(nn.Linear(8, 4), nn.GELU(), nn.Linear(4, 1))
+
+    def training_step(self, ids):
+        return self.head(self.table[ids]).pow(2).mean()
+
+    def after_backward(self):
+        return torch.stack([p.grad.norm() for p in self.parameters()]).sum()
+
+
+def _framework_loop(steps: int) -> None:
+    torch.manual_seed(0)
+    module = _StepModule()
+    opt = torch.optim.Adam(module.parameters(), lr=0.1)
+    ids = torch.tensor([1, 2, 2, 7])
+
+    def closure():  # the forward and backward run inside the step, as Lightning runs them
+        opt.zero_grad()
+        loss = module.training_step(ids)
+        loss.backward()
+        module.after_backward()
+        return loss
+
+    for _ in range(steps):
+        opt.step(closure)
+
+
+def test_a_module_run_through_its_methods_owns_their_ops_and_names_its_parameters(tmp_path):
+    """Lightning calls ``training_step``, not the module: its ops are the module's, its
+    submodules are named from it (``head.0``, not a root ``Sequential`` of their own), the
+    ops after the backward in its methods are ``other``, and step digests name its own
+    parameter (``table``, not the optimizer's ``group0.0``)."""
+    with bisector.record(tmp_path / "t.trace"):
+        _framework_loop(2)
+    _, events = _events(tmp_path / "t.trace")
+    step = [e for e in events if e["step"] == 0]
+
+    def modules(op: str, phase: str) -> set[str]:
+        return {e["module"] for e in step if (e["op"], e["phase"]) == (op, phase)}
+
+    assert modules("aten.index.Tensor", "forward") == {"_StepModule"}
+    assert modules("aten.addmm.default", "forward") == {"head.0", "head.2"}
+    assert modules("aten.mean.default", "forward") == {"_StepModule"}
+    assert modules("aten.index_put.default", "backward") == {"_StepModule"}
+    assert modules("aten.stack.default", "other") == {"_StepModule"}  # after the backward
+    assert {e["module"] for e in step if e["phase"] == "optimizer"} >= {"_StepModule", "head.0"}
+
+    from bisector import digests
+    from bisector.capture.digester import GlobalDigests
+
+    watch = GlobalDigests(tmp_path / "run.digests", None, lambda: None)
+    watch.install()
+    try:
+        _framework_loop(2)
+    finally:
+        watch.close()
+    taken = digests.load(tmp_path / "run.digests")
+    grads = {taken.names[i][1] for i in taken.steps[0].ids if taken.names[i][0] == "grad"}
+    assert {"table", "head.0.weight", "head.2.bias"} <= grads, grads

@@ -6,7 +6,10 @@
   the node (remembered by the sequence number autograd gave it), or, inside the user's own
   ``autograd.Function.backward``, that line;
 - ``forward`` from a top-level module call until the backward starts (so the loss computed
-  after ``model(x)`` counts), the module being the innermost one running;
+  after ``model(x)`` counts), the module being the innermost one running; outside every module
+  call, an op in a method of a module (Lightning's ``training_step``) is that module's, and
+  ``forward`` until the step's backward has run (after it: ``other``, as gradient clipping in
+  ``on_before_optimizer_step``);
 - ``other`` otherwise.
 """
 
@@ -42,6 +45,7 @@ class Attribution:
         self._last_seq = -1
         self.optimizer_depth = 0  # inside optimizer.step() (its closure excepted)
         self.forward_open = False  # a top-level forward ran and its backward has not started
+        self._backward_ran = False  # since the last optimizer step
 
     def context(self, tensors: list[torch.Tensor], user, location_id: int) -> tuple[int, int, int]:
         """(phase, module id, location id) of an op reading ``tensors``, called from the
@@ -51,6 +55,7 @@ class Attribution:
             return OPTIMIZER, self._string(self._optimizer_module(tensors)), location_id
         if node is not None:
             self.forward_open = False
+            self._backward_ran = True
             created = self._node_info.get(node._sequence_nr())
             if created is None:
                 return BACKWARD, self._string(self._accumulate_module(node)), location_id
@@ -58,7 +63,12 @@ class Attribution:
             if user is None or not in_custom_backward(user):
                 location_id = forward_location
             return BACKWARD, module_id, location_id
-        module_id = self._string(self._modules.current)
+        module = self._modules.current
+        if not module and user is not None:
+            module = self._modules.method_owner(user)
+            if module and not self._backward_ran:
+                self.forward_open = True
+        module_id = self._string(module)
         # The autograd node an op creates has the sequence number just taken; remember where
         # it was created so that its backward ops get this module and line.
         seq = autograd_sequence_nr()
@@ -74,6 +84,7 @@ class Attribution:
     def step_done(self) -> None:
         """An optimizer step ended: the next forward starts afresh."""
         self.forward_open = False
+        self._backward_ran = False
         self._node_info.clear()
 
     def _optimizer_module(self, tensors: list[torch.Tensor]) -> str:

@@ -35,6 +35,7 @@ from torch.optim.optimizer import (
 from bisector.capture import settings
 from bisector.capture.closures import wrap_closure
 from bisector.capture.fingerprint import Collector, PendingResults, hashable, plain_values
+from bisector.capture.modules import calling_module
 from bisector.digests import DigestWriter
 from bisector.torch_api import tree_leaves
 
@@ -385,7 +386,10 @@ class GlobalDigests(_DigestHooks):
         self._depth += 1
         if self._depth == 1 and module not in self._roots:
             self._roots[module] = None
-            for name, param in module.named_parameters(remove_duplicate=False):
+            # Called from a method of a module that holds it (``self.head`` in Lightning's
+            # ``training_step``): the parameters are named from that module (``table``).
+            root = calling_module(module) or module
+            for name, param in root.named_parameters(remove_duplicate=False):
                 self._names.setdefault(id(param), (weakref.ref(param), name))
 
     def _post(self, module, args, kwargs, output) -> None:
@@ -407,8 +411,11 @@ class GlobalDigests(_DigestHooks):
         if self._optimizer_depth == 1:
             self._stepped = []
         self._stepped.append(optimizer)
-        named = self._named(optimizer)
-        return self._after_closure(args, kwargs, lambda: self.digester.gradients(named))
+        # Named when taken: with a closure, the step's first forward (which names the
+        # parameters of a model first called there) runs inside it.
+        return self._after_closure(
+            args, kwargs, lambda: self.digester.gradients(self._named(optimizer))
+        )
 
     def _after_step(self, optimizer, args, kwargs) -> None:
         self._optimizer_depth = max(0, self._optimizer_depth - 1)

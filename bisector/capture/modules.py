@@ -8,6 +8,12 @@ teacher and a student), each such root is named by its variable and its submodul
 with it (``disc.stats``), so that equal paths of two models are told apart.
 Backward ops get their module from the forward op that created their autograd node (see ops.py).
 
+A framework may run a model's code without calling it: Lightning calls ``training_step``, not
+``__call__``. An op or a module call made while no module runs, from a method of a module (its
+``self``), belongs to that module: it becomes a root (``Lit``, its submodules ``head.0``), so
+that ``self.table[ids]`` in ``training_step`` is ``Lit``'s and ``self.head`` is ``head``, as in
+the module's ``state_dict``, not a root of its own.
+
 For reports, each module is also described as the user wrote it: its class, its arguments as
 ``extra_repr`` shows them (``p=0.1, inplace=False``; else its plain attributes) and the line
 that built it. That line is noted by wrapping ``nn.Module.__init__`` while the tracker is
@@ -22,7 +28,7 @@ import os
 import sys
 import weakref
 from collections.abc import Callable
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 import torch
@@ -32,6 +38,8 @@ from bisector.capture.lines import Locator
 
 MAX_DESCRIBED = 4096  # modules described per run (class, arguments, where built)
 _BISECTOR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
+# The files of torch that run a module call (``__call__``, its hooks) above the hook.
+_CALL_FILES = {nn_module.__file__}
 
 
 class ModuleTracker:
@@ -62,6 +70,9 @@ class ModuleTracker:
         self._locator = locator
         self._built: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
         self._init: Any = None  # nn.Module.__init__ as it was before install
+        # id(code) -> (code, whether it may be a method of a module: its first argument is
+        # ``self``, and no call of it has had another kind of ``self``)
+        self._methods: dict[int, tuple[CodeType, bool]] = {}
         self.described: dict[str, list[str]] = {}  # path -> [class, arguments, built at]
 
     @property
@@ -172,12 +183,42 @@ class ModuleTracker:
                 frame = frame.f_back
         self._pre(module, args, frame)
 
+    def method_owner(self, frame: FrameType | None) -> str:
+        """The path of the module whose method ``frame`` runs (``training_step``), or "": for an
+        op made while no module runs. A module first seen so becomes a root."""
+        owner = self._self_module(frame)
+        if owner is None:
+            return ""
+        name = self._names.get(owner)
+        if name is None:
+            self._register_root(owner)
+            name = self._names[owner]
+        return name
+
+    def _self_module(self, frame: FrameType | None) -> torch.nn.Module | None:
+        """``self_module(frame)``, with what each code object is remembered (this runs for
+        every op made while no module runs)."""
+        if frame is None:
+            return None
+        code = frame.f_code
+        entry = self._methods.get(id(code))
+        if entry is None:  # (the entry holds the code: no other code object takes its id)
+            entry = self._methods[id(code)] = (code, _may_be_method(code))
+        if not entry[1]:
+            return None
+        owner = self_module(frame)
+        if owner is None:  # a method of another class
+            self._methods[id(code)] = (code, False)
+        return owner
+
     def _pre(self, module: torch.nn.Module, args: tuple, frame: FrameType | None = None) -> None:
         name = self._names.get(module)
         root = not self._stack
         if name is None:
             if root:
-                self._register_root(module)
+                self._adopt_caller(module)
+                if module not in self._names:
+                    self._register_root(module)
                 name = self._names[module]
             else:
                 name = f"{self._stack[-1]}.<{type(module).__name__}>"
@@ -186,6 +227,13 @@ class ModuleTracker:
             self._locator.enter_call(frame)
         if root:
             self._on_root_enter(module)
+
+    def _adopt_caller(self, module: torch.nn.Module) -> None:
+        """Where a new top-level module is called from a method of a module that holds it
+        (``self.head(x)`` in ``training_step``), make that module the root."""
+        owner = calling_module(module)
+        if owner is not None:  # (named before: again, for the submodules it has gained since)
+            self._register_root(owner)
 
     def _post(self, module: torch.nn.Module | None, args: tuple, output: object) -> None:
         if self._stack:
@@ -225,6 +273,43 @@ class ModuleTracker:
             for path, tensor in items:
                 entry = (weakref.ref(tensor), kind, f"{prefix}{path}")
                 self._param_names.setdefault(id(tensor), entry)
+
+
+# Code objects of their own that run inside the function that holds them (Python < 3.12).
+_COMPREHENSIONS = ("<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>")
+
+
+def _may_be_method(code: CodeType) -> bool:
+    """Whether the code may run a method of a module: its first argument is ``self`` (not in
+    ``__init__``: building a module is not running it), or a comprehension inside one."""
+    if code.co_name in _COMPREHENSIONS:
+        return True
+    return code.co_argcount > 0 and code.co_varnames[0] == "self" and code.co_name != "__init__"
+
+
+def self_module(frame: FrameType) -> torch.nn.Module | None:
+    """The module that is ``self`` in the method ``frame`` runs (or the method a
+    comprehension at ``frame`` runs in), or None."""
+    while frame.f_code.co_name in _COMPREHENSIONS and frame.f_back is not None:
+        frame = frame.f_back
+    if not _may_be_method(frame.f_code):
+        return None
+    owner = frame.f_locals.get("self")
+    return owner if isinstance(owner, torch.nn.Module) else None
+
+
+def calling_module(module: torch.nn.Module) -> torch.nn.Module | None:
+    """The module whose method calls ``module`` and holds it as a submodule (``self.head(x)``
+    in a LightningModule's ``training_step``), or None; for a forward hook to ask."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and (
+        frame.f_code.co_filename in _CALL_FILES or frame.f_code.co_filename.startswith(_BISECTOR)
+    ):
+        frame = frame.f_back
+    owner = self_module(frame) if frame is not None else None
+    if owner is None or owner is module or not any(sub is module for sub in owner.modules()):
+        return None
+    return owner
 
 
 def _arguments(module: torch.nn.Module) -> str:
