@@ -190,8 +190,22 @@ def test_fused_kernel_logic_in_the_triton_interpreter(tmp_path):
 
     code = """
 import torch, triton
+import triton.language as tl
 from bisector.capture import fingerprint as fp
 from bisector.capture import triton_fingerprint as tfp
+
+@triton.jit
+def probe(x, n):
+    for i in range(0, n):
+        tl.store(x + i, i)
+
+try:  # (Triton 3.6's interpreter cannot: a TypeError from its tensors' __index__)
+    probe[(1,)](torch.zeros(4, dtype=torch.int32), 4)
+except Exception as exc:
+    if "TypeError" not in repr(exc):
+        raise
+    print("unsupported: this Triton's interpreter cannot loop to a bound given at run time")
+    raise SystemExit(0)
 for t in [torch.randn(fp.SMALL + 1), torch.randn(fp._BLOCK * 2 + 17),
           (torch.randn(1 << 16) * 1000).to(torch.int64), torch.randn(70000) > 0,
           torch.randn(1 << 17).to(torch.bfloat16), torch.randn(5000, dtype=torch.complex64)]:
@@ -217,4 +231,13 @@ print("ok")
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
     )
+    if result.returncode == 0 and result.stdout.startswith("unsupported"):
+        # The kernel itself runs with that Triton on GPUs (tests/test_cuda.py).
+        pytest.skip(f"Triton {_triton_version()}: {result.stdout.strip()}")
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+def _triton_version() -> str:
+    import triton
+
+    return triton.__version__
