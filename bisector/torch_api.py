@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from types import CodeType
 from typing import Any
 
 import torch
@@ -39,6 +40,7 @@ __all__ = [
     "dynamo_counters",
     "missing",
     "optimized_module_class",
+    "skip_dynamo",
     "supports_ignore_compile_internals",
     "free_weak",
     "tree_leaves",
@@ -59,6 +61,9 @@ _USED = (
     ("torch._C", "_set_float32_matmul_precision"),
     ("torch._dynamo.eval_frame", "OptimizedModule"),
     ("torch._dynamo.utils", "counters"),
+    ("torch._C._dynamo.eval_frame", "set_code_exec_strategy"),
+    ("torch._C._dynamo.eval_frame", "_FrameExecStrategy"),
+    ("torch._C._dynamo.eval_frame", "_FrameAction"),
     ("torch", "UntypedStorage._weak_ref"),
     ("torch", "UntypedStorage._free_weak_ref"),
     ("torch", "UntypedStorage._expired"),
@@ -117,6 +122,20 @@ def dynamo_counters() -> Any:
     from torch._dynamo.utils import counters
 
     return counters
+
+
+def skip_dynamo(code: CodeType) -> bool:
+    """Have Dynamo run this code, and all it calls, as it is, never compiled: what
+    ``torch._dynamo.disable`` does, without its wrapper run at each call, which also imports
+    Dynamo (about 1.3 s) the first time. False where this torch has no way to."""
+    try:
+        from torch._C._dynamo import eval_frame
+
+        skip = eval_frame._FrameAction.SKIP
+        eval_frame.set_code_exec_strategy(code, eval_frame._FrameExecStrategy(skip, skip))
+    except (ImportError, AttributeError, TypeError, RuntimeError):
+        return False
+    return True
 
 
 def supports_ignore_compile_internals() -> bool:

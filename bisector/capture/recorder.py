@@ -57,6 +57,7 @@ from bisector.torch_api import (
     current_autograd_node,
     current_dispatch_mode,
     disable_current_modes,
+    skip_dynamo,
 )
 from bisector.trace import (
     FLAG_RANDOM,
@@ -214,6 +215,17 @@ class _OpMode(TorchDispatchMode):
             return recorder._on_op(func, args, kwargs)
         except Exception as exc:
             recorder._fail(exc)
+
+    # Dynamo must never compile the handler (nor what it calls). torch ensures it by wrapping
+    # ``__torch_dispatch__`` in ``torch._dynamo.disable``, whose wrapper costs a context switch
+    # per op and imports Dynamo at the first one (1.3 s of every recorded run). Where torch
+    # lets a code object be marked to be skipped, it is marked instead, here, before torch
+    # decides (when the class is made) whether to wrap it.
+    _dynamo_skipped = skip_dynamo(__torch_dispatch__.__code__)
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return not cls._dynamo_skipped
 
 
 class Recorder:

@@ -100,11 +100,13 @@ def cuda_memory() -> dict[str, int] | None:
 def notable_modules() -> list[str]:
     """Libraries the script used that change which interventions apply."""
     found = [name for name in ("transformers",) if name in sys.modules]
+    if "torch._dynamo" not in sys.modules:  # nothing was compiled (and importing it takes 1.3 s)
+        return found
     try:
         compiled = bool(sum(torch_api.dynamo_counters()["frames"].values()))
-    except Exception:  # noqa: BLE001 - dynamo absent, or its counters moved
+    except Exception:  # noqa: BLE001 - its counters moved
         compiled = False
-    if not compiled and "torch._dynamo" in sys.modules:
+    if not compiled:
         # Under a recording dispatch mode Dynamo compiles nothing, so look for what the script
         # asked to compile: a module wrapped by torch.compile.
         wrapper = torch_api.optimized_module_class()
