@@ -638,3 +638,27 @@ def test_a_module_run_through_its_methods_owns_their_ops_and_names_its_parameter
     taken = digests.load(tmp_path / "run.digests")
     grads = {taken.names[i][1] for i in taken.steps[0].ids if taken.names[i][0] == "grad"}
     assert {"table", "head.0.weight", "head.2.bias"} <= grads, grads
+
+
+def test_recording_keeps_dynamo_out_of_the_handler_without_importing_it(tmp_path):
+    """torch would wrap the handler in ``torch._dynamo.disable`` (a context switch per op, and
+    an import of Dynamo at the first op); the handler's code is marked for Dynamo to skip
+    instead, and a run that compiles nothing never loads Dynamo."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    code = (
+        "import sys, torch\n"
+        "from bisector.capture.recorder import Recorder, _OpMode\n"
+        f"with Recorder({str(tmp_path / 't.trace')!r}):\n"
+        "    torch.ones(3).sin().sum()\n"
+        "print(_OpMode._dynamo_skipped, hasattr(_OpMode.__torch_dispatch__, '__wrapped__'),"
+        " 'torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env()
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False", "False"]
