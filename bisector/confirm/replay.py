@@ -143,9 +143,8 @@ if __name__ == "__main__":
 '''
 
 
-def write_repro(inputs: Path) -> Path:
-    """Write the standalone repro script next to saved inputs; returns its path."""
-    op = captured_op(inputs).read_text().strip()
+def write_repro(inputs: Path, op: str) -> Path:
+    """Write the standalone repro script of ``op`` next to its saved inputs; returns its path."""
     script = inputs.with_suffix(".py")
     script.write_text(_REPRO.format(op=op, script=script.name, inputs=inputs.name))
     return script
@@ -165,7 +164,7 @@ def replay(
         return Replay("?", event, 0, None, "", f"its inputs could not be saved ({reason})")
     try:
         op = captured_op(inputs).read_text().strip()
-        script = write_repro(inputs)
+        script = write_repro(inputs, op)
     except OSError as exc:
         return Replay("?", event, 0, None, "", f"cannot read the saved inputs: {exc}")
     result_file = inputs.with_suffix(".json")
