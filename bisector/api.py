@@ -424,7 +424,6 @@ _KIND_NAMES = {"trace": "a trace", "digests": "a digest file", "checkpoint": "a 
 
 def _kind_of(path: Path) -> str:
     """ "trace", "digests" or "checkpoint", from the first bytes of the file."""
-    from bisector.checkpoint import sniff_checkpoint
     from bisector.records import read_bytes
     from bisector.trace import MAGIC as TRACE_MAGIC
 
@@ -433,6 +432,8 @@ def _kind_of(path: Path) -> str:
         return "trace"
     if first == digests.MAGIC:
         return "digests"
+    from bisector.checkpoint import sniff_checkpoint  # (imports torch: 1.5 s)
+
     # A zip archive that is not readable still goes to the checkpoint loader: it says why.
     if first.startswith(b"PK\x03\x04") or sniff_checkpoint(path) is not None:
         return "checkpoint"

@@ -422,12 +422,14 @@ def test_a_source_inside_compiled_code_is_named_at_its_boundary(tmp_path):
 def test_the_parent_of_find_never_imports_torch(tmp_path):
     """Each run imports torch; the process that runs them, reads their traces, compares them
     and replays the source (in a process of its own) does not: on a busy machine its 1.5 s of
-    importing would compete with the runs for the cores."""
+    importing would compete with the runs for the cores. Nor does ``diff`` of two traces."""
     code = (
         "import sys\n"
-        "from bisector.api import FindOptions, find\n"
+        "from bisector.api import FindOptions, diff, find\n"
         "report = find(sys.argv[1], options=FindOptions(workdir=sys.argv[2]))\n"
-        "print(report.verdict, report.sources[0].checked['result'], 'torch' in sys.modules)\n"
+        "again = diff(f'{sys.argv[2]}/a.trace', f'{sys.argv[2]}/b.trace')\n"
+        "print(report.verdict, report.sources[0].checked['result'], again.verdict,\n"
+        "      'torch' in sys.modules)\n"
     )
     script = SCRIPTS / "forward_atomic.py"
     done = subprocess.run(
@@ -438,4 +440,4 @@ def test_the_parent_of_find_never_imports_torch(tmp_path):
         env=subprocess_env(),
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["diverged", "confirmed", "False"]
+    assert done.stdout.split() == ["diverged", "confirmed", "diverged", "False"]
