@@ -422,12 +422,17 @@ def test_a_source_inside_compiled_code_is_named_at_its_boundary(tmp_path):
 def test_the_parent_of_find_never_imports_torch(tmp_path):
     """Each run imports torch; the process that runs them, reads their traces, compares them
     and replays the source (in a process of its own) does not: on a busy machine its 1.5 s of
-    importing would compete with the runs for the cores. Nor does ``diff`` of two traces."""
+    importing would compete with the runs for the cores. Nor does ``diff`` of two traces, nor
+    its console and HTML pages."""
     code = (
         "import sys\n"
         "from bisector.api import FindOptions, diff, find\n"
         "report = find(sys.argv[1], options=FindOptions(workdir=sys.argv[2]))\n"
         "again = diff(f'{sys.argv[2]}/a.trace', f'{sys.argv[2]}/b.trace')\n"
+        "from rich.console import Console\n"
+        "from bisector.render import to_console, to_file\n"
+        "to_console(again, Console(file=open(sys.argv[2] + '/report.txt', 'w')))\n"
+        "to_file(again, 'html')\n"
         "print(report.verdict, report.sources[0].checked['result'], again.verdict,\n"
         "      'torch' in sys.modules)\n"
     )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bisector.checkpoint import CheckpointReport
 from bisector.digests import DigestReport
+from bisector.render import is_checkpoint_report
 from bisector.render.html_blocks import (
     bullets,
     code,
@@ -24,7 +24,6 @@ from bisector.render.html_blocks import (
     section,
     table,
 )
-from bisector.render.html_checkpoint import checkpoint_sections
 from bisector.render.html_digest import digest_sections
 from bisector.render.html_tree import module_tree
 from bisector.render.svg import curve_plot, pairs_plot
@@ -43,6 +42,9 @@ from bisector.render.wording import (
 )
 from bisector.report import Report, RunInfo, Source
 from bisector.words import counted, source_line
+
+if TYPE_CHECKING:
+    from bisector.checkpoint import CheckpointReport
 
 
 def render_html(report: Report | DigestReport | CheckpointReport) -> str:
@@ -65,7 +67,9 @@ def render_html(report: Report | DigestReport | CheckpointReport) -> str:
         sections = _report_sections(report)
     elif isinstance(report, DigestReport):
         sections = digest_sections(report)
-    elif isinstance(report, CheckpointReport):
+    elif is_checkpoint_report(report):
+        from bisector.render.html_checkpoint import checkpoint_sections
+
         sections = checkpoint_sections(report)
     else:
         raise TypeError(f"cannot render a {type(report).__name__} as HTML")
