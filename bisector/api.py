@@ -189,7 +189,8 @@ def _check_observer(script, args, run: RunOptions, workdir: Path, pair: Pair) ->
         taken[rank] = (files, numbers)
     steps = min(numbers[-1] for _, numbers in taken.values()) + 1
     job = run.launch is not None
-    plain = RunFiles.per_rank(workdir / "plain.pt").output if job else workdir / "plain.pt"
+    plain = workdir / "plain.safetensors"
+    plain = RunFiles.per_rank(plain).output if job else plain
     run_plain(script, args, plain, replace(run, steps=steps, start_step=0, snapshots=False))
     compared = {}
     for rank, (files, _) in taken.items():

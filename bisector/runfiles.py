@@ -4,14 +4,14 @@ script: every file of a run, named here once, and what the child is to do, as on
 A run has one main file, its trace or digest file (``a.trace``); every other file is named
 after it:
 
-    a.trace             the trace (or a.digests: step digests)
-    a.trace.status      how a rank of a torchrun job ended (JSON), for the parent
-    a.trace.progress    what the run is doing now (a small shared file, see capture/progress.py)
-    a.trace.intervened  what the interventions noted in the run (JSON)
-    a.trace.processes   other processes the script started, and their torch work (JSON lines)
-    a.trace.replicas    per step, fingerprints of what every rank should hold alike (JSON lines)
-    a.steps/step-N.pt   the training state after step N (``--snapshots``)
-    a.log               the run's output (every rank's; a.node1.log per node of several)
+    a.trace                     the trace (or a.digests: step digests)
+    a.trace.status              how a rank of a torchrun job ended (JSON), for the parent
+    a.trace.progress            what the run is doing now (a small shared file: progress.py)
+    a.trace.intervened          what the interventions noted in the run (JSON)
+    a.trace.processes           other processes the script started, their torch work (JSON lines)
+    a.trace.replicas            per step, fingerprints of what ranks should hold alike (JSON lines)
+    a.steps/step-N.safetensors  the training state after step N (``--snapshots``)
+    a.log                       the run's output (every rank's; a.node1.log per node of several)
 
 In a torchrun job each rank writes its own, named by a template that holds ``{rank}``
 (``a.rank{rank}.trace``: ``a.rank0.trace``, ``a.rank1.trace``); the child puts its rank in.
@@ -82,7 +82,7 @@ class RunFiles:
 
     def snapshot_steps(self) -> list[int]:
         """The steps whose snapshot is on disk, in order."""
-        return sorted(int(p.stem.split("-")[1]) for p in self.steps.glob("step-*.pt"))
+        return sorted(int(p.stem.split("-")[1]) for p in self.steps.glob("step-*.safetensors"))
 
     def log(self, nnodes: int = 1, node_rank: int = 0) -> Path:
         """The run's output, every rank's together (one per node in a job of several)."""
@@ -92,7 +92,7 @@ class RunFiles:
 
 def snapshot_name(step: int) -> str:
     """The file name of the snapshot after step ``step`` (in RunFiles.steps)."""
-    return f"step-{int(step)}.pt"
+    return f"step-{int(step)}.safetensors"
 
 
 # Folders the user names as their own code (os.pathsep-separated), besides the script's folder:

@@ -364,18 +364,32 @@ def test_check_observer_finds_no_effect_of_recording(tmp_path):
 
 
 def test_snapshots_compared_in_order_see_one_changed_bit(tmp_path):
+    """Snapshots are read back without torch: the raw bytes in the order they were taken."""
     from bisector.capture import snapshots
 
-    state = {"param/w": torch.randn(4, 4), "grad/w": torch.randn(4, 4)}
-    torch.save(state, tmp_path / "a.pt")
+    state = {
+        "param/w": torch.randn(4, 4),
+        "param/b": torch.randn(3).to(torch.bfloat16),
+        "grad/w": torch.randn(4, 4),
+        "state/w/exp_avg": torch.randn(5, dtype=torch.float64),
+    }
+    assert snapshots.save(tmp_path / "a.safetensors", state)
     changed = {k: v.clone() for k, v in state.items()}
     changed["grad/w"].view(-1).view(torch.int32)[5] ^= 1
+    changed["param/b"][1] += 0.5
     # names differ (a plain run does not know module names): values compare in order
-    torch.save(dict(zip(["p", "g"], changed.values(), strict=True)), tmp_path / "b.pt")
-    same = snapshots.compare_in_order(tmp_path / "a.pt", tmp_path / "a.pt")
-    assert same["equal"] and same["tensors"] == 2
-    other = snapshots.compare_in_order(tmp_path / "a.pt", tmp_path / "b.pt")
-    assert not other["equal"] and other["differing"] == 1 and other["max_abs_diff"] > 0
+    renamed = dict(zip("zyxw", changed.values(), strict=True))
+    assert snapshots.save(tmp_path / "b.safetensors", renamed)
+    same = snapshots.compare_in_order(tmp_path / "a.safetensors", tmp_path / "a.safetensors")
+    assert same["equal"] and same["tensors"] == 4
+    other = snapshots.compare_in_order(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    expected = (changed["param/b"].double() - state["param/b"].double()).abs().max().item()
+    assert not other["equal"] and other["differing"] == 2
+    assert other["max_abs_diff"] == expected  # the bf16 change, widened exactly
+    assert snapshots.save(tmp_path / "c.safetensors", changed)
+    largest = snapshots.max_differences(tmp_path / "a.safetensors", tmp_path / "c.safetensors")
+    grad = (changed["grad/w"] - state["grad/w"]).abs().max().item()
+    assert largest == {"param": expected, "grad": grad, "state": 0.0}
 
 
 def test_compiled_code_is_recorded_at_its_boundary_and_changes_nothing(tmp_path):
@@ -422,18 +436,20 @@ def test_a_source_inside_compiled_code_is_named_at_its_boundary(tmp_path):
 def test_the_parent_of_find_never_imports_torch(tmp_path):
     """Each run imports torch; the process that runs them, reads their traces, compares them
     and replays the source (in a process of its own) does not: on a busy machine its 1.5 s of
-    importing would compete with the runs for the cores. Nor does ``diff`` of two traces, nor
-    its console and HTML pages."""
+    importing would compete with the runs for the cores. Nor does reading their snapshots (the
+    growth), ``diff`` of two traces, nor its console and HTML pages."""
     code = (
         "import sys\n"
-        "from bisector.api import FindOptions, diff, find\n"
-        "report = find(sys.argv[1], options=FindOptions(workdir=sys.argv[2]))\n"
+        "from bisector.api import ConfirmOptions, FindOptions, diff, find\n"
+        "tries = ConfirmOptions(forced=('deterministic',), only_forced=True)\n"
+        "report = find(sys.argv[1], options=FindOptions(workdir=sys.argv[2], confirm=tries))\n"
         "again = diff(f'{sys.argv[2]}/a.trace', f'{sys.argv[2]}/b.trace')\n"
         "from rich.console import Console\n"
         "from bisector.render import to_console, to_file\n"
         "to_console(again, Console(file=open(sys.argv[2] + '/report.txt', 'w')))\n"
         "to_file(again, 'html')\n"
-        "print(report.verdict, report.sources[0].checked['result'], again.verdict,\n"
+        "exact = bool(report.growth) and all(row['exact'] for row in report.growth)\n"
+        "print(report.verdict, report.sources[0].checked['result'], exact, again.verdict,\n"
         "      'torch' in sys.modules)\n"
     )
     script = SCRIPTS / "forward_atomic.py"
@@ -445,4 +461,5 @@ def test_the_parent_of_find_never_imports_torch(tmp_path):
         env=subprocess_env(),
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["diverged", "confirmed", "diverged", "False"]
+    # (exact: the growth compared the runs' snapshots, read without torch)
+    assert done.stdout.split() == ["diverged", "confirmed", "True", "diverged", "False"]

@@ -103,6 +103,6 @@ def test_the_child_spec_travels_as_json_and_names_each_ranks_files(tmp_path):
     assert mine.trace == str(tmp_path / "a.rank1.trace") and mine.capture == [5, 9]
     files = RunFiles(tmp_path / "a.rank1.trace")
     assert files.status.name == "a.rank1.trace.status"
-    assert files.snapshot(2) == tmp_path / "a.rank1.steps" / "step-2.pt"
+    assert files.snapshot(2) == tmp_path / "a.rank1.steps" / "step-2.safetensors"
     assert RunFiles(template).log() == tmp_path / "a.log"
     assert RunFiles(template).log(nnodes=2, node_rank=1) == tmp_path / "a.node1.log"

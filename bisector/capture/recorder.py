@@ -156,7 +156,7 @@ class RecordOptions:
         capture: event indices whose inputs are saved (for a replay of the op).
         capture_dir: folder for those inputs (``event-<index>.pt``).
         snapshot_dir: save parameters, gradients and optimizer state after each optimizer
-            step there (``step-<n>.pt``), for an exact growth of the difference.
+            step there (``step-<n>.safetensors``), for an exact growth of the difference.
         start_step: record ops only from this optimizer step on (the steps before run
             unrecorded, at full speed); the trace's events keep their true step numbers.
         progress_file: keep this rank's progress there (see capture/progress.py), for the

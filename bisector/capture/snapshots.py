@@ -4,19 +4,46 @@ two runs can be compared exactly, step by step, for the growth of their differen
 Taken once per optimizer step (after it), never per op: one copy to the host per step. Only the
 first steps of a confirmation pair are snapshotted, and a snapshot larger than a budget is
 skipped (the growth then falls back to lower bounds from the trace).
+
+The recorded run (which has torch) writes them as safetensors files, with the order the tensors
+were taken in the metadata; ``find``'s own process reads them back with numpy, without importing
+torch (1.5 s while the runs want the cores): the format is 8 bytes of header length, a JSON
+header of names, dtypes, shapes and byte ranges, then the raw little-endian data.
 """
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
-from bisector.capture.fingerprint import plain_values
 from bisector.report import SnapshotMatch
+
+if TYPE_CHECKING:
+    import torch
 
 # A step whose state is larger than this is not snapshotted.
 MAX_BYTES = 2 << 30
+
+# The metadata key of the names in the order they were taken (the header's order is not kept).
+_ORDER = "bisector.order"
+# safetensors dtypes numpy reads as they are; BF16 is widened by hand; others (FP8) compare
+# bitwise only.
+_NUMPY = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
+}
+_FLOATS = ("F64", "F32", "F16", "BF16")
 
 
 def state_tensors(optimizers, name_of) -> dict[str, torch.Tensor]:
@@ -26,6 +53,8 @@ def state_tensors(optimizers, name_of) -> dict[str, torch.Tensor]:
         optimizers: the optimizers that stepped.
         name_of: maps a parameter to its qualified name, or None if it has none.
     """
+    import torch
+
     found: dict[str, torch.Tensor] = {}
     for k, optimizer in enumerate(optimizers):
         for g, group in enumerate(optimizer.param_groups):
@@ -41,14 +70,26 @@ def state_tensors(optimizers, name_of) -> dict[str, torch.Tensor]:
 
 
 def save(path: Path, tensors: dict[str, torch.Tensor]) -> bool:
-    """Save detached CPU copies; False (and nothing written) if over the budget."""
+    """Save detached CPU copies; False (and nothing written) if over the budget or of a dtype
+    the format has no name for (complex)."""
+    from safetensors.torch import save_file
+
+    from bisector.capture.fingerprint import plain_values
+
     # A DTensor (FSDP2, tensor parallelism) is saved as the shard or replica this rank holds.
     tensors = {k: plain_values(t.detach()) for k, t in tensors.items()}
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     if total > MAX_BYTES:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: t.to("cpu", copy=True) for k, t in tensors.items()}, path)
+    copies = {k: t.to("cpu", copy=True).contiguous() for k, t in tensors.items()}
+    try:
+        save_file(copies, str(path), metadata={_ORDER: json.dumps(list(copies))})
+    except (ValueError, TypeError) as exc:  # a dtype safetensors has no name for
+        path.unlink(missing_ok=True)
+        if "dtype" not in str(exc).lower():
+            raise
+        return False
     return True
 
 
@@ -56,33 +97,29 @@ def max_differences(a: Path, b: Path) -> dict[str, float] | None:
     """Largest absolute difference per kind (param, grad, state) between two snapshots."""
     if not (a.exists() and b.exists()):
         return None
-    left = torch.load(a, weights_only=True)
-    right = torch.load(b, weights_only=True)
+    right = {name: (dtype, shape, raw) for name, dtype, shape, raw in _read(b)}
     result = {"param": 0.0, "grad": 0.0, "state": 0.0}
-    for name, x in left.items():
-        y = right.get(name)
-        if y is None or y.shape != x.shape or not x.is_floating_point():
+    for name, dtype, shape, raw in _read(a):
+        other = right.get(name)
+        if other is None or other[:2] != (dtype, shape) or dtype not in _FLOATS:
             continue
         kind = name.split("/", 1)[0]
-        diff = (x.double() - y.double()).abs().max().item() if x.numel() else 0.0
-        result[kind] = max(result[kind], diff)
+        result[kind] = max(result[kind], _largest_difference(dtype, raw, other[2]))
     return result
 
 
 def compare_in_order(a: Path, b: Path) -> SnapshotMatch:
     """Compare two snapshots value by value in the order they were taken (their names may
     differ: a plain run does not know module names). Bitwise, with the largest difference."""
-    left = list(torch.load(a, weights_only=True).values())
-    right = list(torch.load(b, weights_only=True).values())
+    left, right = _read(a), _read(b)
     differing, largest = 0, 0.0
-    for x, y in zip(left, right, strict=False):
-        if x.shape != y.shape or x.dtype != y.dtype:
+    for (_, dtype, shape, x), (_, other_dtype, other_shape, y) in zip(left, right, strict=False):
+        if (dtype, shape) != (other_dtype, other_shape):
             differing += 1
-            continue
-        if not torch.equal(x.view(-1).view(torch.uint8), y.view(-1).view(torch.uint8)):
+        elif not np.array_equal(x, y):
             differing += 1
-            if x.is_floating_point() and x.numel():
-                largest = max(largest, (x.double() - y.double()).abs().max().item())
+            if dtype in _FLOATS:
+                largest = max(largest, _largest_difference(dtype, x, y))
     differing += abs(len(left) - len(right))
     return {
         "equal": differing == 0,
@@ -90,3 +127,33 @@ def compare_in_order(a: Path, b: Path) -> SnapshotMatch:
         "differing": differing,
         "max_abs_diff": largest,
     }
+
+
+def _read(path: Path) -> list[tuple[str, str, tuple[int, ...], np.ndarray]]:
+    """(name, safetensors dtype, shape, the raw bytes) of each tensor of a snapshot, in the
+    order they were taken; the bytes are mapped from the file, not read into memory."""
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    (length,) = struct.unpack("<Q", data[:8].tobytes())
+    header = json.loads(data[8 : 8 + length].tobytes())
+    start = 8 + length
+    order = json.loads(header.pop("__metadata__", {}).get(_ORDER, "null")) or sorted(header)
+    found = []
+    for name in order:
+        entry = header[name]
+        begin, end = (start + offset for offset in entry["data_offsets"])
+        found.append((name, entry["dtype"], tuple(entry["shape"]), data[begin:end]))
+    return found
+
+
+def _largest_difference(dtype: str, x: np.ndarray, y: np.ndarray) -> float:
+    """max |x - y| of two tensors' raw bytes of a float dtype, in float64 (nan if any is)."""
+    if x.size == 0:
+        return 0.0
+    difference = np.abs(_float64(dtype, x) - _float64(dtype, y))
+    return float(difference.max())
+
+
+def _float64(dtype: str, raw: np.ndarray) -> np.ndarray:
+    if dtype == "BF16":  # the upper half of a float32
+        return (raw.view("<u2").astype(np.uint32) << 16).view("<f4").astype(np.float64)
+    return raw.view(_NUMPY[dtype]).astype(np.float64)
