@@ -1,7 +1,8 @@
 """Training as people run it: inside Lightning, the HF Trainer, Accelerate, PyG, an LBFGS
 closure, a loop without optimizer, DataLoader workers, torch.compile, a script that sets
-cudnn.benchmark itself. Each script in tests/scripts/frameworks/ plants one source of run-to-run
-difference on the CPU at the line marked ``# SOURCE`` and has a deterministic twin (``--twin``);
+cudnn.benchmark itself, activation checkpointing, a gradient penalty (a double backward). Each
+script in tests/scripts/frameworks/ plants one source of run-to-run difference on the CPU at
+the line marked ``# SOURCE`` and has a deterministic twin (``--twin``);
 the truth of each was checked with two or more plain runs (statehash.py, see its docstring).
 bisector must name the planted op with its module, phase and the user's own line, and call the
 twin reproducible."""
@@ -82,6 +83,8 @@ CASES = [
     Case("cudnn_benchmark.py", "kernel", "aten.index_put_.default", "disc.stats", "forward"),
     Case("nanogpt_compile.py", "rng", "aten.randint.generator", "", "other"),
     Case("transformer_fastpath.py", "kernel", "aten.index_put_.default", "head", "forward"),
+    Case("activation_checkpoint.py", "kernel", "aten.index_put.default", "blocks.1", "backward"),
+    Case("gradient_penalty.py", "kernel", "aten.index_put.default", "Critic", "backward"),
 ]
 
 
