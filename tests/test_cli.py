@@ -390,6 +390,18 @@ def test_snapshots_compared_in_order_see_one_changed_bit(tmp_path):
     largest = snapshots.max_differences(tmp_path / "a.safetensors", tmp_path / "c.safetensors")
     grad = (changed["grad/w"] - state["grad/w"]).abs().max().item()
     assert largest == {"param": expected, "grad": grad, "state": 0.0}
+    # what torch.save took as it was: a sparse gradient, complex and 16-bit unsigned state
+    embedding = torch.nn.Embedding(10, 3, sparse=True)
+    embedding(torch.tensor([1, 2])).sum().backward()
+    odd = {"grad/e": embedding.weight.grad, "state/c": torch.ones(2, dtype=torch.complex128)}
+    odd["state/u"] = torch.tensor([0, 1, 2]).to(torch.uint16)
+    assert snapshots.save(tmp_path / "odd.safetensors", odd)
+    more = {**odd, "state/u": torch.tensor([1, 2, 3]).to(torch.uint16)}
+    assert snapshots.save(tmp_path / "more.safetensors", more)
+    odd_change = snapshots.compare_in_order(
+        tmp_path / "odd.safetensors", tmp_path / "more.safetensors"
+    )
+    assert (odd_change["tensors"], odd_change["differing"]) == (3, 1)
 
 
 def test_compiled_code_is_recorded_at_its_boundary_and_changes_nothing(tmp_path):

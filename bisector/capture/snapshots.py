@@ -44,6 +44,11 @@ _NUMPY = {
     "BOOL": "?",
 }
 _FLOATS = ("F64", "F32", "F16", "BF16")
+# torch dtypes saved as they are (the rest as bytes: ``_storable``).
+_STORED = (
+    *("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"),
+    *("int64", "int32", "int16", "int8", "uint8", "bool"),
+)
 
 
 def state_tensors(optimizers, name_of) -> dict[str, torch.Tensor]:
@@ -70,8 +75,8 @@ def state_tensors(optimizers, name_of) -> dict[str, torch.Tensor]:
 
 
 def save(path: Path, tensors: dict[str, torch.Tensor]) -> bool:
-    """Save detached CPU copies; False (and nothing written) if over the budget or of a dtype
-    the format has no name for (complex)."""
+    """Save detached CPU copies; False (and nothing written) if over the budget or not
+    storable (a layout or dtype no copy here handles: the growth then falls back to bounds)."""
     from safetensors.torch import save_file
 
     from bisector.capture.fingerprint import plain_values
@@ -82,15 +87,29 @@ def save(path: Path, tensors: dict[str, torch.Tensor]) -> bool:
     if total > MAX_BYTES:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    copies = {k: t.to("cpu", copy=True).contiguous() for k, t in tensors.items()}
     try:
+        copies = {k: _storable(t) for k, t in tensors.items()}
         save_file(copies, str(path), metadata={_ORDER: json.dumps(list(copies))})
-    except (ValueError, TypeError) as exc:  # a dtype safetensors has no name for
+    except (RuntimeError, ValueError, TypeError, KeyError):
         path.unlink(missing_ok=True)
-        if "dtype" not in str(exc).lower():
-            raise
         return False
     return True
+
+
+def _storable(t: torch.Tensor) -> torch.Tensor:
+    """A dense, contiguous CPU copy of ``t`` in a dtype every safetensors >= 0.4 names: complex
+    numbers as pairs of reals, other dtypes (unsigned ints past 8 bits, ...) as their bytes,
+    which compare bitwise."""
+    import torch
+
+    if t.layout != torch.strided:  # a sparse gradient (Embedding(sparse=True)), dense here
+        t = t.to_dense()
+    t = t.to("cpu", copy=True).contiguous()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if str(t.dtype).removeprefix("torch.") not in _STORED:
+        t = t.reshape(-1).view(torch.uint8)
+    return t
 
 
 def max_differences(a: Path, b: Path) -> dict[str, float] | None:
