@@ -35,7 +35,7 @@ class Case:
     library: str = ""  # where the library frame beside the user's line lies ("" none)
 
     def __str__(self) -> str:
-        return self.script.removesuffix(".py")
+        return self.script.removesuffix(".py") + "".join(self.args)
 
 
 CASES = [
@@ -84,6 +84,14 @@ CASES = [
     Case("nanogpt_compile.py", "rng", "aten.randint.generator", "", "other"),
     Case("transformer_fastpath.py", "kernel", "aten.index_put_.default", "head", "forward"),
     Case("activation_checkpoint.py", "kernel", "aten.index_put.default", "blocks.1", "backward"),
+    Case(
+        "activation_checkpoint.py",
+        "kernel",
+        "aten.index_put.default",
+        "blocks.1",
+        "backward",
+        args=("--reentrant",),
+    ),
     Case("gradient_penalty.py", "kernel", "aten.index_put.default", "Critic", "backward"),
 ]
 

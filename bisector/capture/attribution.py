@@ -4,7 +4,8 @@
   backward keep their own phase), the module being the owner of the parameters it updates;
 - ``backward`` while autograd runs a node: the module and line of the forward op that created
   the node (remembered by the sequence number autograd gave it), or, inside the user's own
-  ``autograd.Function.backward``, that line;
+  ``autograd.Function.backward``, that line; a forward that activation checkpointing recomputes
+  inside the backward is its module's (and so is the backward of what it made);
 - ``forward`` from a top-level module call until the backward starts (so the loss computed
   after ``model(x)`` counts), the module being the innermost one running; outside every module
   call, an op in a method of a module (Lightning's ``training_step``) is that module's, and
@@ -46,46 +47,65 @@ class Attribution:
         self.optimizer_depth = 0  # inside optimizer.step() (its closure excepted)
         self.forward_open = False  # a top-level forward ran and its backward has not started
         self._backward_ran = False  # since the last optimizer step
+        # The module depth where the running backward began (None: no backward runs), and the
+        # nodes made by forwards that a checkpoint recomputed inside it.
+        self._backward_depth: int | None = None
+        self._recomputed: dict[int, tuple[int, int]] = {}
 
     def context(self, tensors: list[torch.Tensor], user, location_id: int) -> tuple[int, int, int]:
         """(phase, module id, location id) of an op reading ``tensors``, called from the
         ``user`` frame at ``location_id``."""
         node = current_autograd_node()
         if self.optimizer_depth:
+            self._backward_depth = None
             return OPTIMIZER, self._string(self._optimizer_module(tensors)), location_id
         if node is not None:
             self.forward_open = False
             self._backward_ran = True
-            created = self._node_info.get(node._sequence_nr())
+            if self._backward_depth is None:  # a backward begins
+                self._backward_depth = self._modules.depth
+            elif self._modules.depth > self._backward_depth:
+                # A module runs inside the backward: a checkpoint recomputes its forward (the
+                # reentrant one then runs a backward of what it made, inside this one).
+                module_id = self._string(self._modules.current)
+                self._remember(self._recomputed, module_id, location_id)
+                return BACKWARD, module_id, location_id
+            seq = node._sequence_nr()
+            created = self._node_info.get(seq) or self._recomputed.get(seq)
             if created is None:
                 return BACKWARD, self._string(self._accumulate_module(node)), location_id
             module_id, forward_location = created
             if user is None or not in_custom_backward(user):
                 location_id = forward_location
             return BACKWARD, module_id, location_id
+        self._backward_depth = None
         module = self._modules.current
         if not module and user is not None:
             module = self._modules.method_owner(user)
             if module and not self._backward_ran:
                 self.forward_open = True
         module_id = self._string(module)
-        # The autograd node an op creates has the sequence number just taken; remember where
-        # it was created so that its backward ops get this module and line.
+        self._remember(self._node_info, module_id, location_id)
+        phase = FORWARD if (self._modules.depth or self.forward_open) else OTHER
+        return phase, module_id, location_id
+
+    def _remember(self, nodes: dict[int, tuple[int, int]], module_id: int, location_id: int):
+        """The autograd node an op creates has the sequence number just taken; remember where
+        it was created so that its backward ops get this module and line."""
         seq = autograd_sequence_nr()
         if seq != self._last_seq:
             self._last_seq = seq
-            self._node_info[seq - 1] = (module_id, location_id)
-            if len(self._node_info) > _MAX_NODES:  # no optimizer step clears it: keep the newest
-                for key in list(self._node_info)[: _MAX_NODES // 2]:
-                    del self._node_info[key]
-        phase = FORWARD if (self._modules.depth or self.forward_open) else OTHER
-        return phase, module_id, location_id
+            nodes[seq - 1] = (module_id, location_id)
+            if len(nodes) > _MAX_NODES:  # no optimizer step clears it: keep the newest
+                for key in list(nodes)[: _MAX_NODES // 2]:
+                    del nodes[key]
 
     def step_done(self) -> None:
         """An optimizer step ended: the next forward starts afresh."""
         self.forward_open = False
         self._backward_ran = False
         self._node_info.clear()
+        self._recomputed.clear()
 
     def _optimizer_module(self, tensors: list[torch.Tensor]) -> str:
         for t in tensors:

@@ -1,7 +1,9 @@
 """Activation checkpointing: a residual MLP tower whose blocks run under
 torch.utils.checkpoint.checkpoint(use_reentrant=False), as HF's gradient_checkpointing and timm
 do, so every block's forward runs twice: once in the forward (keeping nothing), and again inside
-the backward, where its ops are recomputed before their own backward.
+the backward, where its ops are recomputed before their own backward. `--reentrant`: the
+reentrant checkpoint (use_reentrant=True, HF's default), which runs the block under no_grad in
+the forward and, inside the backward, recomputes it and runs a backward of its own on it.
 
 What it trains: a regression from 8 features and an item id (40,000 rows, 200 items). `inp`
 (Linear 8 -> 32), three `blocks` (LayerNorm, Linear 32 -> 128, GELU, Linear 128 -> 32, residual),
@@ -15,7 +17,7 @@ Expected first divergence: aten.index_put.default, module blocks.1, phase backwa
 the line marked SOURCE (the recomputed forward's ops, run inside the backward, do not differ).
 --twin: F.embedding instead (its backward is bitwise stable on a CPU).
 Truth (statehash.py, torch 2.13 CPU, 2 threads): planted 2 runs -> 2 digests; twin 2 runs ->
-1 digest.
+1 digest; the same with --reentrant.
 """
 
 import argparse
@@ -27,6 +29,9 @@ from torch.utils.checkpoint import checkpoint
 parser = argparse.ArgumentParser()
 parser.add_argument("--twin", action="store_true", help="look offsets up with F.embedding")
 parser.add_argument("--steps", type=int, default=3)
+parser.add_argument(
+    "--reentrant", action="store_true", help="the reentrant checkpoint (HF's default)"
+)
 args = parser.parse_args()
 
 ROWS, ITEMS, WIDTH = 40000, 200, 32
@@ -59,7 +64,7 @@ class Tower(nn.Module):
     def forward(self, x, ids):
         x = self.inp(x)
         for block in self.blocks:
-            x = checkpoint(block, x, ids, use_reentrant=False)
+            x = checkpoint(block, x, ids, use_reentrant=args.reentrant)
         return self.out(x).squeeze(-1)
 
 
