@@ -5,12 +5,12 @@ the backward, where its ops are recomputed before their own backward. `--reentra
 reentrant checkpoint (use_reentrant=True, HF's default), which runs the block under no_grad in
 the forward and, inside the backward, recomputes it and runs a backward of its own on it.
 
-What it trains: a regression from 8 features and an item id (40,000 rows, 200 items). `inp`
+What it trains: a regression from 8 features and an item id (160,000 rows, 200 items). `inp`
 (Linear 8 -> 32), three `blocks` (LayerNorm, Linear 32 -> 128, GELU, Linear 128 -> 32, residual),
 `out` (Linear 32 -> 1); AdamW, 3 steps. `blocks.1` also adds a learned offset per item.
 
 Planted source: `blocks.1` looks its offsets up as `self.offsets[ids]`; the backward of that
-gather adds the 40,000 gradient rows into the 200 rows of the offsets' gradient with
+gather adds the 160,000 gradient rows into the 200 rows of the offsets' gradient with
 index_put(accumulate=True), atomic adds on a CPU with >= 2 threads: the gradient differs in its
 last bits from run to run.
 Expected first divergence: aten.index_put.default, module blocks.1, phase backward, step 0, at
@@ -34,7 +34,7 @@ parser.add_argument(
 )
 args = parser.parse_args()
 
-ROWS, ITEMS, WIDTH = 40000, 200, 32
+ROWS, ITEMS, WIDTH = 160000, 200, 32
 
 
 class Block(nn.Module):
