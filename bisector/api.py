@@ -14,7 +14,7 @@ from bisector.confirm import ConfirmOptions, check_kernel_claims, confirm
 from bisector.errors import InternalError, MismatchError, ScriptError, TraceError
 from bisector.pairs import Pair, diff_jobs, digest_pair, job_files, record_pair
 from bisector.report import Level, ObserverCheck, Report
-from bisector.runfiles import RunFiles
+from bisector.runfiles import SNAPSHOT_SUFFIX, RunFiles
 from bisector.runner import RunOptions, check_script, run_recorded
 from bisector.schema import is_leaf
 from bisector.trace import load
@@ -189,7 +189,7 @@ def _check_observer(script, args, run: RunOptions, workdir: Path, pair: Pair) ->
         taken[rank] = (files, numbers)
     steps = min(numbers[-1] for _, numbers in taken.values()) + 1
     job = run.launch is not None
-    plain = workdir / "plain.safetensors"
+    plain = workdir / f"plain{SNAPSHOT_SUFFIX}"
     plain = RunFiles.per_rank(plain).output if job else plain
     run_plain(script, args, plain, replace(run, steps=steps, start_step=0, snapshots=False))
     compared = {}

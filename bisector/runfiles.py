@@ -82,7 +82,8 @@ class RunFiles:
 
     def snapshot_steps(self) -> list[int]:
         """The steps whose snapshot is on disk, in order."""
-        return sorted(int(p.stem.split("-")[1]) for p in self.steps.glob("step-*.safetensors"))
+        found = self.steps.glob(f"step-*{SNAPSHOT_SUFFIX}")
+        return sorted(int(p.stem.split("-")[1]) for p in found)
 
     def log(self, nnodes: int = 1, node_rank: int = 0) -> Path:
         """The run's output, every rank's together (one per node in a job of several)."""
@@ -90,9 +91,13 @@ class RunFiles:
         return log.with_suffix(f".node{node_rank}.log") if nnodes > 1 else log
 
 
+# Snapshots of the training state are safetensors files (capture/snapshots.py).
+SNAPSHOT_SUFFIX = ".safetensors"
+
+
 def snapshot_name(step: int) -> str:
     """The file name of the snapshot after step ``step`` (in RunFiles.steps)."""
-    return f"step-{int(step)}.safetensors"
+    return f"step-{int(step)}{SNAPSHOT_SUFFIX}"
 
 
 # Folders the user names as their own code (os.pathsep-separated), besides the script's folder:
