@@ -215,8 +215,10 @@ for t in [torch.randn(fp.SMALL + 1), torch.randn(fp._BLOCK * 2 + 17),
     n = words.numel()
     mult = torch.tensor([fp.block_multiplier(b) for b in range(8)], dtype=torch.int64)
     total, largest = fp.magnitude(t)
-    # spans of one tile, of several (a partial tile last), and of a whole block
-    for span in (1, 4, fp._BLOCK // tfp._TILE):
+    # spans of one tile, of several (a partial tile last), and of a whole block; a tensor of
+    # several blocks in spans of many tiles (its 2,049 one-tile programs took 8 s here)
+    spans = (1, 4) if n <= fp._BLOCK else (64, 256)
+    for span in (*spans, fp._BLOCK // tfp._TILE):
         for r in res:
             r.zero_()
         programs = triton.cdiv(triton.cdiv(n, tfp._TILE), span)

@@ -15,7 +15,8 @@ index_put(accumulate=True), atomic adds on a CPU with >= 2 threads: the gradient
 last bits from run to run.
 Expected first divergence: aten.index_put.default, module blocks.1, phase backward, step 0, at
 the line marked SOURCE (the recomputed forward's ops, run inside the backward, do not differ).
---twin: F.embedding instead (its backward is bitwise stable on a CPU).
+--twin: F.embedding instead (its backward is bitwise stable on a CPU); its test runs 20,000
+rows (--rows), enough for several threads, in an eighth of the time.
 Truth (statehash.py, torch 2.13 CPU, 2 threads): planted 2 runs -> 2 digests; twin 2 runs ->
 1 digest; the same with --reentrant.
 """
@@ -29,12 +30,13 @@ from torch.utils.checkpoint import checkpoint
 parser = argparse.ArgumentParser()
 parser.add_argument("--twin", action="store_true", help="look offsets up with F.embedding")
 parser.add_argument("--steps", type=int, default=3)
+parser.add_argument("--rows", type=int, default=160000, help="rows a step (the twin needs fewer)")
 parser.add_argument(
     "--reentrant", action="store_true", help="the reentrant checkpoint (HF's default)"
 )
 args = parser.parse_args()
 
-ROWS, ITEMS, WIDTH = 160000, 200, 32
+ROWS, ITEMS, WIDTH = args.rows, 200, 32
 
 
 class Block(nn.Module):
