@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +35,31 @@ class Case:
     args: tuple[str, ...] = ()
     library: str = ""  # where the library frame beside the user's line lies ("" none)
     twin_args: tuple[str, ...] = ()  # more arguments for the twin (a smaller workload)
+    # interventions to try in the planted case's find, and what their pairs must show (one find
+    # serves both checks: each find is a few processes that import torch)
+    tries: tuple[str, ...] = ()
+    outcome: Callable[[dict], None] | None = None
 
     def __str__(self) -> str:
         return self.script.removesuffix(".py") + "".join(self.args)
+
+
+def _the_generator_op_replays_and_adam_becomes_sgd(report: dict) -> None:
+    """Under the HF Trainer: the rng source replays to one result from one generator state, and
+    adam-to-sgd reaches the Trainer's optimizer (applied; the rng still differs)."""
+    first = report["first_divergence"]
+    (replayed,) = [r for r in report["replay"] if r["event"] == first["event"]]
+    assert (replayed["op"], replayed["error"]) == ("aten.rand.generator", None), replayed
+    assert replayed["distinct_results"] == 1  # one result from one generator state
+    (pair,) = report["confirmations"]
+    assert pair["outcome"] in ("amplifier", "no-effect"), pair
+    assert pair["first_divergence"] == "aten.rand.generator (rng)"
+
+
+def _an_intervention_that_cannot_take_effect_says_so(report: dict) -> None:
+    (pair,) = report["confirmations"]
+    assert pair["outcome"] == "did-not-apply"
+    assert pair["not_applied"] == "no transformers model was built in the run"
 
 
 CASES = [
@@ -52,7 +75,16 @@ CASES = [
         "backward",
         "lightning",
     ),
-    Case("hf_trainer.py", "rng", "aten.rand.generator", "", "other", "transformers"),
+    Case(
+        "hf_trainer.py",
+        "rng",
+        "aten.rand.generator",
+        "",
+        "other",
+        "transformers",
+        tries=("adam-to-sgd",),
+        outcome=_the_generator_op_replays_and_adam_becomes_sgd,
+    ),
     Case(
         "accelerate_loop.py",
         "kernel",
@@ -78,7 +110,15 @@ CASES = [
         "torch_geometric",
         library="torch_geometric/",
     ),
-    Case("lbfgs_closure.py", "kernel", "aten.index_put_.default", "encoder.pool", "forward"),
+    Case(
+        "lbfgs_closure.py",
+        "kernel",
+        "aten.index_put_.default",
+        "encoder.pool",
+        "forward",
+        tries=("eager-attention",),
+        outcome=_an_intervention_that_cannot_take_effect_says_so,
+    ),
     Case("manual_sgd.py", "kernel", "aten.index_put_.default", "conv1", "forward"),
     Case("worker_init.py", "input", "leaf.tensor", "features.0", "forward"),
     Case("cudnn_benchmark.py", "kernel", "aten.index_put_.default", "disc.stats", "forward"),
@@ -149,7 +189,7 @@ def _needs(case: Case) -> None:
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_the_planted_source_is_named_at_the_users_line(tmp_path, case):
     _needs(case)
-    report = find(tmp_path, case.script, *case.args)
+    report = find(tmp_path, case.script, *case.args, confirm=case.tries)
     assert report["verdict"] == "diverged", report["evidence"]
     # On a loaded machine a CPU kernel can differ by itself (exp's vectorised and scalar
     # paths split at another element when fewer threads run); its replay on the captured
@@ -173,6 +213,8 @@ def test_the_planted_source_is_named_at_the_users_line(tmp_path, case):
     assert "/tmp/" not in first["location"] and not first["location"].startswith("<")
     if case.kind == "kernel":  # every kernel claim is checked by a replay
         assert first["checked"]["result"] == "confirmed", first["checked"]
+    if case.outcome is not None:
+        case.outcome(report)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -313,25 +355,6 @@ def test_a_single_thread_pair_holds_against_the_scripts_own_thread_count(tmp_pat
     assert pair["outcome"] == "fixes", pair
     assert held_against(pair, script, "torch.set_num_threads(")
     assert "set_num_threads(1)" in report["fix"]
-
-
-def test_under_the_trainer_a_generator_op_replays_and_adam_becomes_sgd(tmp_path):
-    pytest.importorskip("transformers")
-    report = find(tmp_path, "hf_trainer.py", confirm=("adam-to-sgd",))
-    first = report["first_divergence"]
-    (replayed,) = [r for r in report["replay"] if r["event"] == first["event"]]
-    assert (replayed["op"], replayed["error"]) == ("aten.rand.generator", None), replayed
-    assert replayed["distinct_results"] == 1  # one result from one generator state
-    (pair,) = report["confirmations"]
-    assert pair["outcome"] in ("amplifier", "no-effect"), pair  # applied; the rng still differs
-    assert pair["first_divergence"] == "aten.rand.generator (rng)"
-
-
-def test_an_intervention_that_cannot_take_effect_says_so(tmp_path):
-    report = find(tmp_path, "lbfgs_closure.py", confirm=("eager-attention",))
-    (pair,) = report["confirmations"]
-    assert pair["outcome"] == "did-not-apply"
-    assert pair["not_applied"] == "no transformers model was built in the run"
 
 
 # ----- GPU variants (marker cuda; run on the H200) -----------------------------------------
