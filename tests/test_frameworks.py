@@ -1,6 +1,7 @@
 """Training as people run it: inside Lightning, the HF Trainer, Accelerate, PyG, an LBFGS
 closure, a loop without optimizer, DataLoader workers, torch.compile, a script that sets
-cudnn.benchmark itself, activation checkpointing, a gradient penalty (a double backward). Each
+cudnn.benchmark itself, activation checkpointing, a gradient penalty (a double backward), a
+conditional GAN (two optimizers, a backward after the other network's step, an EMA). Each
 script in tests/scripts/frameworks/ plants one source of run-to-run difference on the CPU at
 the line marked ``# SOURCE`` and has a deterministic twin (``--twin``);
 the truth of each was checked with two or more plain runs (statehash.py, see its docstring).
@@ -35,6 +36,7 @@ class Case:
     args: tuple[str, ...] = ()
     library: str = ""  # where the library frame beside the user's line lies ("" none)
     twin_args: tuple[str, ...] = ()  # more arguments for the twin (a smaller workload)
+    step: int = 0  # the optimizer step of the source (a GAN steps two optimizers an iteration)
     # interventions to try in the planted case's find, and what their pairs must show (one find
     # serves both checks: each find is a few processes that import torch)
     tries: tuple[str, ...] = ()
@@ -142,6 +144,15 @@ CASES = [
         twin_args=("--rows", "20000"),
     ),
     Case("gradient_penalty.py", "kernel", "aten.index_put.default", "Critic", "backward"),
+    Case(
+        "conditional_gan.py",
+        "kernel",
+        "aten.index_put.default",
+        "G",
+        "backward",
+        twin_args=("--rows", "20000"),
+        step=1,
+    ),
 ]
 
 
@@ -204,7 +215,7 @@ def test_the_planted_source_is_named_at_the_users_line(tmp_path, case):
         case.op,
         case.module,
         case.phase,
-        0,
+        case.step,
     ), first
     assert first["location"].endswith(
         f"frameworks/{case.script}:{marked_line(FRAMEWORKS / case.script)}"

@@ -662,3 +662,41 @@ def test_recording_keeps_dynamo_out_of_the_handler_without_importing_it(tmp_path
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "False", "False"]
+
+
+def test_a_backward_after_another_optimizer_step_keeps_its_forwards_module_and_line(tmp_path):
+    """A GAN's step: the generator's output is made, the discriminator steps on it detached,
+    then the generator's loss runs backward through it. The generator's backward ops keep the
+    generator's module and line when recording starts at step 0, and when it starts at the
+    generator's step (the ladder's op rung), after the forward ran."""
+
+    class Generator(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Parameter(torch.randn(5, 4))
+
+        def forward(self, ids):
+            return self.table[ids] * 2  # GENERATOR LINE
+
+    torch.manual_seed(0)
+    gen, disc = Generator(), nn.Linear(4, 1)
+    opt_g = torch.optim.SGD(gen.parameters(), lr=0.1)
+    opt_d = torch.optim.SGD(disc.parameters(), lr=0.1)
+    ids = torch.tensor([0, 1, 1, 3])
+    with open(__file__) as source:
+        line = next(i for i, text in enumerate(source, 1) if "# GENERATOR LINE" in text)
+    for start in (0, 1, 3):  # the first, and the second, iteration's generator step
+        path = tmp_path / f"from-{start}.trace"
+        with Recorder(path, RecordOptions(start_step=start)):
+            for _ in range(2):
+                fake = gen(ids)
+                disc(fake.detach()).sum().backward()
+                opt_d.step()
+                disc(fake).sum().backward()
+                opt_g.step()
+        trace, events = _events(path)
+        gather = [e for e in events if e["op"] == "aten.index_put.default"]
+        assert gather and {e["step"] for e in gather} >= {start | 1}, (start, events[:3])
+        for event in gather:
+            assert (event["module"], event["phase"]) == ("Generator", "backward"), (start, event)
+            assert event["location"] == f"{__file__}:{line}", (start, event)

@@ -26,8 +26,10 @@ from bisector.torch_api import autograd_sequence_nr, current_autograd_node
 from bisector.trace import PHASES
 
 FORWARD, BACKWARD, OPTIMIZER, OTHER = (PHASES.index(p) for p in PHASES)
-# Autograd nodes remembered at most (where no optimizer step clears them).
-_MAX_NODES = 1 << 20
+# Autograd nodes remembered at most: past it, the older half is forgotten. An optimizer step
+# does not clear them: a graph can be built before one step and run backward after it (a GAN's
+# generator output, made before the discriminator's step, backpropagated for the generator's).
+_MAX_NODES = 1 << 17
 
 
 class Attribution:
@@ -51,6 +53,8 @@ class Attribution:
         # nodes made by forwards that a checkpoint recomputed inside it.
         self._backward_depth: int | None = None
         self._recomputed: dict[int, tuple[int, int]] = {}
+        # One tuple per distinct (module, location), shared by the nodes (10 MiB at most).
+        self._places: dict[tuple[int, int], tuple[int, int]] = {}
 
     def context(self, tensors: list[torch.Tensor], user, location_id: int) -> tuple[int, int, int]:
         """(phase, module id, location id) of an op reading ``tensors``, called from the
@@ -95,17 +99,17 @@ class Attribution:
         seq = autograd_sequence_nr()
         if seq != self._last_seq:
             self._last_seq = seq
-            nodes[seq - 1] = (module_id, location_id)
-            if len(nodes) > _MAX_NODES:  # no optimizer step clears it: keep the newest
+            place = (module_id, location_id)
+            nodes[seq - 1] = self._places.setdefault(place, place)
+            if len(nodes) > _MAX_NODES:  # keep the newest
                 for key in list(nodes)[: _MAX_NODES // 2]:
                     del nodes[key]
 
     def step_done(self) -> None:
-        """An optimizer step ended: the next forward starts afresh."""
+        """An optimizer step ended: the next forward starts afresh (the nodes made before it
+        are remembered: their backward may come after it)."""
         self.forward_open = False
         self._backward_ran = False
-        self._node_info.clear()
-        self._recomputed.clear()
 
     def _optimizer_module(self, tensors: list[torch.Tensor]) -> str:
         for t in tensors:

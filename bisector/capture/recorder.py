@@ -208,6 +208,11 @@ class _OpMode(TorchDispatchMode):
                 recorder._in_other_process()
             return func(*args, **kwargs)
         if not recorder.recording or recorder._compiled_depth:
+            if recorder.attributing and not recorder._compiled_depth:
+                try:
+                    recorder._attribute(func, args, kwargs)
+                except Exception as exc:
+                    recorder._fail(exc)
             return func(*args, **kwargs)
         if recorder._graphs.capturing is not None:
             return recorder._on_captured_op(func, args, kwargs)
@@ -245,6 +250,9 @@ class Recorder:
         self.options = options or RecordOptions()
         self.pid = os.getpid()
         self.recording = False
+        # The step before ``start_step``: ops are not recorded, but the autograd nodes they
+        # make are attributed, for a backward that runs after the step (see _maybe_start).
+        self.attributing = False
         self.status = "new"
         self._writer: TraceWriter | None = None
         self._mode: _OpMode | None = None
@@ -329,13 +337,25 @@ class Recorder:
         return self
 
     def _maybe_start(self) -> None:
-        """Start recording ops once the start step is reached."""
-        if self.status == "waiting" and self.step >= self.options.start_step:
+        """Start recording ops once the start step is reached. One step before it, the dispatch
+        mode already attributes the ops (module and line of the autograd nodes they make): a
+        graph built before an optimizer step can run backward after it (a GAN's generator
+        output, made before the discriminator's step), and its backward ops are then recorded
+        with the module and line of their forward."""
+        if self.status != "waiting":
+            return
+        start = self.options.start_step
+        if self.step == start - 1 and not self.options.modules_only:
+            self._mode = _OpMode(self)
+            self._mode.__enter__()
+            self.attributing = True
+        if self.step >= start:
             if self.options.modules_only:
                 self._module_calls.install()
-            else:
+            elif self._mode is None:
                 self._mode = _OpMode(self)
                 self._mode.__enter__()
+            self.attributing = False
             self.recording = True
             self.status = "recording"
 
@@ -397,7 +417,7 @@ class Recorder:
 
     def _finish(self, status: str, error: str | None = None) -> None:
         """Write what is buffered and the footer; from here on ops pass through unrecorded."""
-        self.recording = False
+        self.recording = self.attributing = False
         self.status = status
         writer = self._writer
         if writer is None:
@@ -635,6 +655,16 @@ class Recorder:
         if info is None:
             info = self._op_infos[func] = OpInfo.of(func)
         return info
+
+    def _attribute(self, func, args: tuple, kwargs: dict) -> None:
+        """Attribute an op that is not recorded (see ``attributing``), as ``_on_op`` does."""
+        info = self._op_infos.get(func) or self._info(func)
+        if info.ignored:
+            return
+        user, library, transfer = self._locator.locate(2)
+        if not transfer:
+            tensors = [a for a in leaves(args, kwargs) if isinstance(a, torch.Tensor)]
+            self._context(tensors, user, library)
 
     def _on_op(self, func, args: tuple, kwargs: dict):
         """Record one aten call (the dispatch handler guards it as ``_ours`` does)."""
