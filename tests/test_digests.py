@@ -92,6 +92,26 @@ def test_the_root_parameter_twin_is_reproducible(tmp_path):
     assert report["reproducible"] and len(report["levels"]) == 1
 
 
+def test_the_digests_of_several_models_are_named_by_their_variables(tmp_path):
+    """A GAN's generator and discriminator have parameters of the same names (``out.weight``):
+    where the script holds several models, each digest is named by the model's variable, as
+    the trace names their modules, so that a value of one never stands for the other's."""
+    script = SCRIPTS / "frameworks" / "conditional_gan.py"
+    result = run_cli(
+        "find", str(script), "--ladder", "--steps", "2", "--workdir", str(tmp_path),
+        "--", "--twin", "--rows", "2000",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    taken = digests.load(tmp_path / "a.digests")
+    names = [
+        {taken.names[i][1] for i in values.ids if taken.names[i][0] == "param"}
+        for _, values in sorted(taken.steps.items())
+    ]
+    parts = ("classes.weight", "points.weight", "points.bias", "out.weight", "out.bias")
+    assert names[0] == {f"D.{part}" for part in parts}, names  # the discriminator's step
+    assert {"G.table", "G.out.weight"} <= names[1], names
+
+
 def test_a_script_the_module_hooks_break_is_recorded_op_by_op(tmp_path):
     """A ReLU(inplace=True) writes into an output that the module rung's backward hooks wrap:
     autograd refuses it, and the ladder records every op of the step instead, as before."""

@@ -35,7 +35,7 @@ from torch.optim.optimizer import (
 from bisector.capture import settings
 from bisector.capture.closures import wrap_closure
 from bisector.capture.fingerprint import Collector, PendingResults, hashable, plain_values
-from bisector.capture.modules import calling_module
+from bisector.capture.modules import calling_module, models_in_script
 from bisector.digests import DigestWriter
 from bisector.torch_api import tree_leaves
 
@@ -363,7 +363,9 @@ class GlobalDigests(_DigestHooks):
         self._steps = steps
         self._on_stop = on_stop
         self._depth = 0
-        self._roots: weakref.WeakKeyDictionary[torch.nn.Module, None] = weakref.WeakKeyDictionary()
+        # root -> the prefix of its names: its variable's name where the script holds several
+        # models (a GAN's ``G.out.weight`` and ``D.out.weight``), else "" (as the trace names)
+        self._roots: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
         self._names: dict[int, tuple[weakref.ref, str]] = {}
         self._optimizer_depth = 0
         self._stepped: list = []
@@ -385,12 +387,14 @@ class GlobalDigests(_DigestHooks):
     def _pre(self, module, args) -> None:
         self._depth += 1
         if self._depth == 1 and module not in self._roots:
-            self._roots[module] = None
             # Called from a method of a module that holds it (``self.head`` in Lightning's
             # ``training_step``): the parameters are named from that module (``table``).
             root = calling_module(module) or module
+            variable = models_in_script().get(root)
+            prefix = f"{variable}." if variable else ""
+            self._roots[module] = prefix if root is module else ""
             for name, param in root.named_parameters(remove_duplicate=False):
-                self._names.setdefault(id(param), (weakref.ref(param), name))
+                self._names.setdefault(id(param), (weakref.ref(param), prefix + name))
 
     def _post(self, module, args, kwargs, output) -> None:
         if self._depth == 1:
@@ -428,7 +432,9 @@ class GlobalDigests(_DigestHooks):
             named += pairs
             states += _optimizer_state(stepped, pairs)
         buffers = [
-            (name, buffer) for root in list(self._roots) for name, buffer in root.named_buffers()
+            (prefix + name, buffer)
+            for root, prefix in list(self._roots.items())
+            for name, buffer in root.named_buffers()
         ]
         self.digester.end_step(named, states, buffers)
         if self._progress is not None:

@@ -249,7 +249,7 @@ class ModuleTracker:
 
     def _register_root(self, root: torch.nn.Module) -> None:
         self._roots.add(root)
-        models = _models_in_script()
+        models = models_in_script()
         inner = getattr(root, "_orig_mod", None)  # torch.compile's wrapper: name what it wraps
         if isinstance(inner, torch.nn.Module):
             self._names.setdefault(root, models.get(inner) or type(inner).__name__)
@@ -329,7 +329,7 @@ def _arguments(module: torch.nn.Module) -> str:
     return text[:200]
 
 
-def _models_in_script() -> dict[torch.nn.Module, str]:
+def models_in_script() -> dict[torch.nn.Module, str]:
     """The models the script's own code holds in variables, by variable name, when it holds
     more than one: modules with parameters bound in the script's globals or in the locals of
     its functions now running, less those inside another of them. One model: {} (paths stay
