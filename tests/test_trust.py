@@ -272,3 +272,37 @@ def test_deterministic_view_programs_never_yield_a_kernel_source(tmp_path, steps
         steps,
         [(s.kind, s.op, s.args) for s in report.sources],
     )
+
+
+def test_a_difference_rounded_away_is_said_to_have_vanished(tmp_path):
+    """Runs whose batch differs in its last bits, which a bf16 cast rounds away before the
+    model reads it: the runs diverge (the batch differs), and the note says that the first
+    difference vanished and no parameter differs because of it. Where the difference survives
+    the cast, no such note."""
+    from torch import nn
+
+    import bisector
+    from bisector.analysis import compare
+    from bisector.trace import load
+
+    def run(path, offset):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with bisector.record(path, steps=2):
+            for _ in range(2):
+                batch = torch.full((8, 4), 1.0 + offset) * 3
+                loss = model(batch.to(torch.bfloat16).float()).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+    run(tmp_path / "a.trace", 0.0)
+    for offset, vanishes in ((2.0**-20, True), (0.25, False)):
+        run(tmp_path / "b.trace", offset)
+        report = compare(load(tmp_path / "a.trace"), load(tmp_path / "b.trace"))
+        assert not report.reproducible and report.first_divergence is not None
+        said = [n for n in report.notes if "vanished" in n]
+        assert bool(said) == vanishes, (offset, report.notes)
+        if vanishes:
+            assert "no parameter or optimizer state differs" in said[0]
