@@ -1,7 +1,8 @@
 """Training as people run it: inside Lightning, the HF Trainer, Accelerate, PyG, an LBFGS
 closure, a loop without optimizer, DataLoader workers, torch.compile, a script that sets
 cudnn.benchmark itself, activation checkpointing, a gradient penalty (a double backward), a
-conditional GAN (two optimizers, a backward after the other network's step, an EMA). Each
+conditional GAN (two optimizers, a backward after the other network's step, an EMA), bf16
+autocast with a GradScaler and gradient accumulation. Each
 script in tests/scripts/frameworks/ plants one source of run-to-run difference on the CPU at
 the line marked ``# SOURCE`` and has a deterministic twin (``--twin``);
 the truth of each was checked with two or more plain runs (statehash.py, see its docstring).
@@ -144,6 +145,14 @@ CASES = [
         twin_args=("--rows", "20000"),
     ),
     Case("gradient_penalty.py", "kernel", "aten.index_put.default", "Critic", "backward"),
+    Case(
+        "amp_accumulate.py",
+        "kernel",
+        "aten.index_put.default",
+        "BagRegressor",
+        "backward",
+        twin_args=("--rows", "20000"),
+    ),
     Case(
         "conditional_gan.py",
         "kernel",
