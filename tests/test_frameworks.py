@@ -127,22 +127,17 @@ CASES = [
     Case("cudnn_benchmark.py", "kernel", "aten.index_put_.default", "disc.stats", "forward"),
     Case("nanogpt_compile.py", "rng", "aten.randint.generator", "", "other"),
     Case("transformer_fastpath.py", "kernel", "aten.index_put_.default", "head", "forward"),
-    Case(
-        "activation_checkpoint.py",
-        "kernel",
-        "aten.index_put.default",
-        "blocks.1",
-        "backward",
-        twin_args=("--rows", "20000"),
-    ),
-    Case(
-        "activation_checkpoint.py",
-        "kernel",
-        "aten.index_put.default",
-        "blocks.1",
-        "backward",
-        args=("--reentrant",),
-        twin_args=("--rows", "20000"),
+    *(
+        Case(
+            "activation_checkpoint.py",
+            "kernel",
+            "aten.index_put.default",
+            "blocks.1",
+            "backward",
+            args=kind,  # the non-reentrant checkpoint, and the reentrant one
+            twin_args=("--rows", "20000"),
+        )
+        for kind in ((), ("--reentrant",))
     ),
     Case("gradient_penalty.py", "kernel", "aten.index_put.default", "Critic", "backward"),
     Case(
