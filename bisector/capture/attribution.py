@@ -26,9 +26,8 @@ from bisector.torch_api import autograd_sequence_nr, current_autograd_node
 from bisector.trace import PHASES
 
 FORWARD, BACKWARD, OPTIMIZER, OTHER = (PHASES.index(p) for p in PHASES)
-# Autograd nodes remembered at most: past it, the older half is forgotten. An optimizer step
-# does not clear them: a graph can be built before one step and run backward after it (a GAN's
-# generator output, made before the discriminator's step, backpropagated for the generator's).
+# Autograd nodes remembered at most in one step (or in a script without optimizer steps): past
+# it, the older half is forgotten.
 _MAX_NODES = 1 << 17
 
 
@@ -45,6 +44,12 @@ class Attribution:
         self._modules = modules
         self._string = string
         self._node_info: dict[int, tuple[int, int]] = {}  # autograd seq nr -> (module, location)
+        # Those of the step before: a graph can be built before an optimizer step and run
+        # backward after it (a GAN's generator output, made before the discriminator's step,
+        # backpropagated for the generator's). Looked up last: on a GPU, the nodes that a
+        # checkpoint recomputes are numbered by autograd's device thread, from a counter of its
+        # own, and the older the table, the likelier a number of it is one of theirs too.
+        self._previous: dict[int, tuple[int, int]] = {}
         self._last_seq = -1
         self.optimizer_depth = 0  # inside optimizer.step() (its closure excepted)
         self.forward_open = False  # a top-level forward ran and its backward has not started
@@ -75,7 +80,9 @@ class Attribution:
                 self._remember(self._recomputed, module_id, location_id)
                 return BACKWARD, module_id, location_id
             seq = node._sequence_nr()
-            created = self._node_info.get(seq) or self._recomputed.get(seq)
+            created = (
+                self._node_info.get(seq) or self._recomputed.get(seq) or self._previous.get(seq)
+            )
             if created is None:
                 return BACKWARD, self._string(self._accumulate_module(node)), location_id
             module_id, forward_location = created
@@ -106,10 +113,12 @@ class Attribution:
                     del nodes[key]
 
     def step_done(self) -> None:
-        """An optimizer step ended: the next forward starts afresh (the nodes made before it
-        are remembered: their backward may come after it)."""
+        """An optimizer step ended: the next forward starts afresh (the nodes made in this
+        step are kept for one more step: their backward may come after it)."""
         self.forward_open = False
         self._backward_ran = False
+        self._previous, self._node_info = self._node_info, {}
+        self._recomputed.clear()
 
     def _optimizer_module(self, tensors: list[torch.Tensor]) -> str:
         for t in tensors:
