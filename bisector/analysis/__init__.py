@@ -14,7 +14,6 @@ from bisector.analysis.graph import (
     classify,
     compare_events,
     dataflow_graph,
-    downstream,
     reach,
     reach_groups,
     source_events,
@@ -122,11 +121,8 @@ def compare_traces(
     total = len(found) + len(breaks) - len(dead)
     if dead:
         notes.append(proof.dead_note(dead))
-    first = sources[0] if sources and sources[0].kind != "structure" else None
-    if first is not None and first.spread and live is not None:
-        reached = downstream(graph, [first.event]).get(first.event)
-        if reached is not None and proof.vanished(a, eq.row_differs, live, reached):
-            notes.append(proof.vanished_note(first, len(reached) - 1))
+    if sources and not breaks and proof.vanished(a, eq.row_differs, live):
+        notes.append(proof.vanished_note(sources[0]))
     skipped = None
     ends_uncompared = breaks and breaks[-1].resume_a is None and breaks[-1].a < len(a)
     # (Spread says too little after a break, or where the ops of one module only were

@@ -20,7 +20,6 @@ from bisector.analysis.align import Alignment
 from bisector.report import Evidence, Source
 from bisector.schema import describe, unseen_training
 from bisector.trace import OUT_PARTIAL, Trace
-from bisector.words import counted
 
 REPRODUCIBLE, DIVERGED, INCONCLUSIVE = "reproducible", "diverged", "inconclusive"
 
@@ -70,28 +69,25 @@ def is_dead(source: Source, a: Trace, row_differs: np.ndarray, live: np.ndarray 
     return bool(differing.any()) and not bool((live[start:end] & differing).any())
 
 
-def vanished(a: Trace, row_differs: np.ndarray, live: np.ndarray | None, events) -> bool:
-    """True if no differing output of ``events`` (a source and every differing event its
-    difference reached) was held at the end of the run: the difference died out on the way (a
-    last-bit difference rounded away further on), and nothing the run kept differs because
-    of it. Only within one process: a collective may have carried it to another rank."""
+def vanished(a: Trace, row_differs: np.ndarray, live: np.ndarray | None) -> bool:
+    """True if values differ but none that differs was held when the recording ended: every
+    difference died out on the way (a last-bit difference rounded away further on), so
+    nothing the run kept (parameters, optimizer state, what the script took out of torch or
+    still held) differs. Only within one process: a collective may have carried one to
+    another rank."""
     if live is None or a.world_size > 1:
         return False
-    for event in np.asarray(events).tolist():
-        start, end = int(a.out_start[event]), int(a.out_start[event + 1])
-        if (live[start:end] & row_differs[start:end]).any():
-            return False
-    return True
+    return bool(row_differs.any()) and not bool((live & row_differs).any())
 
 
-def vanished_note(source: Source, reached: int) -> str:
-    where = f"{source.op} in {source.module or '(no module)'} at {source.location or '?'}"
+def vanished_note(first: Source) -> str:
+    where = f"{first.op} in {first.module or '(no module)'} at {first.location or '?'}"
     return (
-        f"the difference that {where} made reached {counted(reached, 'later result')} and "
-        "then vanished: none of them was held when the recording ended, so no parameter or "
-        "optimizer state differs because of it (a last-bit difference rounded away further "
-        "on, in a lower precision say). Its cause remains: over more steps or in other runs "
-        "such a difference can reach the weights"
+        "every difference vanished before the recording ended: no value the runs still held "
+        "then differs (no parameter, no optimizer state, nothing the script kept), so what "
+        f"they trained is bitwise alike; the difference that {where} made was rounded away "
+        "further on (in a lower precision, say). Its cause remains: over more steps or in "
+        "other runs such a difference can reach the weights"
     )
 
 

@@ -214,15 +214,6 @@ def reach(graph: Dataflow, sources: list[int]) -> dict[int, int]:
     return {s: count - 1 for s, count in zip(roots, counts, strict=True)}
 
 
-def downstream(graph: Dataflow, sources: list[int]) -> dict[int, np.ndarray]:
-    """The differing events reached from each source, itself included (for the first
-    ``_MAX_REACH``)."""
-    roots = [s for s in sources[:_MAX_REACH] if s in graph]
-    masks = _sweep(graph, [(s, 1 << bit) for bit, s in enumerate(roots)])
-    nodes = np.flatnonzero(graph.differs)
-    return {s: nodes[(masks & np.uint64(1 << bit)) > 0] for bit, s in enumerate(roots)}
-
-
 def reach_groups(graph: Dataflow, groups: list[list[int]]) -> list[int]:
     """Per group of events, the number of differing events reached from any of them (its own
     differing members included), for the first ``_MAX_REACH`` groups."""
