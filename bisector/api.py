@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -273,6 +274,16 @@ def _find_by_ladder(script, args, steps: int | None, options: FindOptions, workd
     if run.launch is None:  # (a torchrun job goes from digests to ops)
         started = time.perf_counter()
         source, found = _module_rung(script, args, replace(run, steps=step + 1), step, workdir)
+        # No module found (the module calls of a graph built before this step were not seen:
+        # a GAN's generator output): the owner of the first differing gradient, if the digests
+        # name one, is scoped first; every op if the source is not inside it.
+        owner = _owner_of_first_value(compared) if source is None else None
+        if source is None:
+            found += (
+                f"; {owner} holds the first differing value: its ops are recorded first"
+                if owner
+                else ": every op is recorded"
+            )
         levels.append(
             {
                 "level": "modules",
@@ -281,7 +292,7 @@ def _find_by_ladder(script, args, steps: int | None, options: FindOptions, workd
                 "seconds": round(time.perf_counter() - started, 2),
             }
         )
-        inside = source.module if source is not None else None
+        inside = source.module if source is not None else owner
     # Ops of the module found, else every op of the step; then of every step up to it. A
     # source that shows in some runs only (a race, a thread count) may not show in this pair
     # where it showed in the digests' pair, or show a step earlier: a value read from before
@@ -338,14 +349,28 @@ def _module_rung(script, args, run: RunOptions, step: int, workdir: Path):
     except ScriptError as exc:  # (module hooks can break a script: in-place on a hooked output)
         lines = [line for line in (exc.output or str(exc)).splitlines() if line.strip()]
         why = lines[-1].strip().split(". ")[0][:160] if lines else "the script failed"
-        return None, f"the module hooks broke the script ({why}): every op is recorded"
+        return None, f"the module hooks broke the script ({why})"
     except InternalError as exc:  # a bug of ours at this level (Dynamo tracing our hooks, say)
         why = str(exc).splitlines()[0][:160]
-        return None, f"bisector failed at this level ({why}): every op is recorded"
+        return None, f"bisector failed at this level ({why})"
     source = first_module_source(a, b)
     if source is None:
-        return None, "no module call has equal inputs and differing outputs: every op is recorded"
+        return None, "no module call has equal inputs and differing outputs"
     return source, source.describe()
+
+
+def _owner_of_first_value(compared: digests.DigestReport) -> str | None:
+    """The module holding the parameter whose gradient or value the digests found differing
+    first (``G.table``: ``G``; ``layers.0.fc.weight``: ``layers.0.fc``), the module paths being
+    the trace's; None where a loss or a batch differs first, or the parameter is a lone root's
+    own (its path has no module part) or unnamed."""
+    values = [v for v in compared.first if v["kind"] != "rng"]
+    if not values or values[0]["kind"] not in ("grad", "param"):
+        return None
+    name = re.sub(r"^optimizer\d+\.", "", values[0]["name"])
+    if "." not in name or re.fullmatch(r"group\d+\.\d+", name):
+        return None
+    return name.rsplit(".", 1)[0]
 
 
 def _found_in_scope(report: Report) -> bool:

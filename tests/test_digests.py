@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -110,6 +111,43 @@ def test_the_digests_of_several_models_are_named_by_their_variables(tmp_path):
     parts = ("classes.weight", "points.weight", "points.bias", "out.weight", "out.bias")
     assert names[0] == {f"D.{part}" for part in parts}, names  # the discriminator's step
     assert {"G.table", "G.out.weight"} <= names[1], names
+
+
+def test_the_op_rung_is_scoped_to_the_owner_of_the_first_differing_gradient(tmp_path):
+    """A GAN: the generator's output is made before the discriminator's step and backpropagated
+    after it, so the module rung, which watches the generator's step only, sees no call of
+    the generator. The digests name G.table's gradient first: the op rung records G's ops
+    (its backward, attributed to the forward of the step before), and finds the race there."""
+    script = "frameworks/conditional_gan.py"
+    result, report = find_json(tmp_path, script, "--ladder", "--steps", "2")
+    assert result.returncode == 1, result.stdout[-3000:]
+    first = report["first_divergence"]
+    assert (first["op"], first["module"], first["phase"], first["step"]) == (
+        "aten.index_put.default",
+        "G",
+        "backward",
+        1,
+    ), first
+    assert first["location"].endswith(f"{script}:{source_line(SCRIPTS / script)}")
+    digest_level, module_level, op_level = report["levels"]
+    assert digest_level["found"].startswith("step 1: grad G.table differs first"), digest_level
+    assert module_level["found"].endswith("G holds the first differing value: its ops are "
+                                          "recorded first"), module_level  # fmt: skip
+    assert op_level["steps"] == "1 (ops of G)", op_level
+
+
+def test_the_owner_of_the_first_differing_value_is_a_module_path():
+    from bisector.api import _owner_of_first_value
+
+    def owner(*values):
+        first = [{"kind": kind, "name": name} for kind, name in values]
+        return _owner_of_first_value(SimpleNamespace(first=first))
+
+    assert owner(("rng", "torch"), ("grad", "G.table")) == "G"
+    assert owner(("param", "optimizer1.layers.0.fc.weight")) == "layers.0.fc"
+    assert owner(("loss", "0"), ("grad", "fc.weight")) is None  # the forward differs already
+    assert owner(("grad", "table")) is None  # a lone root's own: named by its class
+    assert owner(("grad", "group0.3")) is None  # a parameter no module names
 
 
 def test_a_script_the_module_hooks_break_is_recorded_op_by_op(tmp_path):
