@@ -167,7 +167,12 @@ def test_a_script_the_module_hooks_break_is_recorded_op_by_op(tmp_path):
     # op-level pair records from the step they found, meets a parameter that differs already,
     # and goes back to step 0.
     assert first["step"] <= levels[0]["first_step"]
-    assert all(level["steps"].endswith("(every op)") for level in levels[2:]), levels
+    rest = levels[2:]
+    if "holds the first differing value" in levels[1]["found"]:
+        # (the loss rounded alike, a gradient differed first: its module's ops came first)
+        assert rest[0]["steps"].endswith(")") and "(ops of " in rest[0]["steps"], levels
+        rest = rest[1:]
+    assert rest and all(level["steps"].endswith("(every op)") for level in rest), levels
 
 
 # The plain pairs of intermittent.py (two threads, 60,000-row matmuls) were seen to differ under
