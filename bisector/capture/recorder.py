@@ -210,7 +210,7 @@ class _OpMode(TorchDispatchMode):
         if not recorder.recording or recorder._compiled_depth:
             if recorder.attributing and not recorder._compiled_depth:
                 try:
-                    recorder._attribute(func, args, kwargs)
+                    recorder._place(func, args, kwargs)  # (see Recorder._maybe_start)
                 except Exception as exc:
                     recorder._fail(exc)
             return func(*args, **kwargs)
@@ -250,9 +250,6 @@ class Recorder:
         self.options = options or RecordOptions()
         self.pid = os.getpid()
         self.recording = False
-        # The step before ``start_step``: ops are not recorded, but the autograd nodes they
-        # make are attributed, for a backward that runs after the step (see _maybe_start).
-        self.attributing = False
         self.status = "new"
         self._writer: TraceWriter | None = None
         self._mode: _OpMode | None = None
@@ -345,19 +342,20 @@ class Recorder:
         if self.status != "waiting":
             return
         start = self.options.start_step
-        if self.step == start - 1 and not self.options.modules_only:
+        if self._mode is None and self.step >= start - 1 and not self.options.modules_only:
             self._mode = _OpMode(self)
             self._mode.__enter__()
-            self.attributing = True
         if self.step >= start:
             if self.options.modules_only:
                 self._module_calls.install()
-            elif self._mode is None:
-                self._mode = _OpMode(self)
-                self._mode.__enter__()
-            self.attributing = False
             self.recording = True
             self.status = "recording"
+
+    @property
+    def attributing(self) -> bool:
+        """True in the step before ``start_step``: its ops are not recorded, but the module and
+        line of the autograd nodes they make are remembered, for a backward run after it."""
+        return self.status == "waiting" and self._mode is not None
 
     def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         try:
@@ -417,7 +415,7 @@ class Recorder:
 
     def _finish(self, status: str, error: str | None = None) -> None:
         """Write what is buffered and the footer; from here on ops pass through unrecorded."""
-        self.recording = self.attributing = False
+        self.recording = False
         self.status = status
         writer = self._writer
         if writer is None:
@@ -656,27 +654,27 @@ class Recorder:
             info = self._op_infos[func] = OpInfo.of(func)
         return info
 
-    def _attribute(self, func, args: tuple, kwargs: dict) -> None:
-        """Attribute an op that is not recorded (see ``attributing``), as ``_on_op`` does."""
+    def _place(self, func, args: tuple, kwargs: dict):
+        """(its OpInfo, its leaves, the tensors among them, (phase, module id, location id)) of
+        an aten call the handler passes on, or None for one that is not attributed (an ignored
+        op, data moved in from another process). Attributing remembers the autograd nodes the
+        call makes (see ``Attribution.context``)."""
         info = self._op_infos.get(func) or self._info(func)
         if info.ignored:
-            return
-        user, library, transfer = self._locator.locate(2)
-        if not transfer:
-            tensors = [a for a in leaves(args, kwargs) if isinstance(a, torch.Tensor)]
-            self._context(tensors, user, library)
+            return None
+        user, library, transfer = self._locator.locate(3)
+        if transfer:
+            return None
+        flat = leaves(args, kwargs)
+        tensors = [a for a in flat if isinstance(a, torch.Tensor)]
+        return info, flat, tensors, self._context(tensors, user, library)
 
     def _on_op(self, func, args: tuple, kwargs: dict):
         """Record one aten call (the dispatch handler guards it as ``_ours`` does)."""
-        info = self._op_infos.get(func) or self._info(func)
-        if info.ignored:
+        placed = self._place(func, args, kwargs)
+        if placed is None:
             return _call_users(func, args, kwargs)
-        user, library, transfer = self._locator.locate(2)
-        if transfer:
-            return _call_users(func, args, kwargs)
-        flat = leaves(args, kwargs)
-        tensors = [a for a in flat if isinstance(a, torch.Tensor)]
-        phase, module_id, location_id = self._context(tensors, user, library)
+        info, flat, tensors, (phase, module_id, location_id) = placed
         if self.options.inside is not None and (
             phase == _OPTIMIZER_PHASE or not self._is_inside(module_id)
         ):  # (what it writes is read later as leaves; the optimizer step is no module's)
