@@ -16,6 +16,8 @@ step 0 (the D step on real images), line marked `# SOURCE`.
 `--twin`: the class sums are a one-hot matmul (bitwise reproducible). With `--device cuda` the
 one-hot matmul is always used (no planted race): there cudnn autotuning is the only source.
 Truth (statehash.py, cpu): planted 3 runs -> 3 different digests; twin 3 runs -> 1 digest.
+`--batch N`: images a step (default 64); with 256 (2026-12-07): planted 2 runs -> 2 digests,
+twin 2 runs -> 1 digest.
 """
 
 import argparse
@@ -31,10 +33,11 @@ torch.set_num_threads(max(2, os.cpu_count() or 1))
 parser = argparse.ArgumentParser()
 parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
 parser.add_argument("--twin", action="store_true", help="class sums with a one-hot matmul")
+parser.add_argument("--batch", type=int, default=64, help="images a step")
 args = parser.parse_args()
 device = torch.device(args.device)
 
-N_CLASSES, NZ, BATCH = 4, 32, 64
+N_CLASSES, NZ, BATCH = 4, 32, args.batch
 torch.manual_seed(0)
 
 
