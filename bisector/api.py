@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -367,10 +366,7 @@ def _owner_of_first_value(compared: digests.DigestReport) -> str | None:
     values = [v for v in compared.first if v["kind"] != "rng"]
     if not values or values[0]["kind"] not in ("grad", "param"):
         return None
-    name = re.sub(r"^optimizer\d+\.", "", values[0]["name"])
-    if "." not in name or re.fullmatch(r"group\d+\.\d+", name):
-        return None
-    return name.rsplit(".", 1)[0]
+    return digests.owning_module(values[0]["name"])
 
 
 def _found_in_scope(report: Report) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,29 @@ LADDER_FROM = 4
 
 KINDS = ("rng", "batch", "loss", "grad", "param", "state", "buffer")
 _STEP = struct.Struct("<II")
+
+
+# How a parameter or optimizer value is named: its module path in the script's model (with the
+# model's variable first where the script holds several: ``G.table``), else its place in the
+# optimizer (``group0.3``); prefixed by the optimizer's number where several step at once.
+def unnamed_parameter(group: int, index: int) -> str:
+    """The name of a parameter that no module of the script holds: its optimizer place."""
+    return f"group{group}.{index}"
+
+
+def in_optimizer(name: str, number: int, stepping: int) -> str:
+    """``name`` as optimizer ``number`` of the ``stepping`` that step at once writes it."""
+    return f"optimizer{number}.{name}" if stepping > 1 else name
+
+
+def owning_module(name: str) -> str | None:
+    """The module path that holds the parameter named ``name`` (``G.table``: ``G``;
+    ``optimizer1.layers.0.fc.weight``: ``layers.0.fc``); None for a lone root's own parameter
+    (no module part) or one no module holds (``group0.3``)."""
+    name = re.sub(r"^optimizer\d+\.", "", name)
+    if "." not in name or re.fullmatch(r"group\d+\.\d+", name):
+        return None
+    return name.rsplit(".", 1)[0]
 
 
 class DigestWriter:

@@ -148,6 +148,10 @@ def test_the_owner_of_the_first_differing_value_is_a_module_path():
     assert owner(("loss", "0"), ("grad", "fc.weight")) is None  # the forward differs already
     assert owner(("grad", "table")) is None  # a lone root's own: named by its class
     assert owner(("grad", "group0.3")) is None  # a parameter no module names
+    # the forms the digester writes, read back
+    written = digests.in_optimizer(digests.unnamed_parameter(0, 3), 1, stepping=2)
+    assert written == "optimizer1.group0.3" and owner(("grad", written)) is None
+    assert owner(("grad", digests.in_optimizer("G.table", 0, stepping=2))) == "G"
 
 
 def test_a_script_the_module_hooks_break_is_recorded_op_by_op(tmp_path):

@@ -36,7 +36,7 @@ from bisector.capture import settings
 from bisector.capture.closures import wrap_closure
 from bisector.capture.fingerprint import Collector, PendingResults, hashable, plain_values
 from bisector.capture.modules import calling_module, models_in_script
-from bisector.digests import DigestWriter
+from bisector.digests import DigestWriter, in_optimizer, unnamed_parameter
 from bisector.torch_api import tree_leaves
 
 # Tensors of the batch, and losses, digested per step at most (a loop over micro-batches).
@@ -407,7 +407,8 @@ class GlobalDigests(_DigestHooks):
             for i, param in enumerate(group["params"]):
                 entry = self._names.get(id(param))
                 known = entry is not None and entry[0]() is param
-                named.append((entry[1] if entry is not None and known else f"group{g}.{i}", param))
+                name = entry[1] if entry is not None and known else unnamed_parameter(g, i)
+                named.append((name, param))
         return named
 
     def _before_step(self, optimizer, args, kwargs):
@@ -427,8 +428,9 @@ class GlobalDigests(_DigestHooks):
             return
         named, states = [], []
         for k, stepped in enumerate(self._stepped):
-            prefix = f"optimizer{k}." if len(self._stepped) > 1 else ""
-            pairs = [(prefix + name, p) for name, p in self._named(stepped)]
+            pairs = [
+                (in_optimizer(name, k, len(self._stepped)), p) for name, p in self._named(stepped)
+            ]
             named += pairs
             states += _optimizer_state(stepped, pairs)
         buffers = [
