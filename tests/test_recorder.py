@@ -700,3 +700,15 @@ def test_a_backward_after_another_optimizer_step_keeps_its_forwards_module_and_l
         for event in gather:
             assert (event["module"], event["phase"]) == ("Generator", "backward"), (start, event)
             assert event["location"] == f"{__file__}:{line}", (start, event)
+
+
+def test_an_unhashable_argument_is_described_without_a_cache_key(tmp_path):
+    """The argument text is cached by a key of the arguments; where one cannot be hashed, the
+    text is made each time, the same text."""
+    from bisector.capture.ops import canonical_args
+
+    with Recorder(tmp_path / "t.trace") as recorder:
+        flat = [torch.zeros(2), bytearray(b"ab"), 3]
+        first, second = recorder._args_id(flat), recorder._args_id(flat)
+        assert first == second == recorder._buffer.string(canonical_args(flat))
+        assert recorder._args_id([torch.zeros(2), 3]) != first

@@ -240,8 +240,9 @@ def leaves(args: tuple, kwargs: dict) -> list:
 
 def args_key(flat: Sequence[object]) -> tuple | None:
     """A key equal for two calls only if their ``canonical_args`` are (a cache key: cheaper
-    to make than the text), or None where there is none (a tensor subclass, an unhashable
-    argument)."""
+    to make than the text), or None where there is none (a tensor without strides). It may
+    hold an unhashable argument: hashing it then raises TypeError (the caller's dictionary
+    lookup hashes it: a tuple does not keep its hash, so it is hashed once, there)."""
     key: list = []
     try:
         for value in flat:
@@ -255,11 +256,9 @@ def args_key(flat: Sequence[object]) -> tuple | None:
                 key.append(repr(value))  # -0.0 and nan told apart as their text tells them
             else:
                 key.append((kind, value))
-        made = tuple(key)
-        hash(made)
-    except (TypeError, RuntimeError):  # unhashable; no strides (sparse)
+    except RuntimeError:  # no strides (sparse)
         return None
-    return made
+    return tuple(key)
 
 
 def canonical_args(flat: Sequence[object]) -> str:

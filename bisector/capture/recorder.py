@@ -17,6 +17,7 @@ import contextlib
 import functools
 import gc
 import os
+import sys
 import threading
 import time
 import traceback
@@ -662,7 +663,7 @@ class Recorder:
         info = self._op_infos.get(func) or self._info(func)
         if info.ignored:
             return None
-        user, library, transfer = self._locator.locate(3)
+        user, library, transfer = self._locator.walk(sys._getframe(2))  # (the handler's)
         if transfer:
             return None
         flat = leaves(args, kwargs)
@@ -889,7 +890,10 @@ class Recorder:
     def _args_id(self, flat: list) -> int:
         """The string id of ``canonical_args(flat)``, cached by ``args_key``."""
         key = args_key(flat)
-        args_id = self._args_ids.get(key) if key is not None else None
+        try:
+            args_id = self._args_ids.get(key) if key is not None else None
+        except TypeError:  # an unhashable argument: no key
+            key = args_id = None
         if args_id is None:
             args_id = self._buffer.string(canonical_args(flat))
             if key is not None:

@@ -116,7 +116,8 @@ class ValueTable:
 def version_of(t: torch.Tensor) -> int:
     """The version counter of the tensor's values (-1 for an inference tensor)."""
     try:
-        return plain_values(t)._version
+        kind = type(t)  # (a plain tensor is its own values: the common case, once per op)
+        return (t if kind is _TENSOR or kind is _PARAMETER else plain_values(t))._version
     except RuntimeError:  # inference tensors have no version counter
         return -1
 
@@ -158,6 +159,10 @@ def storage_of(t: torch.Tensor):
     """The tensor's untyped storage, or None for tensors without one (sparse, some subclasses).
     A DTensor's is that of the shard or replica it holds: a value is followed through it."""
     try:
-        return plain_values(t).untyped_storage()
+        kind = type(t)
+        return (t if kind is _TENSOR or kind is _PARAMETER else plain_values(t)).untyped_storage()
     except (RuntimeError, NotImplementedError):
         return None
+
+
+_TENSOR, _PARAMETER = torch.Tensor, torch.nn.Parameter
