@@ -94,6 +94,32 @@ def test_unhashable_tensors_give_none():
     assert fp.fingerprint(sparse) is None
 
 
+def test_a_sparse_tensor_is_fingerprinted_by_its_values_and_indices():
+    """A sparse COO tensor (an embedding's sparse gradient) is compared by its values and its
+    indices: moving one value to another row changes the fingerprint, as does changing it; the
+    stats are its values'."""
+
+    def sparse(rows, values):
+        return torch.sparse_coo_tensor(torch.tensor([rows]), torch.tensor(values), (5, 2))
+
+    tensors = [
+        sparse([0, 3], [[1.0, -4.0], [2.0, 0.5]]),
+        sparse([0, 3], [[1.0, -4.0], [2.0, 0.5]]),  # the same
+        sparse([0, 2], [[1.0, -4.0], [2.0, 0.5]]),  # a value in another row
+        sparse([0, 3], [[1.0, -4.0], [2.0, 0.25]]),  # another value
+    ]
+    assert all(fp.sparse_hashable(t) and not fp.hashable(t) for t in tensors)
+    assert not fp.sparse_hashable(torch.eye(3).to_sparse_csr()) and not fp.sparse_hashable(
+        torch.zeros(2)
+    )
+    collector = fp.Collector()
+    for t in tensors:
+        collector.add_sparse(t)
+    fps, sums, maxes = collector.drain()
+    assert fps[0] == fps[1] and len(set(fps[1:].tolist())) == 3
+    assert sums.tolist() == [-0.5, -0.5, -0.5, -0.75] and maxes.tolist() == [4.0] * 4
+
+
 def test_collector_reads_back_in_order_with_stats():
     collector = fp.Collector()
     tensors = [torch.tensor([1.0, -3.0]), torch.arange(4), torch.tensor([2.5])]

@@ -157,6 +157,7 @@ CASES = [
         twin_args=("--rows", "20000"),
         step=1,
     ),
+    Case("sparse_embeddings.py", "kernel", "aten.index_put.default", "DLRM", "backward"),
 ]
 
 

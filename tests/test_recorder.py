@@ -712,3 +712,29 @@ def test_an_unhashable_argument_is_described_without_a_cache_key(tmp_path):
         first, second = recorder._args_id(flat), recorder._args_id(flat)
         assert first == second == recorder._buffer.string(canonical_args(flat))
         assert recorder._args_id([torch.zeros(2), 3]) != first
+
+
+def test_a_sparse_gradient_is_followed_to_the_op_that_made_it(tmp_path):
+    """SparseAdam reads an embedding's sparse gradient through ``coalesce``, ``_values()`` and
+    ``_indices()``: each read leads back to the op that made the value (no leaf), and the
+    sparse results are fingerprinted."""
+    from bisector.trace import OUT_HASHED
+
+    torch.manual_seed(0)
+    table = nn.Embedding(10, 3, sparse=True)
+    with Recorder(tmp_path / "t.trace"):
+        table(torch.tensor([1, 4, 1])).sum().backward()
+        grad = table.weight.grad.coalesce()
+        (grad._values() * 2).sum()
+        (grad._indices() + 1).sum()
+    trace = load(tmp_path / "t.trace")
+    ops = [trace.string("op", event) for event in range(len(trace))]
+    leaves = [trace.string("args", e) for e, op in enumerate(ops) if op.startswith("leaf.")]
+    assert not any(args.startswith("Tint64[1, ") for args in leaves), leaves  # (indices)
+    coalesced = ops.index("aten._coalesce.default")
+    for reader in ("aten.mul.Tensor", "aten.add.Tensor"):
+        event = ops.index(reader, coalesced)
+        first_input = trace.in_start[event]
+        assert event - int(trace.columns["in_back"][first_input]) == coalesced, reader
+    kind = trace.columns["out_kind"][trace.out_start[coalesced]]
+    assert kind & OUT_HASHED

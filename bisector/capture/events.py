@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bisector.capture.fingerprint import Collector, hashable, plain_values
+from bisector.capture.fingerprint import Collector, hashable, plain_values, sparse_hashable
 from bisector.trace import OUT_HASHED, OUT_NODATA, OUT_PARTIAL, OUT_UNHASHABLE, TraceWriter
 
 _EVENT_COLUMNS = ("op", "module", "location", "args", "phase", "step", "n_in", "n_out", "flags")
@@ -86,8 +86,12 @@ class EventBuffer:
             kind = OUT_NODATA
             self.collector.add_blank()
         elif not hashable(t):
-            kind = OUT_UNHASHABLE
-            self.collector.add_blank()
+            if sparse_hashable(t):
+                kind = OUT_HASHED
+                self.collector.add_sparse(t)
+            else:
+                kind = OUT_UNHASHABLE
+                self.collector.add_blank()
         else:
             kind = OUT_HASHED
             self.collector.add(t)

@@ -177,6 +177,15 @@ _STRIDED = torch.strided
 _HAS_WORDS: dict[torch.dtype, bool] = {}  # dtype -> whether its elements are whole words
 
 
+def sparse_hashable(tensor: torch.Tensor) -> bool:
+    """True for a sparse COO tensor whose values have plain bits (see ``Collector.add_sparse``):
+    the gradient of an embedding with ``sparse=True``, which SparseAdam reads."""
+    kind = type(tensor)
+    if kind is not torch.Tensor and kind is not torch.nn.Parameter:
+        return False
+    return tensor.layout == torch.sparse_coo and hashable(tensor._values())
+
+
 def _is_quantized(dtype: torch.dtype) -> bool:
     return str(dtype).startswith("torch.q")  # qint8, quint8, qint32, quint4x2, quint2x4
 
@@ -257,6 +266,9 @@ def fingerprint(tensor: torch.Tensor) -> int | None:
         return int(fingerprint_words(words).item()) & _MASK64
 
 
+# The odd multiplier of a sparse tensor's index fingerprint (see ``Collector.add_sparse``).
+_INDEX_MIX = block_multiplier(1)
+
 # Outputs of at most this many elements are copied aside (one cheap op) and fingerprinted in
 # batches, many at once: per-op launches, not bytes, are what small tensors cost.
 SMALL = 1 << 16
@@ -304,9 +316,7 @@ class Collector:
             tensor = tensor.detach()
         if tensor.is_cuda:
             device = tensor.device
-            raw = current_raw_stream(device.index)
-            if (device.index, raw) not in self._streams:
-                self._streams[(device.index, raw)] = torch.cuda.current_stream(device)
+            raw = self._note_stream(device)
             fused = _fused()
             if fused is not None:  # one launch, whatever the size: no copy
                 rows = self._rows.get(device)
@@ -357,6 +367,31 @@ class Collector:
         words = word_view(tensor)
         assert words is not None  # (the caller checked ``hashable``)
         self._direct.append((entry, fingerprint_words(words), total, largest))
+
+    def add_sparse(self, tensor: torch.Tensor) -> None:
+        """Queue a sparse COO tensor (see ``sparse_hashable``): as fingerprint, that of its
+        values plus an odd multiple of its indices' (both in the order the tensor holds them:
+        an uncoalesced tensor's order counts, as a dense tensor's does); as stats, its values'.
+        Called where autograd is not recording."""
+        entry = self._count
+        self._count += 1
+        if tensor.requires_grad:
+            tensor = tensor.detach()
+        if tensor.is_cuda:
+            self._note_stream(tensor.device)
+        values, indices = tensor._values(), tensor._indices()
+        value_words, index_words = word_view(values), word_view(indices)
+        assert value_words is not None and index_words is not None  # (``sparse_hashable``)
+        fp = fingerprint_words(value_words) + fingerprint_words(index_words) * _INDEX_MIX
+        self._direct.append((entry, fp, *magnitude(values)))
+
+    def _note_stream(self, device: torch.device) -> int:
+        """The raw handle of ``device``'s current stream, remembered as one that queued our
+        work (see ``_join_streams``)."""
+        raw = current_raw_stream(device.index)
+        if (device.index, raw) not in self._streams:
+            self._streams[(device.index, raw)] = torch.cuda.current_stream(device)
+        return raw
 
     def add_blank(self) -> None:
         """Queue a placeholder for an output without fingerprint (uninitialised, unhashable)."""

@@ -947,6 +947,9 @@ class Recorder:
         key = self._values.register(t, index, slot, bump)
         if bump and key is not None and key in self._parameter_storages:
             self.parameter_writes += 1
+        if t.layout is torch.sparse_coo:  # (its values' storage is its key: see ``storage_of``)
+            # Its indices, read through ``_indices()`` (SparseAdam), are part of this value.
+            self._values.register(t._indices(), index, slot)
 
     def _add_leaf(
         self, t, storage, phase: int, module_id: int, location_id: int, previous=None

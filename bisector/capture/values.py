@@ -128,7 +128,7 @@ def covers_storage(t: torch.Tensor, storage=None) -> bool:
     t = plain_values(t)
     if storage is None:
         storage = storage_of(t)
-    if storage is None:
+    if storage is None or t.layout is _SPARSE_COO:  # (a sparse tensor is read whole)
         return True
     return t.nbytes == storage.nbytes() and t.storage_offset() == 0 and t.is_contiguous()
 
@@ -156,13 +156,18 @@ def parts_read(parts: list[tuple[int, int, int]], span: tuple[int, int]) -> list
 
 
 def storage_of(t: torch.Tensor):
-    """The tensor's untyped storage, or None for tensors without one (sparse, some subclasses).
-    A DTensor's is that of the shard or replica it holds: a value is followed through it."""
+    """The tensor's untyped storage, or None for tensors without one (compressed sparse
+    layouts, some subclasses). A DTensor's is that of the shard or replica it holds, a sparse
+    COO tensor's that of its values (a sparse gradient: an embedding's, read by SparseAdam): a
+    value is followed through them. (Called where the dispatch mode does not see our ops.)"""
     try:
         kind = type(t)
-        return (t if kind is _TENSOR or kind is _PARAMETER else plain_values(t)).untyped_storage()
+        plain = t if kind is _TENSOR or kind is _PARAMETER else plain_values(t)
+        if plain.layout is _SPARSE_COO:
+            return plain._values().untyped_storage()
+        return plain.untyped_storage()
     except (RuntimeError, NotImplementedError):
         return None
 
 
-_TENSOR, _PARAMETER = torch.Tensor, torch.nn.Parameter
+_TENSOR, _PARAMETER, _SPARSE_COO = torch.Tensor, torch.nn.Parameter, torch.sparse_coo
