@@ -188,6 +188,31 @@ def test_fused_kernel_matches_the_definition():
         assert maxes[i] == pytest.approx(float(largest), rel=1e-6), i
 
 
+def test_a_sparse_gradient_on_the_gpu_is_fingerprinted_as_on_the_cpu(tmp_path):
+    """A CUDA embedding's sparse gradient: the collector's fingerprint and stats equal those of
+    the same tensor on the CPU, and SparseAdam's reads of it lead back to the op that made it."""
+    from bisector.capture import fingerprint as fp
+    from bisector.capture.recorder import Recorder
+
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(1000, 16, sparse=True).cuda()
+    table(torch.randint(0, 1000, (4096,), device="cuda")).pow(2).sum().backward()
+    grad = table.weight.grad
+    collector = fp.Collector()
+    for t in (grad, grad.cpu(), grad.coalesce(), grad.coalesce().cpu()):
+        collector.add_sparse(t)
+    fps, sums, maxes = collector.drain()
+    assert fps[0] == fps[1] and fps[2] == fps[3] and fps[0] != fps[2]  # (uncoalesced: its order)
+    assert sums[0] == pytest.approx(sums[1]) and maxes[0] == maxes[1]
+    optimizer = torch.optim.SparseAdam(table.parameters(), lr=1e-2)
+    with Recorder(tmp_path / "t.trace"):
+        optimizer.step()
+    trace = load(tmp_path / "t.trace")
+    ops = [trace.string("op", event) for event in range(len(trace))]
+    leaves = [trace.string("args", e) for e, op in enumerate(ops) if op.startswith("leaf.")]
+    assert not any(args.startswith("Tint64[1, ") for args in leaves), leaves  # (indices)
+
+
 def test_no_host_sync_per_op(tmp_path):
     """Recording a CUDA training step never synchronises with the device until a chunk is
     written: torch's sync debug mode raises on any synchronising call."""
