@@ -452,3 +452,19 @@ def test_a_watch_installs_on_start_and_a_failed_start_leaves_nothing(tmp_path, m
     with pytest.raises(RuntimeError, match="loss tap"):
         Watch(model, optimizer, tmp_path / "b.digests").start()
     assert not model._forward_pre_hooks and not optimizer._optimizer_step_pre_hooks
+
+
+def test_a_sparse_gradient_is_digested(tmp_path):
+    """SparseAdam's parameters have sparse gradients (an embedding with sparse=True): they are
+    digested like dense ones, so that the ladder's digests can name one first."""
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(50, 4, sparse=True)
+    optimizer = torch.optim.SparseAdam(table.parameters(), lr=0.1)
+    with bisector.watch(table, optimizer, tmp_path / "a.digests"):
+        for _ in range(2):
+            optimizer.zero_grad()
+            table(torch.tensor([3, 7, 3])).sum().backward()
+            optimizer.step()
+    taken = digests.load(tmp_path / "a.digests")
+    kinds = {taken.names[i][:2] for values in taken.steps.values() for i in values.ids}
+    assert ("grad", "weight") in kinds and ("param", "weight") in kinds, kinds

@@ -34,7 +34,13 @@ from torch.optim.optimizer import (
 
 from bisector.capture import settings
 from bisector.capture.closures import wrap_closure
-from bisector.capture.fingerprint import Collector, PendingResults, hashable, plain_values
+from bisector.capture.fingerprint import (
+    Collector,
+    PendingResults,
+    hashable,
+    plain_values,
+    sparse_hashable,
+)
 from bisector.capture.modules import calling_module, models_in_script
 from bisector.digests import DigestWriter, in_optimizer, unnamed_parameter
 from bisector.torch_api import tree_leaves
@@ -86,12 +92,16 @@ class StepDigester:
         if not self.active or not isinstance(tensor, torch.Tensor):
             return
         tensor = plain_values(tensor)  # a DTensor: the shard or replica this rank holds
-        if not hashable(tensor):
+        sparse = sparse_hashable(tensor)  # (an embedding's sparse gradient)
+        if not sparse and not hashable(tensor):
             return
         if not self._rng_taken:
             self._rng_states()
         with torch.no_grad():
-            self._collector.add(tensor.detach())
+            if sparse:
+                self._collector.add_sparse(tensor.detach())
+            else:
+                self._collector.add(tensor.detach())
         dtype = str(tensor.dtype).removeprefix("torch.")
         self._names.append((kind, name, tensor.numel(), dtype))
 
