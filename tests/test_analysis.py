@@ -7,7 +7,7 @@ from streams import Ev, make_trace
 
 from bisector.analysis import compare
 from bisector.errors import MismatchError
-from bisector.trace import OUT_HASHED, OUT_NODATA, OUT_PARTIAL
+from bisector.trace import OUT_HASHED, OUT_NODATA, OUT_PARTIAL, OUT_UNHASHABLE
 
 
 def _chain(kernel_fp: int, param_fp: int = 7, lr: str = "0.1") -> list[Ev]:
@@ -112,6 +112,45 @@ def test_partial_write_keeps_earlier_differences():
 
     report = compare(make_trace(stream(3)), make_trace(stream(4)))
     assert [s.event for s in report.sources] == [1], "the sum reads a value that already differed"
+
+
+def _through_a_quantized_value(kernel_fp: int, leaf_fp: int = 11) -> list[Ev]:
+    """leaf -> index_put (kernel) -> quantize (no fingerprint) -> dequantize -> sum."""
+    return [
+        Ev("leaf.tensor", [], [leaf_fp]),
+        Ev("aten.index_put.default", [(0, 0)], [kernel_fp]),
+        Ev("aten.quantize_per_tensor.default", [(1, 0)], [(0, OUT_UNHASHABLE, None)]),
+        Ev("aten.dequantize.self", [(2, 0)], [kernel_fp * 3]),
+        Ev("aten.sum.default", [(3, 0)], [kernel_fp * 5]),
+    ]
+
+
+def test_a_difference_carried_through_a_value_that_cannot_be_compared_is_not_a_new_one():
+    """A quantized tensor has no plain bits: its reader (dequantize) sees a value made from a
+    differing one, and is no source: the kernel upstream is the only one."""
+    report = compare(
+        make_trace(_through_a_quantized_value(100)), make_trace(_through_a_quantized_value(101))
+    )
+    assert [s.event for s in report.sources] == [1], report.sources
+    assert report.differing_events == 4  # (the quantized value, from a differing one, counts)
+    # three values that cannot be compared in a row carry it as far
+    chained = [
+        *_through_a_quantized_value(100)[:3],
+        Ev("aten.clone.default", [(2, 0)], [(0, OUT_UNHASHABLE, None)]),
+        Ev("aten.clone.default", [(3, 0)], [(0, OUT_UNHASHABLE, None)]),
+        Ev("aten.dequantize.self", [(4, 0)], [300]),
+    ]
+    other = [*chained[:1], Ev("aten.index_put.default", [(0, 0)], [101]), *chained[2:5]]
+    other.append(Ev("aten.dequantize.self", [(4, 0)], [303]))
+    assert [s.event for s in compare(make_trace(chained), make_trace(other)).sources] == [1]
+
+
+def test_a_value_that_cannot_be_compared_made_from_equal_ones_is_taken_as_equal():
+    """Where everything the op that made it read is equal, its reader is the first op seen to
+    differ: the source (the quantize itself may be the cause; nothing shows it)."""
+    a, b = _through_a_quantized_value(100), _through_a_quantized_value(100)
+    b[3].outputs, b[4].outputs = [301], [501]
+    assert [s.event for s in compare(make_trace(a), make_trace(b)).sources] == [3]
 
 
 def test_structure_break_is_a_source_and_never_crashes():

@@ -16,7 +16,7 @@ import numpy as np
 
 from bisector.analysis.align import NO_PARTNER
 from bisector.schema import is_leaf
-from bisector.trace import OUT_HASHED, OUT_NODATA, OUT_PARTIAL, Trace
+from bisector.trace import OUT_HASHED, OUT_NODATA, OUT_PARTIAL, OUT_UNHASHABLE, Trace
 
 # Beyond this many sources, reach is computed only for the first ones (it is only displayed
 # for a few); each has a bit of a uint64 in the sweep that computes them all at once.
@@ -107,6 +107,23 @@ def compare_events(a: Trace, b: Trace, paired: np.ndarray, ids_b_to_a: np.ndarra
     rewired = moved & (unequal_matched == 0)
 
     args_equal = ca["args"].astype(np.int64) == ids_b_to_a[cb["args"]]
+    # A value neither run could fingerprint (a quantized or compressed-sparse tensor, a
+    # subclass) is taken to differ where the op that made it read a differing value or
+    # argument: a difference carried through it is not taken for a new one where it is read.
+    # Its readers are decided again, in as many rounds as such values chain.
+    unknown = np.flatnonzero((((kind_a & kind_b) & OUT_UNHASHABLE) > 0) & ~row_differs)
+    made_by = row_event[unknown]
+    for _ in range(len(unknown)):
+        carried = ~(inputs_equal[made_by] & args_equal[made_by])
+        if not carried.any() or row_differs[unknown[carried]].all():
+            break
+        row_differs[unknown[carried]] = True
+        state_equal[unknown[carried]] = False
+        value_equal[tracked] = state_equal[value_rows[tracked]]
+        input_ok = same_ref & value_equal
+        inputs_equal = np.bincount(consumer[~input_ok], minlength=n) == 0
+        unequal_matched = np.bincount(consumer[same_ref & ~value_equal], minlength=n)
+        rewired = moved & (unequal_matched == 0)
     out_differs = np.bincount(row_event[row_differs], minlength=n) > 0
     from_unpaired = tracked & ~paired[np.maximum(producer, 0)]
     from_unpaired |= back_b == NO_PARTNER
