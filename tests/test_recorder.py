@@ -670,35 +670,53 @@ def test_a_backward_after_another_optimizer_step_keeps_its_forwards_module_and_l
     generator's module and line when recording starts at step 0, and when it starts at the
     generator's step (the ladder's op rung), after the forward ran."""
 
-    class Generator(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.table = nn.Parameter(torch.randn(5, 4))
+    _check_a_gans_generator_backward(tmp_path, critic_steps=1, starts=(0, 1, 3))
 
-        def forward(self, ids):
-            return self.table[ids] * 2  # GENERATOR LINE
 
+def test_a_graph_built_several_optimizer_steps_before_its_backward_keeps_its_module(tmp_path):
+    """A WGAN's iteration: the generator makes a batch, the critic steps three times on it
+    (detached), then the generator's loss runs backward through the batch made three optimizer
+    steps before (on a CPU, where the backward runs on the thread that ran the forward)."""
+    _check_a_gans_generator_backward(tmp_path, critic_steps=3, starts=(0, 3, 7))
+
+
+class _Generator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(5, 4))
+
+    def forward(self, ids):
+        return self.table[ids] * 2  # GENERATOR LINE
+
+
+def _check_a_gans_generator_backward(tmp_path, critic_steps: int, starts: tuple[int, ...]):
+    """Two GAN iterations of ``critic_steps`` discriminator steps on one generated batch, then
+    the generator's step; recorded from each of ``starts`` (0, and each iteration's generator
+    step, as the ladder's op rung starts): the generator's backward ops keep its module and
+    line."""
     torch.manual_seed(0)
-    gen, disc = Generator(), nn.Linear(4, 1)
+    gen, disc = _Generator(), nn.Linear(4, 1)
     opt_g = torch.optim.SGD(gen.parameters(), lr=0.1)
     opt_d = torch.optim.SGD(disc.parameters(), lr=0.1)
     ids = torch.tensor([0, 1, 1, 3])
     with open(__file__) as source:
         line = next(i for i, text in enumerate(source, 1) if "# GENERATOR LINE" in text)
-    for start in (0, 1, 3):  # the first, and the second, iteration's generator step
+    for start in starts:
         path = tmp_path / f"from-{start}.trace"
         with Recorder(path, RecordOptions(start_step=start)):
             for _ in range(2):
                 fake = gen(ids)
-                disc(fake.detach()).sum().backward()
-                opt_d.step()
+                for _ in range(critic_steps):
+                    disc(fake.detach()).sum().backward()
+                    opt_d.step()
                 disc(fake).sum().backward()
                 opt_g.step()
         trace, events = _events(path)
         gather = [e for e in events if e["op"] == "aten.index_put.default"]
-        assert gather and {e["step"] for e in gather} >= {start | 1}, (start, events[:3])
+        first_generator_step = start or critic_steps  # (each start is a generator step)
+        assert gather and first_generator_step in {e["step"] for e in gather}, (start, events)
         for event in gather:
-            assert (event["module"], event["phase"]) == ("Generator", "backward"), (start, event)
+            assert (event["module"], event["phase"]) == ("_Generator", "backward"), (start, event)
             assert event["location"] == f"{__file__}:{line}", (start, event)
 
 

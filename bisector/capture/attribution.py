@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Callable
 
 import torch
@@ -29,6 +31,10 @@ FORWARD, BACKWARD, OPTIMIZER, OTHER = (PHASES.index(p) for p in PHASES)
 # Autograd nodes remembered at most in one step (or in a script without optimizer steps): past
 # it, the older half is forgotten.
 _MAX_NODES = 1 << 17
+# The optimizer steps whose nodes are remembered: the current one, the one before and, for a
+# backward on the thread that ran the forwards, older ones up to _MAX_NODES nodes in all (a
+# WGAN's critic steps several times on a batch its generator made before them).
+STEPS_REMEMBERED = 8
 
 
 class Attribution:
@@ -50,6 +56,10 @@ class Attribution:
         # checkpoint recomputes are numbered by autograd's device thread, from a counter of its
         # own, and the older the table, the likelier a number of it is one of theirs too.
         self._previous: dict[int, tuple[int, int]] = {}
+        # Those of older steps, newest last. Looked up only for a backward on the thread that
+        # ran the forwards (a CPU's backward): its numbers come from one counter, never reused.
+        self._older: deque[dict[int, tuple[int, int]]] = deque()
+        self._thread = threading.get_ident()
         self._last_seq = -1
         self.optimizer_depth = 0  # inside optimizer.step() (its closure excepted)
         self.forward_open = False  # a top-level forward ran and its backward has not started
@@ -83,6 +93,8 @@ class Attribution:
             created = (
                 self._node_info.get(seq) or self._recomputed.get(seq) or self._previous.get(seq)
             )
+            if created is None and self._older and threading.get_ident() == self._thread:
+                created = next((t[seq] for t in reversed(self._older) if seq in t), None)
             if created is None:
                 return BACKWARD, self._string(self._accumulate_module(node)), location_id
             module_id, forward_location = created
@@ -114,9 +126,16 @@ class Attribution:
 
     def step_done(self) -> None:
         """An optimizer step ended: the next forward starts afresh (the nodes made in this
-        step are kept for one more step: their backward may come after it)."""
+        step are kept for later steps: their backward may come after them)."""
         self.forward_open = False
         self._backward_ran = False
+        if self._previous:
+            self._older.append(self._previous)
+        kept = sum(len(table) for table in self._older)
+        while self._older and (
+            len(self._older) > STEPS_REMEMBERED - 2 or kept + len(self._node_info) > _MAX_NODES
+        ):
+            kept -= len(self._older.popleft())
         self._previous, self._node_info = self._node_info, {}
         self._recomputed.clear()
 

@@ -36,7 +36,7 @@ from bisector.capture import settings
 from bisector.capture.attribution import BACKWARD as _BACKWARD
 from bisector.capture.attribution import OPTIMIZER as _OPTIMIZER_PHASE
 from bisector.capture.attribution import OTHER as _OTHER
-from bisector.capture.attribution import Attribution
+from bisector.capture.attribution import STEPS_REMEMBERED, Attribution
 from bisector.capture.closures import wrap_closure
 from bisector.capture.compiled import CompileBoundary
 from bisector.capture.cuda_graphs import CudaGraphs
@@ -335,15 +335,16 @@ class Recorder:
         return self
 
     def _maybe_start(self) -> None:
-        """Start recording ops once the start step is reached. One step before it, the dispatch
-        mode already attributes the ops (module and line of the autograd nodes they make): a
-        graph built before an optimizer step can run backward after it (a GAN's generator
-        output, made before the discriminator's step), and its backward ops are then recorded
-        with the module and line of their forward."""
+        """Start recording ops once the start step is reached. Some steps before it (as many
+        as attribution remembers), the dispatch mode already attributes the ops (module and
+        line of the autograd nodes they make): a graph built before an optimizer step can run
+        backward after it (a GAN's generator output, made before the discriminator's steps),
+        and its backward ops are then recorded with the module and line of their forward."""
         if self.status != "waiting":
             return
         start = self.options.start_step
-        if self._mode is None and self.step >= start - 1 and not self.options.modules_only:
+        early = start - STEPS_REMEMBERED + 1
+        if self._mode is None and self.step >= early and not self.options.modules_only:
             self._mode = _OpMode(self)
             self._mode.__enter__()
         if self.step >= start:
@@ -354,8 +355,9 @@ class Recorder:
 
     @property
     def attributing(self) -> bool:
-        """True in the step before ``start_step``: its ops are not recorded, but the module and
-        line of the autograd nodes they make are remembered, for a backward run after it."""
+        """True in the steps before ``start_step`` (as many as attribution remembers): their
+        ops are not recorded, but the module and line of the autograd nodes they make are
+        remembered, for a backward run after them."""
         return self.status == "waiting" and self._mode is not None
 
     def __exit__(self, exc_type, exc, tb) -> Literal[False]:
