@@ -98,13 +98,17 @@ def compare_events(a: Trace, b: Trace, paired: np.ndarray, ids_b_to_a: np.ndarra
     tracked = back_a > 0
     producer = np.where(tracked, consumer - back_a, -1)
     value_rows = a.out_start[np.maximum(producer, 0)] + ca["in_slot"].astype(np.int64)
-    value_equal = np.ones(len(consumer), dtype=bool)  # an untracked input: nothing to compare
-    value_equal[tracked] = state_equal[value_rows[tracked]]
-    input_ok = same_ref & value_equal
-    inputs_equal = np.bincount(consumer[~input_ok], minlength=n) == 0
     moved = np.bincount(consumer[~same_ref], minlength=n) > 0
-    unequal_matched = np.bincount(consumer[same_ref & ~value_equal], minlength=n)
-    rewired = moved & (unequal_matched == 0)
+
+    def decide_inputs() -> tuple[np.ndarray, np.ndarray]:
+        """(inputs_equal, rewired) per event, from ``state_equal`` as it stands."""
+        value_equal = np.ones(len(consumer), dtype=bool)  # an untracked input: nothing to compare
+        value_equal[tracked] = state_equal[value_rows[tracked]]
+        inputs_equal = np.bincount(consumer[~(same_ref & value_equal)], minlength=n) == 0
+        unequal_matched = np.bincount(consumer[same_ref & ~value_equal], minlength=n)
+        return inputs_equal, moved & (unequal_matched == 0)
+
+    inputs_equal, rewired = decide_inputs()
 
     args_equal = ca["args"].astype(np.int64) == ids_b_to_a[cb["args"]]
     # A value neither run could fingerprint (a quantized or compressed-sparse tensor, a
@@ -119,11 +123,7 @@ def compare_events(a: Trace, b: Trace, paired: np.ndarray, ids_b_to_a: np.ndarra
             break
         row_differs[unknown[carried]] = True
         state_equal[unknown[carried]] = False
-        value_equal[tracked] = state_equal[value_rows[tracked]]
-        input_ok = same_ref & value_equal
-        inputs_equal = np.bincount(consumer[~input_ok], minlength=n) == 0
-        unequal_matched = np.bincount(consumer[same_ref & ~value_equal], minlength=n)
-        rewired = moved & (unequal_matched == 0)
+        inputs_equal, rewired = decide_inputs()
     out_differs = np.bincount(row_event[row_differs], minlength=n) > 0
     from_unpaired = tracked & ~paired[np.maximum(producer, 0)]
     from_unpaired |= back_b == NO_PARTNER
