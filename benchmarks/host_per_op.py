@@ -20,15 +20,11 @@ import time
 from pathlib import Path
 
 import torch
+from scale import EmptyMode  # (benchmarks/scale.py, beside this script)
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bisector.capture.recorder import Recorder
-
-
-class EmptyMode(TorchDispatchMode):
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        return func(*args, **(kwargs or {}))
 
 
 class CountingMode(TorchDispatchMode):

@@ -665,7 +665,9 @@ class Recorder:
         info = self._op_infos.get(func) or self._info(func)
         if info.ignored:
             return None
-        user, library, transfer = self._locator.walk(sys._getframe(2))  # (the handler's)
+        # (from the handler's frame, or its caller's where the handler calls this itself: the
+        # walk passes over our own frames either way)
+        user, library, transfer = self._locator.walk(sys._getframe(2))
         if transfer:
             return None
         flat = leaves(args, kwargs)
@@ -949,9 +951,6 @@ class Recorder:
         key = self._values.register(t, index, slot, bump)
         if bump and key is not None and key in self._parameter_storages:
             self.parameter_writes += 1
-        if t.layout is torch.sparse_coo:  # (its values' storage is its key: see ``storage_of``)
-            # Its indices, read through ``_indices()`` (SparseAdam), are part of this value.
-            self._values.register(t._indices(), index, slot)
 
     def _add_leaf(
         self, t, storage, phase: int, module_id: int, location_id: int, previous=None

@@ -67,6 +67,9 @@ class ValueTable:
         storage = storage_of(t)
         if storage is None:
             return None
+        if t.layout is _SPARSE_COO:  # (keyed by its values' storage: see ``storage_of``)
+            # Its indices, read through ``_indices()`` (SparseAdam), are part of this value.
+            self.register(t._indices(), index, slot)
         key = storage._cdata
         entry = self._states.get(key)
         part = None if covers_storage(t, storage) else (*byte_span(t), slot)
@@ -116,8 +119,7 @@ class ValueTable:
 def version_of(t: torch.Tensor) -> int:
     """The version counter of the tensor's values (-1 for an inference tensor)."""
     try:
-        kind = type(t)  # (a plain tensor is its own values: the common case, once per op)
-        return (t if kind is _TENSOR or kind is _PARAMETER else plain_values(t))._version
+        return plain_values(t)._version
     except RuntimeError:  # inference tensors have no version counter
         return -1
 
@@ -161,8 +163,7 @@ def storage_of(t: torch.Tensor):
     COO tensor's that of its values (a sparse gradient: an embedding's, read by SparseAdam): a
     value is followed through them. (Called where the dispatch mode does not see our ops.)"""
     try:
-        kind = type(t)
-        plain = t if kind is _TENSOR or kind is _PARAMETER else plain_values(t)
+        plain = plain_values(t)
         if plain.layout is _SPARSE_COO:
             return plain._values().untyped_storage()
         return plain.untyped_storage()
@@ -170,4 +171,4 @@ def storage_of(t: torch.Tensor):
         return None
 
 
-_TENSOR, _PARAMETER, _SPARSE_COO = torch.Tensor, torch.nn.Parameter, torch.sparse_coo
+_SPARSE_COO = torch.sparse_coo
