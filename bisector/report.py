@@ -119,7 +119,7 @@ class Confirmation(TypedDict, total=False):
     """One pair of runs with an intervention (see confirm/)."""
 
     intervention: str | None
-    outcome: str  # fixes, amplifier, no-effect, fails, did-not-apply
+    outcome: str  # fixes, amplifier, no-effect, fails, did-not-apply, inconclusive
     reproducible: bool | None
     error: str | None
     first_divergence: str | None
@@ -303,7 +303,8 @@ class Report:
         fix: the smallest change that made the runs identical, with the user's line, or None.
         confirmations: one entry per intervention pair: intervention, outcome ("fixes",
             "amplifier", "no-effect", "fails", "did-not-apply" with ``not_applied``: why the
-            change did not take effect in a run), reproducible, error, first_divergence,
+            change did not take effect in a run, "inconclusive": identical, but so was a second
+            plain pair, see ``recurred``), reproducible, error, first_divergence,
             overrides (the script's own attempts to undo the change, each ``{"what",
             "line"}``: the change held), growth (the pair's own rows, as ``growth``), and
             for a pair that still differs: effect (see confirm/effects.py: the pair's curve of
@@ -318,7 +319,12 @@ class Report:
         growth: per step, differing events and the largest gradient, parameter and
             optimizer-state differences (exact from snapshots, else lower bounds).
         growth_again: the same per step for a second plain pair, made when a pair with an
-            intervention still differs: how much the difference varies from pair to pair.
+            intervention still differs or the first cause is unconfirmed: how much the
+            difference varies from pair to pair.
+        recurred: whether that second plain pair differed too (None: none was made, or it
+            failed). False with an unconfirmed first cause: the divergence did not recur, and
+            no change is credited with making the runs identical (their outcome is
+            "inconclusive").
         fix_check: with ``find --fix``: the fix written as a patch and proven: made (False,
             with why, when the fix is not a switch bisector can write), intervention, patch
             (the .patch file), diff, file, line, reproducible (the patched script's two runs
@@ -371,6 +377,7 @@ class Report:
     replay: list[Replayed] = field(default_factory=list)
     growth: list[GrowthRow] = field(default_factory=list)
     growth_again: list[GrowthRow] = field(default_factory=list)
+    recurred: bool | None = None
     fix_check: FixCheck | None = None
     environment: list[EnvironmentRow] = field(default_factory=list)
     levels: list[Level] = field(default_factory=list)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SCRIPTS, bisector_command, source_line, subprocess_env
-from test_cli import _one_error_line, find_json, run_cli
+from test_cli import _abs, _location, _one_error_line, find_json, run_cli
 
 
 def _by_name(report: dict) -> dict[str, dict]:
@@ -472,3 +472,33 @@ def test_the_same_confirmed_find_twice_gives_the_same_outcomes(tmp_path):
         )
     assert outcomes[0] == outcomes[1]
     assert outcomes[0]["outcomes"]["deterministic"] == "fixes", outcomes[0]
+
+
+def test_a_divergence_that_does_not_recur_credits_no_change(tmp_path):
+    """first_run_cache.py: the run that fills the cache sums with one thread, every later run
+    with two. The first pair differs at the sum (equal inputs; its replays give one result),
+    every later pair is identical: a second plain pair shows it, so the changes whose pairs
+    were identical are not called fixes (before, `deterministic` was the "fix")."""
+    cache = tmp_path / "cache"
+    result, report = find_json(
+        tmp_path, "first_run_cache.py", "--steps", "2", "--", "--cache", str(cache), confirm=True
+    )
+    assert result.returncode == 1, result.stdout
+    first = report["first_divergence"]
+    assert (first["op"], first["kind"], first["phase"], first["step"]) == (
+        "aten.sum.default",
+        "unconfirmed",
+        "forward",
+        0,
+    ), result.stdout
+    assert _abs(first["location"]) == _abs(_location("first_run_cache.py"))
+    assert report["recurred"] is False and report["fix"] is None
+    outcomes = {c["outcome"] for c in report["confirmations"]}
+    assert outcomes and "fixes" not in outcomes and "inconclusive" in outcomes, outcomes
+    assert "first pair only" in report["cause"]
+    assert "Runs diverged once" in result.stdout and "none credited" in result.stdout
+
+
+def test_twin_of_the_first_run_cache_is_reproducible(tmp_path):
+    result, report = find_json(tmp_path, "first_run_cache.py", "--steps", "2", "--", "--twin")
+    assert result.returncode == 0 and report["reproducible"], result.stdout

@@ -127,18 +127,43 @@ def confirm(
         entries = _pairs(script, args, chosen, report, workdir, window, options, slots)
     again = next((e for e in entries if e["intervention"] is None), None)
     report.confirmations = [e for e in entries if e["intervention"] is not None]
-    if again is None and any(e["outcome"] == "" for e in report.confirmations):
+    # An unconfirmed first cause (equal inputs, other outputs, one result in its replays) may
+    # not recur: a second plain pair tells whether an identical pair with a change proves
+    # anything.
+    unproven = report.first_divergence.kind == "unconfirmed"
+    if again is None and (unproven or any(e["outcome"] == "" for e in report.confirmations)):
         again = _pair(script, args, None, report, workdir, window, options)
     if again is not None:
         report.growth_again = again.get("growth") or []
+        if again["reproducible"] is not None:
+            report.recurred = not again["reproducible"]
     for entry in report.confirmations:
         if entry["outcome"] == "":  # still differs: what the change does to the growth
             _measure_effect(entry, [report.growth, report.growth_again], first_step)
+    if unproven and report.recurred is False:
+        _did_not_recur(report)
     report.cause, report.fix = _verdict(report, place)
     if options.fix:
         checking = replace(options.run, steps=options.fix_steps, start_step=0, inside=None)
         report.fix_check = prove_fix(script, args, report, workdir, checking, place)
     return report
+
+
+def _did_not_recur(report: Report) -> None:
+    """The first pair differed at an op that its replays could not show nondeterministic, and
+    a second plain pair was identical: a pair made identical by a change says nothing (it
+    would have been identical without it), so no change is credited."""
+    for entry in report.confirmations:
+        if entry["outcome"] == "fixes":
+            entry["outcome"] = "inconclusive"
+    report.notes.append(
+        "the divergence did not recur: a second plain pair of runs was bitwise identical, and "
+        "the first cause gave one result in every replay. Something that happens in some runs "
+        "only made the first pair differ (a library that chooses its code path or thread "
+        "count once per process, a cache filled by the first run, load on the machine); no "
+        "tried change can be credited. Run find again to see how often it happens, and "
+        "compare the runs' environments"
+    )
 
 
 def _chosen(pair: Pair, report: Report, options: ConfirmOptions) -> list[Intervention]:
@@ -563,6 +588,8 @@ def _verdict(report: Report, place: Place) -> tuple[str, str | None]:
     assert first is not None  # (confirm runs only for a pair that differs)
     where = f"{first.module or '(no module)'}, {first.phase}, step {first.step}"
     cause = f"{first.op} in {where} ({first.kind})"
+    if first.kind == "unconfirmed" and report.recurred is False:
+        return f"{cause}, in the first pair only: a second plain pair was identical", None
     best = best_fix(report)
     if best is None and first.kind == "argument" and (first.built or first.location):
         made = (

@@ -18,10 +18,12 @@ from bisector.render.wording import (
     OUTCOMES,
     describe_check,
     describe_magnitude,
+    diverged_label,
     effect_numbers,
     equal_runs_text,
     fix_check_text,
     held_against,
+    no_fix_text,
     replay_verdict,
 )
 from bisector.report import EnvironmentRow, Report, RunInfo, Source
@@ -154,7 +156,7 @@ def _verdict(report: Report, width: int) -> Text:
     else:
         first = report.first_divergence
         kind = KIND_TEXT.get(first.kind, first.kind) if first else "unknown"
-        label, style = "Runs diverge:", "bold red"
+        label, style = diverged_label(report), "bold red"
         text = (
             f"{report.differing_events} of {counted(report.compared_events, 'event')} differ; "
             f"the first cause is {kind}."
@@ -242,7 +244,7 @@ def _verdict_panel(report: Report, width: int) -> Panel:
         evidence.append(text)
     for i, line in enumerate(evidence or ["no replay or intervention applied"]):
         table.add_row("Evidence" if i == 0 else "", line)
-    table.add_row("Fix", report.fix or "no tried change made the runs identical")
+    table.add_row("Fix", report.fix or no_fix_text(report))
     if report.fix_check is not None:
         table.add_row("Proven", fix_check_text(report.fix_check))
     for i, row in enumerate(report.growth[:6]):

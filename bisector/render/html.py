@@ -34,10 +34,12 @@ from bisector.render.wording import (
     OUTCOMES,
     describe_check,
     describe_magnitude,
+    diverged_label,
     effect_numbers,
     equal_runs_text,
     fix_check_text,
     held_against,
+    no_fix_text,
     replay_verdict,
 )
 from bisector.report import Report, RunInfo, Source
@@ -114,7 +116,7 @@ def _report_headline(report: Report) -> str:
         f"{report.differing_events} of {counted(compared, 'event')} differ; "
         f"the first cause is <strong>{esc(kind)}</strong>."
     )
-    return headline(False, "Runs diverge:", text, stats)
+    return headline(False, diverged_label(report), text, stats)
 
 
 def _first_card(report: Report, source: Source) -> str:
@@ -164,7 +166,7 @@ def _verdict(report: Report) -> str:
             "Evidence",
             (bullets(evidence) if evidence else "") + confirmations + _pairs_figure(report),
         ),
-        ("Fix", prose(report.fix or "no tried change made the runs identical")),
+        ("Fix", prose(report.fix or no_fix_text(report))),
     ]
     check = report.fix_check
     if check is not None:

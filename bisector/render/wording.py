@@ -28,7 +28,20 @@ OUTCOMES = {
     "no-effect": "still differ, with no clear effect on the difference",
     "fails": "the script fails",
     "did-not-apply": "the change did not take effect, so the pair says nothing",
+    "inconclusive": "both runs bitwise identical, but so was a second plain pair: says nothing",
 }
+
+
+def diverged_label(report: Report) -> str:
+    """The headline's label for runs that differ."""
+    return "Runs diverged once:" if report.recurred is False else "Runs diverge:"
+
+
+def no_fix_text(report: Report) -> str:
+    """The Fix line where no change is credited."""
+    if report.recurred is False:
+        return "none credited: the divergence did not recur in a second plain pair"
+    return "no tried change made the runs identical"
 
 
 def fix_check_text(check: Mapping[str, Any]) -> str:
