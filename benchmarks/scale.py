@@ -16,7 +16,8 @@ Printed per mode: ms per step once the mode is on (a first step in it is not tim
 to plain, host microseconds added per op ((mode - plain) / ops per step), the time to leave the
 mode (bisector: the last chunk and the trace's footer) and the peak memory allocated on the GPU
 during its steps (with its increase over plain). Then the fingerprint's throughput by tensor size
-against a copy of the same bytes (GPU only), and trace bytes per event.
+against a copy of the same bytes (GPU only): back to back as a recorded script queues them (host
+work included), and the kernel's device time alone (CUDA graph); and trace bytes per event.
 
 Models: ``seed`` (the Qwen2 decoder layer of examples/qwen2_sdpa_adam.py: 16 x 2048 tokens, fp32,
 Adam; GPU only) and ``llama`` (a Llama from a transformers config: 12 layers, hidden 1024,
@@ -360,9 +361,65 @@ def throughput(sizes_mb: list[float]) -> list[dict]:
     return rows
 
 
+def device_throughput(sizes_mb: list[float], launches: int = 20) -> list[dict]:
+    """Device time alone of the fingerprint kernel against a copy of the same float32 tensor:
+    ``launches`` of each captured in a CUDA graph and replayed, so that no host work lies
+    between them (``throughput`` measures what a recorded script pays, host work included)."""
+    from bisector.capture import fingerprint as fp
+    from bisector.capture import triton_fingerprint as fused
+
+    rows = []
+    for mb in sizes_mb:
+        x = torch.randn(int(mb * (1 << 20)) // 4, device="cuda")
+        out = torch.empty_like(x)
+        words = x.view(torch.int32)
+        weights = fp._WEIGHTS.get(x.device)
+        results = (
+            torch.zeros(launches, dtype=torch.int64, device="cuda"),
+            torch.zeros(launches, dtype=torch.float64, device="cuda"),
+            torch.zeros(launches, dtype=torch.float32, device="cuda"),
+        )
+
+        def fingerprints(x=x, words=words, weights=weights, results=results):
+            for row in range(launches):
+                fused.fingerprint_into(words, x, weights, fp._BLOCK, results, row)
+
+        def copies(out=out, x=x):
+            for _ in range(launches):
+                out.copy_(x)
+
+        row: dict = {"size_mb": mb}
+        for label, fn in (("copy", copies), ("fingerprint", fingerprints)):
+            fn()  # compiled and warm before the capture
+            _sync()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn()
+            graph.replay()
+            _sync()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            times = []
+            for _ in range(5):
+                start.record()
+                graph.replay()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) * 1e3 / launches)
+            row[f"{label}_us"] = statistics.median(times)
+        row["fingerprint_gbps"] = x.numel() * 4 / (row["fingerprint_us"] / 1e6) / 1e9
+        row["copy_bandwidth_gbps"] = 2 * x.numel() * 4 / (row["copy_us"] / 1e6) / 1e9
+        row["of_copy"] = row["fingerprint_gbps"] / row["copy_bandwidth_gbps"]
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="seed,llama" if CUDA else "llama")
+    parser.add_argument(
+        "--models",
+        default="seed,llama" if CUDA else "llama",
+        help='comma-separated: seed, llama ("" for the fingerprint figures only)',
+    )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
@@ -383,7 +440,7 @@ def main() -> None:
     }
     print(f"{device}, torch {info['torch']}, {info['threads']} threads, {info['date']}")
     results = []
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):
         result = measure(name, args.steps, args.repeats, args.profile, args.ablate)
         results.append(result)
         print(
@@ -406,8 +463,18 @@ def main() -> None:
             f"{r['copy_bandwidth_gbps']:7.0f} GB/s  {r['of_copy']:.0%} of copy"
             f"  (torch's sum {r['sum_us']:8.1f} us: {r['sum_of_copy']:.0%} of copy)"
         )
+    device_rows = device_throughput([float(s) for s in args.sizes.split(",")]) if CUDA else []
+    if device_rows:
+        print("fingerprint kernel vs copy, device time alone (CUDA graph of 20 of each):")
+    for r in device_rows:
+        print(
+            f"  {r['size_mb']:8.3f} MB  fingerprint {r['fingerprint_us']:8.2f} us "
+            f"{r['fingerprint_gbps']:7.0f} GB/s  copy {r['copy_us']:8.2f} us "
+            f"{r['copy_bandwidth_gbps']:7.0f} GB/s  {r['of_copy']:.0%} of copy"
+        )
     if args.json:
-        args.json.write_text(json.dumps({**info, "models": results, "throughput": rows}, indent=2))
+        everything = {**info, "models": results, "throughput": rows, "device_time": device_rows}
+        args.json.write_text(json.dumps(everything, indent=2))
 
 
 if __name__ == "__main__":
