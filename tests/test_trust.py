@@ -308,3 +308,54 @@ def test_a_difference_rounded_away_is_said_to_have_vanished(tmp_path):
         assert bool(said) == vanishes, (offset, report.notes)
         if vanishes:
             assert "no parameter, no optimizer state" in said[0]
+
+
+def _leaf_of_a_larger_storage(path: Path, junk: float, later: float) -> None:
+    """A tensor made before recording that is a view of a larger storage whose other bytes
+    hold ``junk`` (as an MSE loss is a 0-d view of its elementwise buffer), read while
+    recording; then another part of that storage, holding ``later``."""
+    storage = torch.full((1000,), junk)
+    storage[:8] = torch.arange(8.0)
+    storage[500:508] = later
+    head, part = storage[:8], storage[500:508]  # (views made before: recording reads them)
+    weight = torch.ones(8, requires_grad=True)
+    with Recorder(path, RecordOptions()):
+        (head * weight).sum().backward()
+        (part * weight).sum().backward()
+
+
+def test_a_leaf_is_compared_on_the_bytes_it_reads_not_its_whole_storage(tmp_path):
+    """Bytes of a leaf's storage that no recorded op reads differ between the runs: the runs
+    are bitwise identical (before, the leaf was fingerprinted as its whole storage and
+    "differed": an input source). A later read of another part that does differ is found,
+    at that read."""
+    traces = []
+    for name, junk in (("a", 1.0), ("b", 2.0)):
+        _leaf_of_a_larger_storage(tmp_path / f"{name}.trace", junk, later=3.0)
+        traces.append(load(tmp_path / f"{name}.trace"))
+    equal = analysis.compare(*traces)  # (inconclusive: no model ran; nothing differs)
+    assert equal.first_divergence is None and equal.differing_events == 0, equal.sources
+    traces = []
+    for name, later in (("c", 3.0), ("d", 4.0)):
+        _leaf_of_a_larger_storage(tmp_path / f"{name}.trace", 1.0, later=later)
+        traces.append(load(tmp_path / f"{name}.trace"))
+    report = analysis.compare(*traces)
+    first = report.first_divergence
+    assert first is not None and (first.kind, first.op) == ("input", "leaf.tensor"), first
+    assert first.event > 0  # the second read's leaf, not the first one's
+
+
+def test_past_64_leaves_of_one_storage_the_whole_storage_is_read_once(tmp_path):
+    """Rows of a table made before recording, read one by one: a leaf per row up to
+    MAX_LEAF_SPANS, then one leaf of the whole storage that every later row reads."""
+    from bisector.capture.values import MAX_LEAF_SPANS
+
+    table = torch.randn(100, 4)
+    rows = list(table.unbind(0))
+    with Recorder(tmp_path / "t.trace", RecordOptions()):
+        for row in rows:
+            row * 2
+    trace = load(tmp_path / "t.trace")
+    ops = [trace.strings[i] for i in trace.columns["op"]]
+    assert ops.count("leaf.tensor") == MAX_LEAF_SPANS + 1
+    assert trace.columns["out_numel"].max() == 100 * 4 * 4  # (the whole storage, as bytes)

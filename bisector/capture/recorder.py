@@ -50,7 +50,13 @@ from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import OpInfo, args_key, canonical_args, complete_collective, leaves
 from bisector.capture.processes import Processes
 from bisector.capture.replicas import job_rank, replicated_values, write_step
-from bisector.capture.values import ValueTable, covers_storage, storage_of
+from bisector.capture.values import (
+    MAX_LEAF_SPANS,
+    ValueTable,
+    byte_span,
+    covers_storage,
+    storage_of,
+)
 from bisector.runfiles import RunFiles, captured_inputs, snapshot_name
 from bisector.schema import BACKWARD, COMPILED_PREFIX, MODEL, OPS, OPTIMIZER, leaf_op
 from bisector.torch_api import (
@@ -941,9 +947,7 @@ class Recorder:
             return refs
         if previous is None:
             previous = self._after_collective
-        index = self._add_leaf(t, storage, phase, module_id, location_id, previous)
-        self._register(t, index, 0)
-        return [(index, 0)]
+        return [(self._add_leaf(t, storage, phase, module_id, location_id, previous), 0)]
 
     def _register(self, t: torch.Tensor, index: int, slot: int, bump: bool = False) -> None:
         """Remember that event ``index`` (output ``slot``) produced the tensor's current value
@@ -955,8 +959,14 @@ class Recorder:
     def _add_leaf(
         self, t, storage, phase: int, module_id: int, location_id: int, previous=None
     ) -> int:
-        """Record a tensor no recorded event produced; returns its event index. ``previous``:
-        (event, slot) of the storage's last value we know, read by the leaf."""
+        """Record a tensor no recorded event produced, and register it; returns its event
+        index. ``previous``: (event, slot) of the storage's last value we know, read by it.
+
+        A tensor that is part of its storage is fingerprinted itself (contiguous), or as the
+        bytes it spans (strided); the rest of the storage is read by a leaf of its own where a
+        view reads it, never with this one: bytes no tensor reads may never have been written
+        (an MSE loss is a 0-d view of its elementwise buffer), and would make the leaf differ
+        between runs. Past ``MAX_LEAF_SPANS`` leaves of one value, the whole storage."""
         named = self._modules.parameter_name(t)
         if named is not None:
             kind, name = named
@@ -964,10 +974,16 @@ class Recorder:
         else:
             kind = "parameter" if isinstance(t, torch.nn.Parameter) else "tensor"
             name = canonical_args([t])
-        whole = t
-        if hashable(plain_values(t)) and not covers_storage(t, storage):
-            # Another view may read other parts of this storage later: fingerprint all of it.
-            whole = torch.empty(0, dtype=torch.uint8, device=t.device).set_(storage)
+        whole, span = t, None
+        values = plain_values(t)
+        if hashable(values) and not covers_storage(t, storage):
+            span = byte_span(t)
+            if self._values.leaf_spans(t, storage) >= MAX_LEAF_SPANS:
+                span = (0, storage.nbytes())
+            if span != byte_span(t) or not values.is_contiguous():
+                start, end = span
+                whole = torch.empty(0, dtype=torch.uint8, device=t.device).set_(storage)
+                whole = whole[start:end]
         index = self._buffer.count
         self._buffer.add_output(whole, False, None, index)
         name_id = self._buffer.string(name)
@@ -981,6 +997,10 @@ class Recorder:
             [previous] if previous is not None else [],
             1,
         )
+        if span is None:
+            self._register(t, index, 0)
+        else:
+            self._values.register_leaf(t, index, storage, span)
         return index
 
 

@@ -4,7 +4,10 @@ Every tensor an op reads is looked up here to find its producer (the dataflow ed
 trace); every tensor an op writes is registered. A storage is known by its address while it
 lives (a weak reference keeps the address from being reused meanwhile), its value by the
 version counter of the tensor that last wrote it. Where one event writes several parts of a
-storage (a foreach copy into the views of one flat buffer), each part keeps its slot.
+storage (a foreach copy into the views of one flat buffer), each part keeps its slot. A value no
+recorded event made is read as a leaf of the bytes the reading tensor spans, not of its whole
+storage (whose other bytes may never have been written: an MSE loss is a 0-d view of its
+elementwise buffer); a later read of bytes no leaf spans is a leaf of its own.
 
 Entries are tuples of ints (and the weak reference as an int), replaced rather than changed:
 such tuples are not tracked by Python's garbage collector, which otherwise promotes every entry
@@ -22,12 +25,18 @@ import torch
 from bisector.capture.fingerprint import plain_values
 from bisector.torch_api import free_weak, weak_expired, weak_storage
 
-# An entry's fields: (version, event, slot, weak reference, bump, parts or None)
-_VERSION, _EVENT, _SLOT, _WEAK, _BUMP, _PARTS = range(6)
+# An entry's fields: (version, event, slot, weak reference, bump, parts or None, leaves or None)
+_VERSION, _EVENT, _SLOT, _WEAK, _BUMP, _PARTS, _LEAVES = range(7)
+
+# Leaves of one storage value kept apart at most; the next is read as the whole storage.
+MAX_LEAF_SPANS = 64
 
 
 class ValueTable:
-    """Storage -> (version, event, slot, weak reference, bump, parts or None).
+    """Storage -> (version, event, slot, weak reference, bump, parts or None, leaves or None).
+
+    ``parts``: (byte start, end, slot) of each part one event wrote; ``leaves``: (byte start,
+    end, event) of each leaf read of the storage's current value (a value no event made).
 
     Call ``close`` once done: it lets go of the weak references.
     """
@@ -44,7 +53,8 @@ class ValueTable:
         is not one we saw made: another version counter over the same storage (``p.data.add_``
         bumps ``p.data``'s, not ``p``'s) or a write we did not see; ``previous`` is the last
         value we know there (the caller reads it again as a leaf whose input that is, so a
-        difference it carries is not taken for a new one), or None for a storage never seen."""
+        difference it carries is not taken for a new one), or None for a storage never seen
+        or bytes of a leaf's storage that no leaf read spans."""
         entry = self._states.get(storage._cdata)
         if entry is None:
             return None, None
@@ -53,7 +63,13 @@ class ValueTable:
             if not (entry[_BUMP] and entry[_VERSION] + 1 == version):
                 return None, (entry[_EVENT], entry[_SLOT])
             # The version bump of an in-place op happens after the op's handler returns.
-            entry = self._states[storage._cdata] = (version, *entry[1:4], False, entry[_PARTS])
+            entry = self._states[storage._cdata] = (version, *entry[1:4], False, *entry[5:])
+        if entry[_LEAVES] is not None:
+            start, end = byte_span(t)
+            for first, last, event in reversed(entry[_LEAVES]):
+                if first <= start and end <= last:
+                    return [(event, 0)], None
+            return None, None
         if entry[_PARTS] is None:
             return [(entry[_EVENT], entry[_SLOT])], None
         event = entry[_EVENT]
@@ -76,7 +92,7 @@ class ValueTable:
         if entry is None:
             parts = None if part is None else (part,)
             weak = weak_storage(storage)
-            self._states[key] = (version_of(t), index, slot, weak, bump, parts)
+            self._states[key] = (version_of(t), index, slot, weak, bump, parts, None)
             if len(self._states) > 2 * self._pruned_at + 4096:
                 self._prune()
             return key
@@ -86,8 +102,29 @@ class ValueTable:
             parts = (*entry[_PARTS], part)
         else:
             parts = (part,)
-        self._states[key] = (version_of(t), index, slot, entry[_WEAK], bump, parts)
+        self._states[key] = (version_of(t), index, slot, entry[_WEAK], bump, parts, None)
         return key
+
+    def leaf_spans(self, t: torch.Tensor, storage) -> int:
+        """How many leaf reads of the storage's current value (the tensor's version) are kept."""
+        entry = self._states.get(storage._cdata)
+        if entry is None or entry[_LEAVES] is None or entry[_VERSION] != version_of(t):
+            return 0
+        return len(entry[_LEAVES])
+
+    def register_leaf(self, t: torch.Tensor, index: int, storage, span: tuple[int, int]) -> None:
+        """Remember that leaf event ``index`` read bytes ``span`` of the storage's current value
+        (beside the leaves of the same value read before)."""
+        key = storage._cdata
+        entry = self._states.get(key)
+        version = version_of(t)
+        leaf = (*span, index)
+        if entry is None:
+            self._states[key] = (version, index, 0, weak_storage(storage), False, None, (leaf,))
+            return
+        same = entry[_LEAVES] is not None and entry[_VERSION] == version
+        leaves = (*entry[_LEAVES], leaf) if same else (leaf,)
+        self._states[key] = (version, index, 0, entry[_WEAK], False, None, leaves)
 
     def alive(self) -> Iterator[tuple[int, int]]:
         """(event, slot) of the last value of every storage still alive."""
