@@ -424,8 +424,11 @@ def test_gpu_cudnn_pair_holds_against_the_scripts_benchmark_switch(tmp_path):
 
 def test_an_op_with_more_inputs_than_an_event_holds_is_recorded(tmp_path):
     """default_collate stacks a batch of 66000 samples of a TensorDataset: 66000 inputs, all
-    views of one storage; 70000 distinct tensors stacked are cut to the first 65535, flagged."""
+    views of one storage, read as 64 leaves of a row each and one of the whole storage that the
+    rest share (see ValueTable); 70000 distinct tensors stacked are cut to the first 65535,
+    flagged."""
     from bisector.capture.recorder import Recorder
+    from bisector.capture.values import MAX_LEAF_SPANS
     from bisector.trace import FLAG_WIDE, MAX_ROWS, load
 
     data = torch.randn(70000, 4)
@@ -438,4 +441,4 @@ def test_an_op_with_more_inputs_than_an_event_holds_is_recorded(tmp_path):
     stacks = [i for i in range(len(trace)) if trace.string("op", i) == "aten.stack.default"]
     n_in = [int(trace.columns["n_in"][i]) for i in stacks]
     flags = [int(trace.columns["flags"][i]) & FLAG_WIDE for i in stacks]
-    assert (n_in, flags) == ([1, MAX_ROWS], [0, FLAG_WIDE])
+    assert (n_in, flags) == ([MAX_LEAF_SPANS + 1, MAX_ROWS], [0, FLAG_WIDE])
