@@ -215,13 +215,19 @@ def test_the_planted_source_is_named_at_the_users_line(tmp_path, case):
     claimed = [s for s in sources if s["kind"] != "unconfirmed"]
     first = claimed[0]
     assert all(s["kind"] == "unconfirmed" for s in sources[: sources.index(first)])
-    assert (first["kind"], first["op"], first["module"], first["phase"], first["step"]) == (
+    assert (first["kind"], first["op"], first["module"], first["phase"]) == (
         case.kind,
         case.op,
         case.module,
         case.phase,
-        case.step,
     ), first
+    # A planted race shows where the threads overlap: on a loaded machine one step's can run
+    # one after the other and agree (seen in CI: transformer_fastpath's at step 1, not 0); then
+    # the first differing step is a later one, and bisector must say so.
+    if case.kind == "kernel":
+        assert first["step"] >= case.step, first
+    else:
+        assert first["step"] == case.step, first
     assert first["location"].endswith(
         f"frameworks/{case.script}:{marked_line(FRAMEWORKS / case.script)}"
     )

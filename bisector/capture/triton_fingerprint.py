@@ -25,7 +25,7 @@ _TILE = 1024
 _WARPS = 4
 # Programs per multiprocessor to aim for: enough to keep loads in flight, few enough that their
 # atomic additions into one result row stay cheap. Each program reads a run of consecutive tiles.
-_PROGRAMS_PER_SM = 8
+_PROGRAMS_PER_SM = 4
 
 
 # The ints are not specialised (a kernel per distinct value would be compiled otherwise); the
@@ -50,6 +50,7 @@ def _fingerprint_into(
     lanes = tl.arange(0, TILE)
     first = tl.cast(tl.program_id(0), tl.int64) * span * TILE
     in_block = first % BLOCK
+    multiplier = tl.load(multipliers_ptr + first // BLOCK)
     fp_acc = tl.zeros([TILE], dtype=tl.int64)
     sum_acc = tl.zeros([TILE], dtype=tl.float64)
     max_acc = tl.zeros([TILE], dtype=tl.float32)
@@ -68,10 +69,9 @@ def _fingerprint_into(
         sum_acc += values.to(tl.float64)
         max_acc = tl.maximum(max_acc, tl.abs(values.to(tl.float32)))
     # Integer additions are exact in any order: the atomic sum is deterministic.
-    multiplier = tl.load(multipliers_ptr + first // BLOCK)
-    tl.atomic_add(fp_out + row, tl.sum(fp_acc, axis=0) * multiplier)
-    tl.atomic_add(sum_out + row, tl.sum(sum_acc, axis=0))
-    tl.atomic_max(max_out + row, tl.max(max_acc, axis=0))
+    tl.atomic_add(fp_out + row, tl.sum(fp_acc, axis=0) * multiplier, sem="relaxed")
+    tl.atomic_add(sum_out + row, tl.sum(sum_acc, axis=0), sem="relaxed")
+    tl.atomic_max(max_out + row, tl.max(max_acc, axis=0), sem="relaxed")
 
 
 class _Multipliers:
