@@ -352,13 +352,27 @@ def throughput(sizes_mb: list[float]) -> list[dict]:
                 best.append((time.perf_counter() - start) / reps)
                 collector.drain()
             row[f"{label}_us"] = statistics.median(best) * 1e6
-        seconds = row["fingerprint_us"] / 1e6
-        row["fingerprint_gbps"] = x.numel() * 4 / seconds / 1e9
-        row["copy_bandwidth_gbps"] = 2 * x.numel() * 4 / (row["copy_us"] / 1e6) / 1e9
-        row["of_copy"] = row["fingerprint_gbps"] / row["copy_bandwidth_gbps"]
+        _add_rates(row, x.numel() * 4)
         row["sum_of_copy"] = row["copy_us"] / (2 * row["sum_us"])
         rows.append(row)
     return rows
+
+
+def _add_rates(row: dict, nbytes: int) -> None:
+    """GB/s of the fingerprint (reads the bytes) and of the copy (reads and writes them), and
+    the first as a share of the second."""
+    row["fingerprint_gbps"] = nbytes / (row["fingerprint_us"] / 1e6) / 1e9
+    row["copy_bandwidth_gbps"] = 2 * nbytes / (row["copy_us"] / 1e6) / 1e9
+    row["of_copy"] = row["fingerprint_gbps"] / row["copy_bandwidth_gbps"]
+
+
+def _against_copy(r: dict, decimals: int) -> str:
+    """One size's fingerprint against its copy, in words."""
+    return (
+        f"  {r['size_mb']:8.3f} MB  fingerprint {r['fingerprint_us']:8.{decimals}f} us "
+        f"{r['fingerprint_gbps']:7.0f} GB/s  copy {r['copy_us']:8.{decimals}f} us "
+        f"{r['copy_bandwidth_gbps']:7.0f} GB/s  {r['of_copy']:.0%} of copy"
+    )
 
 
 def device_throughput(sizes_mb: list[float], launches: int = 20) -> list[dict]:
@@ -406,9 +420,7 @@ def device_throughput(sizes_mb: list[float], launches: int = 20) -> list[dict]:
                 end.synchronize()
                 times.append(start.elapsed_time(end) * 1e3 / launches)
             row[f"{label}_us"] = statistics.median(times)
-        row["fingerprint_gbps"] = x.numel() * 4 / (row["fingerprint_us"] / 1e6) / 1e9
-        row["copy_bandwidth_gbps"] = 2 * x.numel() * 4 / (row["copy_us"] / 1e6) / 1e9
-        row["of_copy"] = row["fingerprint_gbps"] / row["copy_bandwidth_gbps"]
+        _add_rates(row, x.numel() * 4)
         rows.append(row)
     return rows
 
@@ -457,21 +469,13 @@ def main() -> None:
     if rows:
         print("fingerprint (back to back, host work included) vs copy (read + write):")
     for r in rows:
-        print(
-            f"  {r['size_mb']:8.3f} MB  fingerprint {r['fingerprint_us']:8.1f} us "
-            f"{r['fingerprint_gbps']:7.0f} GB/s  copy {r['copy_us']:8.1f} us "
-            f"{r['copy_bandwidth_gbps']:7.0f} GB/s  {r['of_copy']:.0%} of copy"
-            f"  (torch's sum {r['sum_us']:8.1f} us: {r['sum_of_copy']:.0%} of copy)"
-        )
+        sum_text = f"  (torch's sum {r['sum_us']:8.1f} us: {r['sum_of_copy']:.0%} of copy)"
+        print(_against_copy(r, 1) + sum_text)
     device_rows = device_throughput([float(s) for s in args.sizes.split(",")]) if CUDA else []
     if device_rows:
         print("fingerprint kernel vs copy, device time alone (CUDA graph of 20 of each):")
     for r in device_rows:
-        print(
-            f"  {r['size_mb']:8.3f} MB  fingerprint {r['fingerprint_us']:8.2f} us "
-            f"{r['fingerprint_gbps']:7.0f} GB/s  copy {r['copy_us']:8.2f} us "
-            f"{r['copy_bandwidth_gbps']:7.0f} GB/s  {r['of_copy']:.0%} of copy"
-        )
+        print(_against_copy(r, 2))
     if args.json:
         everything = {**info, "models": results, "throughput": rows, "device_time": device_rows}
         args.json.write_text(json.dumps(everything, indent=2))
