@@ -359,3 +359,17 @@ def test_past_64_leaves_of_one_storage_the_whole_storage_is_read_once(tmp_path):
     ops = [trace.strings[i] for i in trace.columns["op"]]
     assert ops.count("leaf.tensor") == MAX_LEAF_SPANS + 1
     assert trace.columns["out_numel"].max() == 100 * 4 * 4  # (the whole storage, as bytes)
+
+
+def test_losses_kept_from_earlier_steps_are_no_source_when_recording_starts_later(tmp_path):
+    """dwa_loss_weights.py --twin (deterministic), recorded from step 3 as the ladder's op rung
+    records: the MSE losses kept from steps 1 and 2 are read as leaves. They are equal; their
+    storages' other bytes are not (before, two `leaf.tensor` input sources and "diverged")."""
+    from bisector.pairs import record_pair
+    from bisector.runner import RunOptions
+
+    script = SCRIPTS / "dwa_loss_weights.py"
+    args = ("--twin", "--rows", "4000", "--steps", "4")
+    pair = record_pair(script, args, tmp_path, RunOptions(steps=4, start_step=3))
+    report = pair.report
+    assert report.reproducible, [(s.kind, s.op, s.step, s.location) for s in report.sources]
