@@ -50,13 +50,7 @@ from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import OpInfo, args_key, canonical_args, complete_collective, leaves
 from bisector.capture.processes import Processes
 from bisector.capture.replicas import job_rank, replicated_values, write_step
-from bisector.capture.values import (
-    MAX_LEAF_SPANS,
-    ValueTable,
-    byte_span,
-    covers_storage,
-    storage_of,
-)
+from bisector.capture.values import ValueTable, byte_span, covers_storage, storage_of
 from bisector.runfiles import RunFiles, captured_inputs, snapshot_name
 from bisector.schema import BACKWARD, COMPILED_PREFIX, MODEL, OPS, OPTIMIZER, leaf_op
 from bisector.torch_api import (
@@ -966,7 +960,8 @@ class Recorder:
         bytes it spans (strided); the rest of the storage is read by a leaf of its own where a
         view reads it, never with this one: bytes no tensor reads may never have been written
         (an MSE loss is a 0-d view of its elementwise buffer), and would make the leaf differ
-        between runs. Past ``MAX_LEAF_SPANS`` leaves of one value, the whole storage."""
+        between runs. Past ``MAX_LEAF_SPANS`` leaves of one value, the whole storage (see
+        ``ValueTable.leaf_span``)."""
         named = self._modules.parameter_name(t)
         if named is not None:
             kind, name = named
@@ -977,10 +972,9 @@ class Recorder:
         whole, span = t, None
         values = plain_values(t)
         if hashable(values) and not covers_storage(t, storage):
-            span = byte_span(t)
-            if self._values.leaf_spans(t, storage) >= MAX_LEAF_SPANS:
-                span = (0, storage.nbytes())
-            if span != byte_span(t) or not values.is_contiguous():
+            own = byte_span(t)
+            span = self._values.leaf_span(t, storage, own)
+            if span != own or not values.is_contiguous():
                 start, end = span
                 whole = torch.empty(0, dtype=torch.uint8, device=t.device).set_(storage)
                 whole = whole[start:end]

@@ -105,12 +105,13 @@ class ValueTable:
         self._states[key] = (version_of(t), index, slot, entry[_WEAK], bump, parts, None)
         return key
 
-    def leaf_spans(self, t: torch.Tensor, storage) -> int:
-        """How many leaf reads of the storage's current value (the tensor's version) are kept."""
+    def leaf_span(self, t: torch.Tensor, storage, own: tuple[int, int]) -> tuple[int, int]:
+        """The bytes a new leaf of the tensor reads: its ``own`` span, or the whole storage once
+        ``MAX_LEAF_SPANS`` leaves of the storage's current value are kept."""
         entry = self._states.get(storage._cdata)
         if entry is None or entry[_LEAVES] is None or entry[_VERSION] != version_of(t):
-            return 0
-        return len(entry[_LEAVES])
+            return own
+        return own if len(entry[_LEAVES]) < MAX_LEAF_SPANS else (0, storage.nbytes())
 
     def register_leaf(self, t: torch.Tensor, index: int, storage, span: tuple[int, int]) -> None:
         """Remember that leaf event ``index`` read bytes ``span`` of the storage's current value
