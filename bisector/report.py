@@ -391,6 +391,13 @@ class Report:
     replicas: ReplicaSplit | None = None
     schema: int = SCHEMA
 
+    @property
+    def diverged_once(self) -> bool:
+        """The first pair differed at an unconfirmed first cause and a second plain pair was
+        identical (``recurred`` False): the divergence did not recur, no change is credited."""
+        first = self.first_divergence
+        return self.recurred is False and first is not None and first.kind == "unconfirmed"
+
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data (the JSON contract)."""
         data = asdict(self)

@@ -279,3 +279,25 @@ def test_find_runs_a_module_as_python_dash_m(tmp_path):
         cwd=tmp_path,
     )
     assert missing.returncode == 2 and "no module named proj.nope" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "kind, label", [("unconfirmed", "Runs diverged once:"), ("kernel", "Runs diverge:")]
+)
+def test_only_an_unconfirmed_cause_with_an_identical_second_pair_diverged_once(kind, label):
+    """A second plain pair that happened to be identical does not make a replayed kernel's
+    divergence "once": only a cause its replays could not show (``Report.diverged_once``)."""
+    report = Report(
+        reproducible=False,
+        first_divergence=_source(kind=kind),
+        sources=[_source(kind=kind)],
+        runs=[],
+        compared_events=10,
+        differing_events=3,
+        recurred=False,
+        cause="...",
+    )
+    text = _rendered(report)
+    assert label in text and report.diverged_once == (kind == "unconfirmed")
+    credited = "none credited" in text
+    assert credited == (kind == "unconfirmed"), text

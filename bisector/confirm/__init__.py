@@ -140,7 +140,7 @@ def confirm(
     for entry in report.confirmations:
         if entry["outcome"] == "":  # still differs: what the change does to the growth
             _measure_effect(entry, [report.growth, report.growth_again], first_step)
-    if unproven and report.recurred is False:
+    if report.diverged_once:
         _did_not_recur(report)
     report.cause, report.fix = _verdict(report, place)
     if options.fix:
@@ -588,7 +588,7 @@ def _verdict(report: Report, place: Place) -> tuple[str, str | None]:
     assert first is not None  # (confirm runs only for a pair that differs)
     where = f"{first.module or '(no module)'}, {first.phase}, step {first.step}"
     cause = f"{first.op} in {where} ({first.kind})"
-    if first.kind == "unconfirmed" and report.recurred is False:
+    if report.diverged_once:
         return f"{cause}, in the first pair only: a second plain pair was identical", None
     best = best_fix(report)
     if best is None and first.kind == "argument" and (first.built or first.location):

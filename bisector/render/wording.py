@@ -34,12 +34,12 @@ OUTCOMES = {
 
 def diverged_label(report: Report) -> str:
     """The headline's label for runs that differ."""
-    return "Runs diverged once:" if report.recurred is False else "Runs diverge:"
+    return "Runs diverged once:" if report.diverged_once else "Runs diverge:"
 
 
 def no_fix_text(report: Report) -> str:
     """The Fix line where no change is credited."""
-    if report.recurred is False:
+    if report.diverged_once:
         return "none credited: the divergence did not recur in a second plain pair"
     return "no tried change made the runs identical"
 
