@@ -190,7 +190,11 @@ def find(
         False, "--only-tries", help="Try only the interventions given with --try."
     ),
     replays: int = typer.Option(
-        20, "--replays", min=1, help="Times each source op is re-run on its saved inputs."
+        20,
+        "--replays",
+        min=1,
+        help="Times each source op is re-run on its saved inputs, at least (while every "
+        "result is the same, on to 200 runs within 10 s more).",
     ),
     fix: bool = typer.Option(
         False,

@@ -60,7 +60,8 @@ class ConfirmOptions:
     """How a cause is confirmed.
 
     Attributes:
-        replays: times each source op is re-run on its saved inputs.
+        replays: times each source op is re-run on its saved inputs, at least (see
+            ``replay.MORE_RUNS``).
         forced: interventions to try even where they do not seem to apply.
         only_forced: try only the forced interventions.
         run: how each run is made (interpreter, timeout).

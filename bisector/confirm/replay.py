@@ -46,16 +46,19 @@ class Replay:
 
 _REPRO = '''"""Standalone repro, written by bisector: {op} on the saved inputs, run N times.
 
-    python {script} [--runs N] [--device DEVICE]
+    python {script} [--runs N] [--up-to M] [--device DEVICE]
 
 Prints how many bitwise-different results N runs on identical inputs gave; exits 1 if more than
-one (the op is nondeterministic). Needs only torch; the inputs are in {inputs}.
+one (the op is nondeterministic). With --up-to, while every result is still the same, it goes on
+to M runs (for at most --seconds more): a race that shows once in 20 runs shows there. Needs
+only torch; the inputs are in {inputs}.
 """
 
 import argparse
 import hashlib
 import json
 import os
+import time
 
 import torch
 
@@ -115,7 +118,11 @@ def digest(op, args, kwargs, out):
 
 def main():
     parser = argparse.ArgumentParser(description="Re-run " + OP + " on identical inputs.")
-    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=20, help="runs, at least")
+    parser.add_argument("--up-to", type=int, default=0,
+                        help="while every result is the same, go on to this many runs")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="at most this long for the runs past --runs")
     parser.add_argument("--device", default=None, help="default: where the op ran")
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
     parser.add_argument("--seed", type=int, default=None,
@@ -124,17 +131,25 @@ def main():
     saved = torch.load(INPUTS, weights_only=True)
     op = resolve(saved["op"])
     results = []
-    for _ in range(options.runs):
+    deadline = None
+    while len(results) < max(options.runs, options.up_to):
+        if len(results) >= options.runs:
+            if len(set(results)) > 1:
+                break
+            if deadline is None:
+                deadline = time.monotonic() + options.seconds
+            elif time.monotonic() > deadline:
+                break
         if options.seed is not None:
             torch.manual_seed(options.seed)
         args = decode(saved["args"], options.device)
         kwargs = decode(saved["kwargs"], options.device)
         results.append(digest(op, args, kwargs, op(*args, **kwargs)))
-    distinct = len(set(results))
-    print(f"{{OP}}: {{options.runs}} runs on identical inputs, {{distinct}} distinct result(s)")
+    runs, distinct = len(results), len(set(results))
+    print(f"{{OP}}: {{runs}} runs on identical inputs, {{distinct}} distinct result(s)")
     if options.json:
         with open(options.json, "w") as f:
-            json.dump({{"op": OP, "runs": options.runs, "distinct_results": distinct}}, f)
+            json.dump({{"op": OP, "runs": runs, "distinct_results": distinct}}, f)
     raise SystemExit(1 if distinct > 1 else 0)
 
 
@@ -150,10 +165,18 @@ def write_repro(inputs: Path, op: str) -> Path:
     return script
 
 
+# While every result is still the same, a replay goes on past its runs to this many, for at
+# most this many seconds more: a race that shows once in 20 runs (a cuDNN attention backward on
+# a busy GPU did) is then caught, where a replay of a deterministic op costs seconds at most.
+MORE_RUNS = 200
+MORE_SECONDS = 10.0
+
+
 def replay(
     inputs: Path, event: int, runs: int = 20, timeout: float = 600, seed: int | None = None
 ) -> Replay:
-    """Run the op's standalone repro ``runs`` times and count distinct results.
+    """Run the op's standalone repro ``runs`` times (and on to ``MORE_RUNS`` while every result
+    is the same, see above) and count distinct results; ``Replay.runs`` is the runs made.
 
     ``seed``: reseed torch before each run. For a random op this asks whether it is
     deterministic given its generator state (then the state is what differed between runs).
@@ -169,6 +192,7 @@ def replay(
         return Replay("?", event, 0, None, "", f"cannot read the saved inputs: {exc}")
     result_file = inputs.with_suffix(".json")
     command = [sys.executable, str(script), "--runs", str(runs), "--json", str(result_file)]
+    command += ["--up-to", str(MORE_RUNS), "--seconds", str(MORE_SECONDS)]
     if seed is not None:
         command += ["--seed", str(seed)]
     try:
@@ -180,5 +204,6 @@ def replay(
     if done.returncode not in (0, 1) or not result_file.exists():
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return Replay(op, event, runs, None, str(script), f"the replay failed: {last}")
-    distinct = int(json.loads(result_file.read_text())["distinct_results"])
-    return Replay(op, event, runs, distinct, str(script), seed=seed)
+    result = json.loads(result_file.read_text())
+    made, distinct = int(result["runs"]), int(result["distinct_results"])
+    return Replay(op, event, made, distinct, str(script), seed=seed)
