@@ -67,7 +67,8 @@ def find(
         script: path of the training script.
         args: its command-line arguments.
         steps: optimizer steps to record per run (top-level forward calls when the script
-            has no optimizer); None records the whole script.
+            has no optimizer; past them until every optimizer has stepped, at most
+            ``schema.MORE_STEPS_FOR_OPTIMIZERS`` more); None records the whole script.
         options: see FindOptions.
 
     Returns:

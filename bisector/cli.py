@@ -156,7 +156,8 @@ def find(
         "-n",
         min=1,
         help="Optimizer steps to record in each run (top-level forward calls if the script "
-        "has no optimizer).",
+        "has no optimizer); recording goes on past them until every optimizer of the script "
+        "has stepped (a GAN's generator after its critic's), for at most 16 steps more.",
     ),
     json_path: Path | None = typer.Option(
         None, "--json", help="Also write the report as JSON to this file."
@@ -297,7 +298,9 @@ def record(
         "--steps",
         "-n",
         min=1,
-        help="Optimizer steps to record (top-level forward calls if there is no optimizer).",
+        help="Optimizer steps to record (top-level forward calls if there is no optimizer); "
+        "recording goes on past them until every optimizer of the script has stepped, for at "
+        "most 16 steps more.",
     ),
     all_steps: bool = typer.Option(
         False, "--all", help="Record the whole script (ignore --steps)."

@@ -83,3 +83,9 @@ def describe(process: dict) -> str:
         "unknown work" if process.get("started") not in (None, "fork") else "no torch op"
     )
     return f"pid {process['pid']}" + (f" ({how})" if how else "") + f": {did}"
+
+
+# Past its ``steps``, a recorded run goes on until every optimizer the script holds has stepped
+# while recording (a GAN's generator steps after its critic's: two critic steps alone left the
+# generator's training unrecorded), for at most this many optimizer steps more.
+MORE_STEPS_FOR_OPTIMIZERS = 16

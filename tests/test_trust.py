@@ -373,3 +373,61 @@ def test_losses_kept_from_earlier_steps_are_no_source_when_recording_starts_late
     pair = record_pair(script, args, tmp_path, RunOptions(steps=4, start_step=3))
     report = pair.report
     assert report.reproducible, [(s.kind, s.op, s.step, s.location) for s in report.sources]
+
+
+def test_a_generator_that_steps_after_its_critic_is_recorded(tmp_path):
+    """sn_gan.py: two critic steps, then the generator's; its coverage histogram is the source.
+    `find` records 2 optimizer steps: it goes on to the generator's step (before, the two
+    critic steps alone were recorded and the runs called reproducible)."""
+    code, report, _ = find(tmp_path / "planted", "sn_gan.py")
+    first = report["first_divergence"]
+    assert (code, first["kind"], first["op"]) == (1, "kernel", "aten.index_put_.default"), first
+    assert (first["phase"], first["step"], first["module"]) == ("forward", 2, ""), first
+    assert first["location"].endswith(f"sn_gan.py:{source_line(SCRIPTS / 'sn_gan.py')}"), first
+    code, report, _ = find(tmp_path / "twin", "sn_gan.py", "--twin")
+    assert (code, report["verdict"]) == (0, "reproducible"), report["sources"][:3]
+    assert report["evidence"]["optimizer_steps"] == 3, report["evidence"]
+
+
+class _Wrapped(torch.optim.Optimizer):
+    """An optimizer around another, as accelerate's AcceleratedOptimizer is: it never calls
+    Optimizer.__init__, so no step hook sees its own step; the inner one's does."""
+
+    def __init__(self, inner: torch.optim.Optimizer) -> None:
+        self.inner = inner
+
+    @property
+    def param_groups(self):
+        return self.inner.param_groups
+
+    def step(self, closure=None):
+        return self.inner.step(closure)
+
+
+def test_an_optimizer_that_never_steps_leaves_the_verdict_open(tmp_path):
+    """Recording goes on past its steps while an optimizer of the script has not stepped, for
+    MORE_STEPS_FOR_OPTIMIZERS more; one that never does is named, and identical runs are then
+    inconclusive: what it trains was not compared. A wrapper whose inner optimizer steps over
+    the same parameters counts as stepped."""
+    from torch import nn
+
+    from bisector.schema import MORE_STEPS_FOR_OPTIMIZERS
+
+    traces = []
+    for name in ("a", "b"):
+        torch.manual_seed(0)
+        used, idle = nn.Linear(4, 4), nn.Linear(4, 2)
+        opt = _Wrapped(torch.optim.SGD(used.parameters(), lr=0.1))
+        later = torch.optim.SGD(idle.parameters(), lr=0.1)  # noqa: F841 - never steps
+        with Recorder(tmp_path / f"{name}.trace", RecordOptions(steps=2)) as recorder:
+            for _ in range(2 + MORE_STEPS_FOR_OPTIMIZERS + 5):
+                used(torch.ones(3, 4)).pow(2).sum().backward()
+                opt.step()
+            assert recorder.status == "stopped"
+        traces.append(load(tmp_path / f"{name}.trace"))
+    footer = traces[0].footer
+    assert footer["steps"] == 2 + MORE_STEPS_FOR_OPTIMIZERS, footer["steps"]
+    assert footer["unstepped_optimizers"] == ["SGD of 2 parameters"], footer
+    report = analysis.compare(*traces)
+    assert report.verdict == "inconclusive", report.verdict
+    assert any("SGD of 2 parameters never stepped" in r for r in report.evidence["reasons"])

@@ -18,8 +18,9 @@ import numpy as np
 
 from bisector.analysis.align import Alignment
 from bisector.report import Evidence, Source
-from bisector.schema import describe, unseen_training
+from bisector.schema import MORE_STEPS_FOR_OPTIMIZERS, describe, unseen_training
 from bisector.trace import OUT_PARTIAL, Trace
+from bisector.words import counted
 
 REPRODUCIBLE, DIVERGED, INCONCLUSIVE = "reproducible", "diverged", "inconclusive"
 
@@ -165,9 +166,19 @@ def judge(a: Trace, b: Trace, differs: bool, unseen: list[dict]) -> tuple[str, E
             "(their transforms) unrecorded; the batches they made are compared where the main "
             "process first reads them"
         )
+    unstepped = _unstepped_optimizers(footers)
+    if unstepped and differs:
+        notes.append(f"{unstepped} never stepped while recording: its training was not compared")
     if differs:
         return DIVERGED, evidence, notes
     reasons = evidence["reasons"]
+    if unstepped:
+        reasons.append(
+            f"{unstepped} never stepped while recording (bisector records past --steps until "
+            "every optimizer has stepped, up to "
+            f"{counted(MORE_STEPS_FOR_OPTIMIZERS, 'step')} more): what it trains was not "
+            "compared; record more steps (--steps) or the steps where it steps"
+        )
     if unseen:
         shown = "; ".join(describe(p) for p in unseen[:4])
         reasons.append(
@@ -187,6 +198,19 @@ def judge(a: Trace, b: Trace, differs: bool, unseen: list[dict]) -> tuple[str, E
             "(no gradients?): there was no training to compare"
         )
     return (INCONCLUSIVE if reasons else REPRODUCIBLE), evidence, notes
+
+
+def _unstepped_optimizers(footers: tuple[dict, dict]) -> str:
+    """The optimizers that either run left unstepped (``Recorder._unstepped_described``), as
+    words ("" when none)."""
+    found: list[str] = []
+    for footer in footers:
+        found += [d for d in footer.get("unstepped_optimizers") or [] if d not in found]
+    if not found:
+        return ""
+    if len(found) == 1:
+        return f"the optimizer {found[0]}"
+    return "the optimizers " + "; ".join(found)
 
 
 def _processes(count: int) -> str:

@@ -52,7 +52,15 @@ from bisector.capture.processes import Processes
 from bisector.capture.replicas import job_rank, replicated_values, write_step
 from bisector.capture.values import ValueTable, byte_span, covers_storage, storage_of
 from bisector.runfiles import RunFiles, captured_inputs, snapshot_name
-from bisector.schema import BACKWARD, COMPILED_PREFIX, MODEL, OPS, OPTIMIZER, leaf_op
+from bisector.schema import (
+    BACKWARD,
+    COMPILED_PREFIX,
+    MODEL,
+    MORE_STEPS_FOR_OPTIMIZERS,
+    OPS,
+    OPTIMIZER,
+    leaf_op,
+)
 from bisector.torch_api import (
     TorchDispatchMode,
     current_autograd_node,
@@ -66,6 +74,7 @@ from bisector.trace import (
     MAX_ROWS,
     TraceWriter,
 )
+from bisector.words import counted
 
 _UNTRACKED = (-1, 0)  # (producer event, slot) of an input we cannot follow
 # Live values listed in a footer at most (two numbers each); past it, the list is cut short
@@ -149,7 +158,9 @@ class RecordOptions:
 
     Attributes:
         steps: stop recording after this many optimizer steps (when the script never steps an
-            optimizer: after this many calls of its first top-level module). None: record all.
+            optimizer: after this many calls of its first top-level module), or later, once
+            every optimizer of the script has stepped while recording (at most
+            ``MORE_STEPS_FOR_OPTIMIZERS`` steps more). None: record all.
         exit_on_stop: raise StopRun when ``steps`` are reached, ending the script (the runner's
             mode). Otherwise recording stops and the script goes on.
         chunk_events: events buffered before a chunk is written (and fingerprints read back).
@@ -276,6 +287,10 @@ class Recorder:
         self._owns_parameters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._parameter_storages: set[int] = set()
         self._seen_optimizers: weakref.WeakSet = weakref.WeakSet()
+        # optimizers whose step ended while recording; the script's optimizers with
+        # parameters, found once ``steps`` are reached (see ``_unstepped``)
+        self._stepped_recording: weakref.WeakSet = weakref.WeakSet()
+        self._all_optimizers: list[weakref.ref] | None = None
         self.model_calls = 0  # calls of top-level modules that own parameters
         self.parameter_writes = 0  # in-place writes into those parameters while recording
         files = RunFiles(self.path)
@@ -419,6 +434,7 @@ class Recorder:
     def _finish(self, status: str, error: str | None = None) -> None:
         """Write what is buffered and the footer; from here on ops pass through unrecorded."""
         self.recording = False
+        unstepped = self._unstepped_described() if self._writer is not None else []
         self.status = status
         writer = self._writer
         if writer is None:
@@ -439,6 +455,7 @@ class Recorder:
                     "cuda_memory": settings.cuda_memory(),
                     "seeds_at_end": settings.seeds(),
                     "optimizers": sorted(self._optimizers),
+                    "unstepped_optimizers": unstepped,
                     "modules": settings.notable_modules(),
                     "cuda_graph_replays": self._graphs.replays,
                     "compiled_calls": self.compiled_calls,
@@ -552,6 +569,8 @@ class Recorder:
         if attribution.optimizer_depth:
             return
         self._optimizer_steps += 1
+        if self.status == "recording":
+            self._stepped_recording.add(optimizer)
         if self.options.snapshot_dir and self.recording:
             self._snapshot()
         if self.recording:
@@ -634,6 +653,42 @@ class Recorder:
         if self.options.modules_only and self.recording:
             self._module_calls.watch_parameters()
 
+    def _unstepped(self) -> list[torch.optim.Optimizer]:
+        """The script's optimizers with parameters of which none was stepped while recording
+        (by it, or by another optimizer over the same parameters: accelerate's
+        ``AcceleratedOptimizer`` is an Optimizer whose own step no hook sees, the one it wraps
+        steps). They are looked for once (in the garbage collector's objects, when ``steps`` are
+        reached): an optimizer made later is not waited for."""
+        if self._all_optimizers is None:
+            self._all_optimizers = [
+                weakref.ref(obj)
+                for obj in gc.get_objects()
+                # (the type, not isinstance: some of torch's own objects warn on __class__)
+                if issubclass(type(obj), torch.optim.Optimizer)
+                and any(group["params"] for group in obj.param_groups)
+            ]
+        stepped = {id(p) for o in self._stepped_recording for p in _parameters_of(o)}
+        alive = (ref() for ref in self._all_optimizers)
+        return [
+            o
+            for o in alive
+            if o is not None and not any(id(p) in stepped for p in _parameters_of(o))
+        ]
+
+    def _unstepped_described(self) -> list[str]:
+        """For the footer: the optimizers still unstepped when recording stopped early."""
+        if self._all_optimizers is None or self.status != "recording":
+            return []
+        described = []
+        for optimizer in self._unstepped():
+            params = _parameters_of(optimizer)
+            named = self._modules.parameter_name(params[0])
+            first = f", {named[1]} first" if named else ""
+            described.append(
+                f"{type(optimizer).__name__} of {counted(len(params), 'parameter')}{first}"
+            )
+        return described
+
     def _no_optimizer(self) -> bool:
         if self._optimizer_present is None:
             self._optimizer_present = any(
@@ -645,6 +700,12 @@ class Recorder:
         steps = self.options.steps
         if steps is None or self.step < steps or self.status != "recording":
             return
+        if (
+            self._optimizer_steps
+            and self.step < steps + MORE_STEPS_FOR_OPTIMIZERS
+            and self._unstepped()
+        ):
+            return  # (see MORE_STEPS_FOR_OPTIMIZERS)
         self.stop()
         if self.options.exit_on_stop:
             raise StopRun(f"recorded {steps} steps")
@@ -1066,6 +1127,10 @@ class Boundary:
     def event(self, name: str, reads, written, outputs, module) -> None:
         """Record the call as one event (see ``Recorder._boundary_event``)."""
         self._recorder._boundary_event(name, reads, written, outputs, module)
+
+
+def _parameters_of(optimizer: torch.optim.Optimizer) -> list:
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def _call_users(func, args: tuple, kwargs: dict):
