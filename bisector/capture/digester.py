@@ -42,7 +42,9 @@ from bisector.capture.fingerprint import (
     sparse_hashable,
 )
 from bisector.capture.modules import calling_module, models_in_script
+from bisector.capture.optimizers import Stepped
 from bisector.digests import DigestWriter, in_optimizer, unnamed_parameter
+from bisector.schema import MORE_STEPS_FOR_OPTIMIZERS
 from bisector.torch_api import tree_leaves
 
 # Tensors of the batch, and losses, digested per step at most (a loop over micro-batches).
@@ -379,6 +381,7 @@ class GlobalDigests(_DigestHooks):
         self._names: dict[int, tuple[weakref.ref, str]] = {}
         self._optimizer_depth = 0
         self._stepped: list = []
+        self._seen = Stepped()
 
     def install(self) -> None:
         self._handles = [
@@ -451,6 +454,11 @@ class GlobalDigests(_DigestHooks):
         self.digester.end_step(named, states, buffers)
         if self._progress is not None:
             self._progress.update(0, self.digester.step)
-        if self._steps is not None and self.digester.step >= self._steps:
-            self.close("stopped")
-            self._on_stop()
+        for stepped in self._stepped:
+            self._seen.add(stepped)
+        if self._steps is None or self.digester.step < self._steps:
+            return
+        if self.digester.step < self._steps + MORE_STEPS_FOR_OPTIMIZERS and self._seen.unstepped():
+            return  # (see capture/optimizers.py)
+        self.close("stopped")
+        self._on_stop()

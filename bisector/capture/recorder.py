@@ -48,6 +48,7 @@ from bisector.capture.lines import Locator
 from bisector.capture.module_calls import ModuleCalls
 from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import OpInfo, args_key, canonical_args, complete_collective, leaves
+from bisector.capture.optimizers import Stepped, parameters_of
 from bisector.capture.processes import Processes
 from bisector.capture.replicas import job_rank, replicated_values, write_step
 from bisector.capture.values import ValueTable, byte_span, covers_storage, storage_of
@@ -160,7 +161,8 @@ class RecordOptions:
         steps: stop recording after this many optimizer steps (when the script never steps an
             optimizer: after this many calls of its first top-level module), or later, once
             every optimizer of the script has stepped while recording (at most
-            ``MORE_STEPS_FOR_OPTIMIZERS`` steps more). None: record all.
+            ``MORE_STEPS_FOR_OPTIMIZERS`` steps more; not with ``start_step``: a rung of the
+            ladder records the step it was given). None: record all.
         exit_on_stop: raise StopRun when ``steps`` are reached, ending the script (the runner's
             mode). Otherwise recording stops and the script goes on.
         chunk_events: events buffered before a chunk is written (and fingerprints read back).
@@ -287,10 +289,7 @@ class Recorder:
         self._owns_parameters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._parameter_storages: set[int] = set()
         self._seen_optimizers: weakref.WeakSet = weakref.WeakSet()
-        # optimizers whose step ended while recording; the script's optimizers with
-        # parameters, found once ``steps`` are reached (see ``_unstepped``)
-        self._stepped_recording: weakref.WeakSet = weakref.WeakSet()
-        self._all_optimizers: list[weakref.ref] | None = None
+        self._stepped_recording = Stepped()  # optimizers whose step ended while recording
         self.model_calls = 0  # calls of top-level modules that own parameters
         self.parameter_writes = 0  # in-place writes into those parameters while recording
         files = RunFiles(self.path)
@@ -653,35 +652,13 @@ class Recorder:
         if self.options.modules_only and self.recording:
             self._module_calls.watch_parameters()
 
-    def _unstepped(self) -> list[torch.optim.Optimizer]:
-        """The script's optimizers with parameters of which none was stepped while recording
-        (by it, or by another optimizer over the same parameters: accelerate's
-        ``AcceleratedOptimizer`` is an Optimizer whose own step no hook sees, the one it wraps
-        steps). They are looked for once (in the garbage collector's objects, when ``steps`` are
-        reached): an optimizer made later is not waited for."""
-        if self._all_optimizers is None:
-            self._all_optimizers = [
-                weakref.ref(obj)
-                for obj in gc.get_objects()
-                # (the type, not isinstance: some of torch's own objects warn on __class__)
-                if issubclass(type(obj), torch.optim.Optimizer)
-                and any(group["params"] for group in obj.param_groups)
-            ]
-        stepped = {id(p) for o in self._stepped_recording for p in _parameters_of(o)}
-        alive = (ref() for ref in self._all_optimizers)
-        return [
-            o
-            for o in alive
-            if o is not None and not any(id(p) in stepped for p in _parameters_of(o))
-        ]
-
     def _unstepped_described(self) -> list[str]:
         """For the footer: the optimizers still unstepped when recording stopped early."""
-        if self._all_optimizers is None or self.status != "recording":
+        if not self._stepped_recording.searched or self.status != "recording":
             return []
         described = []
-        for optimizer in self._unstepped():
-            params = _parameters_of(optimizer)
+        for optimizer in self._stepped_recording.unstepped():
+            params = parameters_of(optimizer)
             named = self._modules.parameter_name(params[0])
             first = f", {named[1]} first" if named else ""
             described.append(
@@ -702,8 +679,9 @@ class Recorder:
             return
         if (
             self._optimizer_steps
+            and not self.options.start_step  # (a rung of the ladder records its step only)
             and self.step < steps + MORE_STEPS_FOR_OPTIMIZERS
-            and self._unstepped()
+            and self._stepped_recording.unstepped()
         ):
             return  # (see MORE_STEPS_FOR_OPTIMIZERS)
         self.stop()
@@ -1127,10 +1105,6 @@ class Boundary:
     def event(self, name: str, reads, written, outputs, module) -> None:
         """Record the call as one event (see ``Recorder._boundary_event``)."""
         self._recorder._boundary_event(name, reads, written, outputs, module)
-
-
-def _parameters_of(optimizer: torch.optim.Optimizer) -> list:
-    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def _call_users(func, args: tuple, kwargs: dict):

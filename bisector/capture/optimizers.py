@@ -1,0 +1,55 @@
+"""Which of the script's optimizers have stepped since recording began.
+
+A run records ``steps`` optimizer steps, counted over every optimizer. A GAN steps its critic
+twice before its generator once: two steps alone would leave the generator's training out. So
+a run goes on past its steps until every optimizer of the script has stepped, for at most
+``schema.MORE_STEPS_FOR_OPTIMIZERS`` steps more (the Recorder and the step digests alike).
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import torch
+
+
+def parameters_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+class Stepped:
+    """The optimizers seen stepping, and the script's optimizers that have not."""
+
+    def __init__(self) -> None:
+        self._stepped: weakref.WeakSet = weakref.WeakSet()
+        self._all: list[weakref.ref] | None = None
+
+    def add(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer`` finished a step."""
+        self._stepped.add(optimizer)
+
+    @property
+    def searched(self) -> bool:
+        """Whether ``unstepped`` looked for the script's optimizers yet."""
+        return self._all is not None
+
+    def unstepped(self) -> list[torch.optim.Optimizer]:
+        """The script's optimizers with parameters of which none was stepped (by it, or by
+        another optimizer over the same parameters: accelerate's ``AcceleratedOptimizer`` is an
+        Optimizer whose own step no hook sees, the one it wraps steps). They are looked for
+        once, in the garbage collector's objects: an optimizer made later is not waited for."""
+        if self._all is None:
+            self._all = [
+                weakref.ref(obj)
+                for obj in gc.get_objects()
+                # (the type, not isinstance: some of torch's own objects warn on __class__)
+                if issubclass(type(obj), torch.optim.Optimizer) and parameters_of(obj)
+            ]
+        stepped = {id(p) for o in self._stepped for p in parameters_of(o)}
+        alive = (ref() for ref in self._all)
+        return [
+            o
+            for o in alive
+            if o is not None and not any(id(p) in stepped for p in parameters_of(o))
+        ]
