@@ -13,6 +13,8 @@ import weakref
 
 import torch
 
+from bisector.capture.replicas import job_rank
+
 
 def parameters_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
@@ -38,7 +40,11 @@ class Stepped:
         """The script's optimizers with parameters of which none was stepped (by it, or by
         another optimizer over the same parameters: accelerate's ``AcceleratedOptimizer`` is an
         Optimizer whose own step no hook sees, the one it wraps steps). They are looked for
-        once, in the garbage collector's objects: an optimizer made later is not waited for."""
+        once, in the garbage collector's objects: an optimizer made later is not waited for.
+        None in a job of several ranks: every rank must stop at the same step (the collectives
+        of one rank that went on would wait for ranks that stopped)."""
+        if job_rank() is not None:
+            return []
         if self._all is None:
             self._all = [
                 weakref.ref(obj)
