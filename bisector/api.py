@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bisector import analysis, digests, workdirs
+from bisector.analysis.evidence import unstepped_reason
 from bisector.analysis.modules import first_module_source
 from bisector.confirm import ConfirmOptions, check_kernel_claims, confirm
 from bisector.errors import InternalError, MismatchError, ScriptError, TraceError
@@ -264,6 +265,9 @@ def _find_by_ladder(script, args, steps: int | None, options: FindOptions, workd
         report = Report(reproducible=True, first_divergence=None, sources=[], runs=runs)
         report.verdict = "reproducible"
         report.evidence = {"level": "digests", "optimizer_steps": compared.steps_compared}
+        if compared.unstepped:  # (see analysis/evidence.py)
+            report.reproducible, report.verdict = False, "inconclusive"
+            report.evidence["reasons"] = [unstepped_reason(compared.unstepped)]
         report.environment, report.notes = compared.environment, compared.notes
         report.growth, report.levels = compared.growth, [level]
         return report

@@ -231,6 +231,8 @@ class DigestReport:
         steps_compared: steps present in both files.
         environment: what differs between the two processes (versions, devices, settings).
         notes: anything else worth knowing (a cut-short file, steps only one file has).
+        unstepped: the script's optimizers that never stepped in either run, in words (the
+            digests wait for each past their steps: see capture/optimizers.py).
         first_rank: in a torchrun job (see ``merge_ranks``), the rank whose values ``first``
             are; None for one process or when no rank differs.
         first_ranks: every rank whose values differ first in the same way (the same step and
@@ -246,6 +248,7 @@ class DigestReport:
     paths: list[str]
     environment: list[EnvironmentRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unstepped: list[str] = field(default_factory=list)
     first_rank: int | None = None
     first_ranks: list[int] = field(default_factory=list)
     schema: int = SCHEMA
@@ -268,6 +271,10 @@ def compare(a: Digests, b: Digests) -> DigestReport:
         )
     report = DigestReport(True, None, [], [], len(common), [a.path, b.path])
     report.environment = differences(a.header, b.header, a.footer, b.footer)
+    for footer in (a.footer, b.footer):
+        report.unstepped += [
+            d for d in footer.get("unstepped_optimizers") or [] if d not in report.unstepped
+        ]
     rng_differs: set[str] = set()
     for step in common:
         left, right = _keyed(a, step), _keyed(b, step)

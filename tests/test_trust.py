@@ -25,11 +25,12 @@ from bisector.trace import load
 pytestmark = pytest.mark.slow
 
 
-def find(tmp_path: Path, script: str, *args: str) -> tuple[int, dict, str]:
-    """`bisector find --no-confirm` on a test script: (exit code, JSON report, stderr)."""
+def find(tmp_path: Path, script: str, *args: str, options=()) -> tuple[int, dict, str]:
+    """`bisector find --no-confirm [OPTIONS]` on a test script: (exit code, JSON report,
+    stderr)."""
     out = tmp_path / "report.json"
     command = [*bisector_command(), "find", str(SCRIPTS / script), "--no-confirm", "--quiet"]
-    command += ["--workdir", str(tmp_path / "runs"), "--json", str(out), "--", *args]
+    command += [*options, "--workdir", str(tmp_path / "runs"), "--json", str(out), "--", *args]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=300, env=subprocess_env()
     )
@@ -431,3 +432,17 @@ def test_an_optimizer_that_never_steps_leaves_the_verdict_open(tmp_path):
     report = analysis.compare(*traces)
     assert report.verdict == "inconclusive", report.verdict
     assert any("SGD of 2 parameters never stepped" in r for r in report.evidence["reasons"])
+
+
+@pytest.mark.parametrize("ladder", [False, True])
+def test_an_optimizer_that_steps_after_the_window_leaves_the_runs_inconclusive(tmp_path, ladder):
+    """staged_finetune.py: the backbone's optimizer steps from step 40 only. Two identical runs
+    of 2 steps (op level, or step digests) are inconclusive, with the optimizer named; when it
+    steps within the 16 steps recording waits for it, they are reproducible."""
+    extra = ("--ladder",) if ladder else ()
+    code, report, _ = find(tmp_path / "late", "staged_finetune.py", options=extra)
+    assert (code, report["verdict"]) == (3, "inconclusive"), report
+    (reason,) = [r for r in report["evidence"]["reasons"] if "never stepped" in r]
+    assert reason.startswith("the optimizer Adam of 4 parameters"), reason
+    code, report, _ = find(tmp_path / "soon", "staged_finetune.py", "--warmup", "4", options=extra)
+    assert (code, report["verdict"]) == (0, "reproducible"), report

@@ -168,17 +168,14 @@ def judge(a: Trace, b: Trace, differs: bool, unseen: list[dict]) -> tuple[str, E
         )
     unstepped = _unstepped_optimizers(footers)
     if unstepped and differs:
-        notes.append(f"{unstepped} never stepped while recording: its training was not compared")
+        notes.append(
+            f"{'; '.join(unstepped)}: never stepped while recording, its training was not compared"
+        )
     if differs:
         return DIVERGED, evidence, notes
     reasons = evidence["reasons"]
     if unstepped:
-        reasons.append(
-            f"{unstepped} never stepped while recording (bisector records past --steps until "
-            "every optimizer has stepped, up to "
-            f"{counted(MORE_STEPS_FOR_OPTIMIZERS, 'step')} more): what it trains was not "
-            "compared; record more steps (--steps) or the steps where it steps"
-        )
+        reasons.append(unstepped_reason(unstepped))
     if unseen:
         shown = "; ".join(describe(p) for p in unseen[:4])
         reasons.append(
@@ -200,17 +197,26 @@ def judge(a: Trace, b: Trace, differs: bool, unseen: list[dict]) -> tuple[str, E
     return (INCONCLUSIVE if reasons else REPRODUCIBLE), evidence, notes
 
 
-def _unstepped_optimizers(footers: tuple[dict, dict]) -> str:
-    """The optimizers that either run left unstepped (``Recorder._unstepped_described``), as
-    words ("" when none)."""
+def _unstepped_optimizers(footers: tuple[dict, dict]) -> list[str]:
+    """The optimizers that either run left unstepped (capture/optimizers.py), described."""
     found: list[str] = []
     for footer in footers:
         found += [d for d in footer.get("unstepped_optimizers") or [] if d not in found]
-    if not found:
-        return ""
-    if len(found) == 1:
-        return f"the optimizer {found[0]}"
-    return "the optimizers " + "; ".join(found)
+    return found
+
+
+def unstepped_reason(unstepped: list[str]) -> str:
+    """Why runs that agree are inconclusive when these optimizers never stepped."""
+    which = (
+        f"the optimizer {unstepped[0]}"
+        if len(unstepped) == 1
+        else ("the optimizers " + "; ".join(unstepped))
+    )
+    return (
+        f"{which} never stepped while recording (bisector records past --steps until every "
+        f"optimizer has stepped, up to {counted(MORE_STEPS_FOR_OPTIMIZERS, 'step')} more): what "
+        "it trains was not compared; record more steps (--steps) or the steps where it steps"
+    )
 
 
 def _processes(count: int) -> str:

@@ -153,8 +153,14 @@ class StepDigester:
         self._rng_taken = False
         self._rng_states()
 
-    def close(self, status: str = "complete", error: str | None = None) -> None:
-        """Write every step taken and the footer; safe to call twice."""
+    def close(
+        self, status: str = "complete", error: str | None = None, unstepped: list[str] | None = None
+    ) -> None:
+        """Write every step taken and the footer; safe to call twice.
+
+        Args:
+            unstepped: the script's optimizers that never stepped (capture/optimizers.py).
+        """
         if self.closed:
             return
         self.closed = True
@@ -169,6 +175,7 @@ class StepDigester:
                     "steps_written": self._writer.steps_written,
                     "seconds": time.perf_counter() - self._started,
                     "settings_at_end": settings.determinism(),
+                    "unstepped_optimizers": unstepped or [],
                 }
             )
 
@@ -241,7 +248,12 @@ class _DigestHooks:
             handle.remove()
         self._handles = []
         self._loss.remove()
-        self.digester.close(status, error)
+        if not self.digester.closed:
+            self.digester.close(status, error, self._unstepped())
+
+    def _unstepped(self) -> list[str]:
+        """The script's optimizers that never stepped, in words (GlobalDigests waits for them)."""
+        return []
 
     @staticmethod
     def _after_closure(args: tuple, kwargs: dict, take: Callable[[], None]):
@@ -391,6 +403,13 @@ class GlobalDigests(_DigestHooks):
             register_optimizer_step_post_hook(self._after_step),
         ]
         self._loss.install()
+
+    def _unstepped(self) -> list[str]:
+        def name_of(param: torch.Tensor) -> str | None:
+            entry = self._names.get(id(param))
+            return entry[1] if entry is not None and entry[0]() is param else None
+
+        return self._seen.described(name_of)
 
     def close(self, status: str = "complete", error: str | None = None) -> None:
         super().close(status, error)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Callable
 
 import torch
 
 from bisector.capture.replicas import job_rank
+from bisector.words import counted
 
 
 def parameters_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -59,3 +61,17 @@ class Stepped:
             for o in alive
             if o is not None and not any(id(p) in stepped for p in parameters_of(o))
         ]
+
+    def described(self, name_of: Callable[[torch.Tensor], str | None]) -> list[str]:
+        """The unstepped optimizers in words, for a footer ("SGD of 2 parameters, D.fc.weight
+        first"; ``name_of`` names a parameter, or None); none before ``unstepped`` ran."""
+        if not self.searched:
+            return []
+        described = []
+        for optimizer in self.unstepped():
+            params = parameters_of(optimizer)
+            name = name_of(params[0])
+            first = f", {name} first" if name else ""
+            size = counted(len(params), "parameter")
+            described.append(f"{type(optimizer).__name__} of {size}{first}")
+        return described

@@ -48,7 +48,7 @@ from bisector.capture.lines import Locator
 from bisector.capture.module_calls import ModuleCalls
 from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import OpInfo, args_key, canonical_args, complete_collective, leaves
-from bisector.capture.optimizers import Stepped, parameters_of
+from bisector.capture.optimizers import Stepped
 from bisector.capture.processes import Processes
 from bisector.capture.replicas import job_rank, replicated_values, write_step
 from bisector.capture.values import ValueTable, byte_span, covers_storage, storage_of
@@ -75,7 +75,6 @@ from bisector.trace import (
     MAX_ROWS,
     TraceWriter,
 )
-from bisector.words import counted
 
 _UNTRACKED = (-1, 0)  # (producer event, slot) of an input we cannot follow
 # Live values listed in a footer at most (two numbers each); past it, the list is cut short
@@ -654,17 +653,14 @@ class Recorder:
 
     def _unstepped_described(self) -> list[str]:
         """For the footer: the optimizers still unstepped when recording stopped early."""
-        if not self._stepped_recording.searched or self.status != "recording":
+        if self.status != "recording":
             return []
-        described = []
-        for optimizer in self._stepped_recording.unstepped():
-            params = parameters_of(optimizer)
-            named = self._modules.parameter_name(params[0])
-            first = f", {named[1]} first" if named else ""
-            described.append(
-                f"{type(optimizer).__name__} of {counted(len(params), 'parameter')}{first}"
-            )
-        return described
+
+        def name_of(param: torch.Tensor) -> str | None:
+            named = self._modules.parameter_name(param)
+            return named[1] if named else None
+
+        return self._stepped_recording.described(name_of)
 
     def _no_optimizer(self) -> bool:
         if self._optimizer_present is None:
