@@ -682,7 +682,7 @@ class Recorder:
             return  # (see MORE_STEPS_FOR_OPTIMIZERS)
         self.stop()
         if self.options.exit_on_stop:
-            raise StopRun(f"recorded {steps} steps")
+            raise StopRun(f"stopped recording after {self.step} steps")
 
     # ----- one aten call ----------------------------------------------------------------------
 
