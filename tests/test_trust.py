@@ -379,8 +379,14 @@ def test_losses_kept_from_earlier_steps_are_no_source_when_recording_starts_late
 def test_a_generator_that_steps_after_its_critic_is_recorded(tmp_path):
     """sn_gan.py: two critic steps, then the generator's; its coverage histogram is the source.
     `find` records 2 optimizer steps: it goes on to the generator's step (before, the two
-    critic steps alone were recorded and the runs called reproducible)."""
-    code, report, _ = find(tmp_path / "planted", "sn_gan.py")
+    critic steps alone were recorded and the runs called reproducible). The race can fail to
+    show in one pair on a loaded machine (its two threads then do not overlap): a second pair
+    is made then."""
+    for attempt in ("planted", "again"):
+        code, report, _ = find(tmp_path / attempt, "sn_gan.py")
+        assert report["evidence"]["optimizer_steps"] == 3, report["evidence"]
+        if code == 1:
+            break
     first = report["first_divergence"]
     assert (code, first["kind"], first["op"]) == (1, "kernel", "aten.index_put_.default"), first
     assert (first["phase"], first["step"], first["module"]) == ("forward", 2, ""), first
