@@ -33,6 +33,7 @@ from bisector.environment import differences
 from bisector.errors import MismatchError, TraceError
 from bisector.records import Inflater, RecordWriter, parse_fields, parse_json, read, records
 from bisector.report import DigestValue, EnvironmentRow, GrowthRow
+from bisector.schema import unstepped_optimizers
 
 MAGIC = b"BSDIGST\x00"
 FORMAT_VERSION = 1
@@ -271,10 +272,7 @@ def compare(a: Digests, b: Digests) -> DigestReport:
         )
     report = DigestReport(True, None, [], [], len(common), [a.path, b.path])
     report.environment = differences(a.header, b.header, a.footer, b.footer)
-    for footer in (a.footer, b.footer):
-        report.unstepped += [
-            d for d in footer.get("unstepped_optimizers") or [] if d not in report.unstepped
-        ]
+    report.unstepped = unstepped_optimizers(a.footer, b.footer)
     rng_differs: set[str] = set()
     for step in common:
         left, right = _keyed(a, step), _keyed(b, step)

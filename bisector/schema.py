@@ -89,3 +89,12 @@ def describe(process: dict) -> str:
 # while recording (a GAN's generator steps after its critic's: two critic steps alone left the
 # generator's training unrecorded), for at most this many optimizer steps more.
 MORE_STEPS_FOR_OPTIMIZERS = 16
+
+
+def unstepped_optimizers(*footers: dict) -> list[str]:
+    """The optimizers that never stepped in any of these runs (trace or digest footers'
+    ``unstepped_optimizers``), each once, in order."""
+    found: list[str] = []
+    for footer in footers:
+        found += [d for d in footer.get("unstepped_optimizers") or [] if d not in found]
+    return found

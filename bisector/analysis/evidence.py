@@ -18,7 +18,12 @@ import numpy as np
 
 from bisector.analysis.align import Alignment
 from bisector.report import Evidence, Source
-from bisector.schema import MORE_STEPS_FOR_OPTIMIZERS, describe, unseen_training
+from bisector.schema import (
+    MORE_STEPS_FOR_OPTIMIZERS,
+    describe,
+    unseen_training,
+    unstepped_optimizers,
+)
 from bisector.trace import OUT_PARTIAL, Trace
 from bisector.words import counted
 
@@ -166,7 +171,7 @@ def judge(a: Trace, b: Trace, differs: bool, unseen: list[dict]) -> tuple[str, E
             "(their transforms) unrecorded; the batches they made are compared where the main "
             "process first reads them"
         )
-    unstepped = _unstepped_optimizers(footers)
+    unstepped = unstepped_optimizers(*footers)
     if unstepped and differs:
         notes.append(
             f"{'; '.join(unstepped)}: never stepped while recording, its training was not compared"
@@ -195,14 +200,6 @@ def judge(a: Trace, b: Trace, differs: bool, unseen: list[dict]) -> tuple[str, E
             "(no gradients?): there was no training to compare"
         )
     return (INCONCLUSIVE if reasons else REPRODUCIBLE), evidence, notes
-
-
-def _unstepped_optimizers(footers: tuple[dict, dict]) -> list[str]:
-    """The optimizers that either run left unstepped (capture/optimizers.py), described."""
-    found: list[str] = []
-    for footer in footers:
-        found += [d for d in footer.get("unstepped_optimizers") or [] if d not in found]
-    return found
 
 
 def unstepped_reason(unstepped: list[str]) -> str:

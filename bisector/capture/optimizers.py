@@ -22,6 +22,12 @@ def parameters_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
+def live_optimizers() -> list[torch.optim.Optimizer]:
+    """Every optimizer the process holds (the garbage collector's objects; by type, not
+    isinstance: some of torch's own objects warn on ``__class__``)."""
+    return [obj for obj in gc.get_objects() if issubclass(type(obj), torch.optim.Optimizer)]
+
+
 class Stepped:
     """The optimizers seen stepping, and the script's optimizers that have not."""
 
@@ -48,12 +54,7 @@ class Stepped:
         if job_rank() is not None:
             return []
         if self._all is None:
-            self._all = [
-                weakref.ref(obj)
-                for obj in gc.get_objects()
-                # (the type, not isinstance: some of torch's own objects warn on __class__)
-                if issubclass(type(obj), torch.optim.Optimizer) and parameters_of(obj)
-            ]
+            self._all = [weakref.ref(o) for o in live_optimizers() if parameters_of(o)]
         stepped = {id(p) for o in self._stepped for p in parameters_of(o)}
         alive = (ref() for ref in self._all)
         return [

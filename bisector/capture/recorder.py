@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import os
 import sys
 import threading
@@ -48,7 +47,7 @@ from bisector.capture.lines import Locator
 from bisector.capture.module_calls import ModuleCalls
 from bisector.capture.modules import ModuleTracker
 from bisector.capture.ops import OpInfo, args_key, canonical_args, complete_collective, leaves
-from bisector.capture.optimizers import Stepped
+from bisector.capture.optimizers import Stepped, live_optimizers
 from bisector.capture.processes import Processes
 from bisector.capture.replicas import job_rank, replicated_values, write_step
 from bisector.capture.values import ValueTable, byte_span, covers_storage, storage_of
@@ -664,9 +663,7 @@ class Recorder:
 
     def _no_optimizer(self) -> bool:
         if self._optimizer_present is None:
-            self._optimizer_present = any(
-                issubclass(type(obj), torch.optim.Optimizer) for obj in gc.get_objects()
-            )
+            self._optimizer_present = bool(live_optimizers())
         return not self._optimizer_present
 
     def _check_stop(self) -> None:

@@ -130,21 +130,18 @@ def main():
     options = parser.parse_args()
     saved = torch.load(INPUTS, weights_only=True)
     op = resolve(saved["op"])
-    results = []
-    deadline = None
-    while len(results) < max(options.runs, options.up_to):
-        if len(results) >= options.runs:
-            if len(set(results)) > 1:
-                break
-            if deadline is None:
-                deadline = time.monotonic() + options.seconds
-            elif time.monotonic() > deadline:
-                break
+
+    def run_once():
         if options.seed is not None:
             torch.manual_seed(options.seed)
         args = decode(saved["args"], options.device)
         kwargs = decode(saved["kwargs"], options.device)
-        results.append(digest(op, args, kwargs, op(*args, **kwargs)))
+        return digest(op, args, kwargs, op(*args, **kwargs))
+
+    results = [run_once() for _ in range(options.runs)]
+    deadline = time.monotonic() + options.seconds
+    while len(results) < options.up_to and len(set(results)) == 1 and time.monotonic() < deadline:
+        results.append(run_once())
     runs, distinct = len(results), len(set(results))
     print(f"{{OP}}: {{runs}} runs on identical inputs, {{distinct}} distinct result(s)")
     if options.json:
